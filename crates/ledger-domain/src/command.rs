@@ -1,0 +1,314 @@
+//! Commands as clients send them (JSON), and their validation.
+//!
+//! Validation walks a parsed `serde_json::Value` by hand instead of deriving
+//! `Deserialize`: each failure has to map to exactly one of the contract's error codes
+//! with a message that tells the caller what to fix, which serde's errors cannot do.
+
+use serde_json::{Map, Value};
+
+use crate::ids::{shorten, AccountId, Amount, CommandId};
+
+/// A validated command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// The account the command acts on; also the message key.
+    pub account_id: AccountId,
+    /// The client's idempotency key, when it gave one; the ingest generates one otherwise.
+    pub command_id: Option<CommandId>,
+    /// What to do.
+    pub kind: CommandKind,
+}
+
+/// What a command asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Open the account with a balance of 0.
+    OpenAccount,
+    /// Add money.
+    Deposit(Amount),
+    /// Take money out; never below 0.
+    Withdraw(Amount),
+}
+
+impl CommandKind {
+    /// The `type` as it is spelled in JSON.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            CommandKind::OpenAccount => "open_account",
+            CommandKind::Deposit(_) => "deposit",
+            CommandKind::Withdraw(_) => "withdraw",
+        }
+    }
+}
+
+/// Why a request or a command was refused. Each variant is one error code of the contract.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The body is not JSON, or not of the expected JSON shape.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// `type` is not a known command.
+    #[error("{0}")]
+    UnknownCommand(String),
+    /// A required field is absent.
+    #[error("{0}")]
+    MissingField(String),
+    /// A field this command does not take.
+    #[error("{0}")]
+    UnknownField(String),
+    /// `amount` is not an integer from 1 to the maximum.
+    #[error("{0}")]
+    InvalidAmount(String),
+    /// `account_id` is malformed.
+    #[error("{0}")]
+    InvalidAccountId(String),
+    /// `command_id` is malformed.
+    #[error("{0}")]
+    InvalidCommandId(String),
+}
+
+impl ValidationError {
+    /// The contract's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ValidationError::InvalidJson(_) => "invalid_json",
+            ValidationError::UnknownCommand(_) => "unknown_command",
+            ValidationError::MissingField(_) => "missing_field",
+            ValidationError::UnknownField(_) => "unknown_field",
+            ValidationError::InvalidAmount(_) => "invalid_amount",
+            ValidationError::InvalidAccountId(_) => "invalid_account_id",
+            ValidationError::InvalidCommandId(_) => "invalid_command_id",
+        }
+    }
+}
+
+const KNOWN_TYPES: &str = "open_account, deposit, withdraw";
+
+impl Command {
+    /// Parses and validates one command from a JSON body.
+    pub fn from_json_slice(body: &[u8]) -> Result<Self, ValidationError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| ValidationError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+        Self::from_json(&value)
+    }
+
+    /// Validates one command from a parsed JSON value.
+    pub fn from_json(value: &Value) -> Result<Self, ValidationError> {
+        let obj = value.as_object().ok_or_else(|| {
+            ValidationError::InvalidJson(format!(
+                "a command is a JSON object, got {}",
+                json_kind(value)
+            ))
+        })?;
+        let type_name = match obj.get("type") {
+            None => {
+                return Err(ValidationError::MissingField(format!(
+                    "field `type` is required: one of {KNOWN_TYPES}"
+                )))
+            }
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => {
+                return Err(ValidationError::UnknownCommand(format!(
+                    "`type` must be a string, one of {KNOWN_TYPES}; got {}",
+                    json_kind(other)
+                )))
+            }
+        };
+        let takes_amount = match type_name {
+            "open_account" => false,
+            "deposit" | "withdraw" => true,
+            other => {
+                return Err(ValidationError::UnknownCommand(format!(
+                    "unknown command type {}: expected one of {KNOWN_TYPES}",
+                    shorten(other)
+                )))
+            }
+        };
+        if let Some(field) = obj.keys().find(|k| {
+            !matches!(k.as_str(), "type" | "account_id" | "command_id")
+                && !(takes_amount && k.as_str() == "amount")
+        }) {
+            return Err(ValidationError::UnknownField(format!(
+                "field {} is not part of a `{type_name}` command",
+                shorten(field)
+            )));
+        }
+
+        let account_id = match required(obj, "account_id", type_name)? {
+            Value::String(s) => AccountId::parse(s)?,
+            other => {
+                return Err(ValidationError::InvalidAccountId(format!(
+                    "account_id must be a string, got {}",
+                    json_kind(other)
+                )))
+            }
+        };
+        let command_id = match obj.get("command_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(CommandId::parse(s)?),
+            Some(other) => {
+                return Err(ValidationError::InvalidCommandId(format!(
+                    "command_id must be a string, got {}",
+                    json_kind(other)
+                )))
+            }
+        };
+        let kind = if takes_amount {
+            let amount = parse_amount(required(obj, "amount", type_name)?)?;
+            if type_name == "deposit" {
+                CommandKind::Deposit(amount)
+            } else {
+                CommandKind::Withdraw(amount)
+            }
+        } else {
+            CommandKind::OpenAccount
+        };
+        Ok(Command {
+            account_id,
+            command_id,
+            kind,
+        })
+    }
+
+    /// The command as JSON, in the shape [`Command::from_json`] accepts.
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("type".into(), self.kind.type_name().into());
+        obj.insert("account_id".into(), self.account_id.as_str().into());
+        match self.kind {
+            CommandKind::OpenAccount => {}
+            CommandKind::Deposit(a) | CommandKind::Withdraw(a) => {
+                obj.insert("amount".into(), a.minor_units().into());
+            }
+        }
+        if let Some(id) = &self.command_id {
+            obj.insert("command_id".into(), id.as_str().into());
+        }
+        Value::Object(obj)
+    }
+}
+
+fn required<'a>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+    type_name: &str,
+) -> Result<&'a Value, ValidationError> {
+    obj.get(field).ok_or_else(|| {
+        ValidationError::MissingField(format!(
+            "field `{field}` is required for a `{type_name}` command"
+        ))
+    })
+}
+
+fn parse_amount(v: &Value) -> Result<Amount, ValidationError> {
+    let n = match v {
+        Value::Number(n) => n,
+        other => {
+            return Err(ValidationError::InvalidAmount(format!(
+                "amount must be a JSON integer of minor units, got {}",
+                json_kind(other)
+            )))
+        }
+    };
+    if let Some(u) = n.as_u64() {
+        return Amount::new(u);
+    }
+    if n.as_i64().is_some() {
+        return Err(ValidationError::InvalidAmount(format!(
+            "amount must be positive, got {n}"
+        )));
+    }
+    Err(ValidationError::InvalidAmount(format!(
+        "amount must be an integer number of minor units, never a fraction or an exponent, got {n}"
+    )))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &str) -> &'static str {
+        Command::from_json_slice(body.as_bytes()).unwrap_err().code()
+    }
+
+    #[test]
+    fn accepts_the_contract_examples() {
+        let c = Command::from_json_slice(br#"{"type":"open_account","account_id":"acc-1"}"#).unwrap();
+        assert_eq!(c.kind, CommandKind::OpenAccount);
+        assert_eq!(c.account_id.as_str(), "acc-1");
+        assert_eq!(c.command_id, None);
+        let c = Command::from_json_slice(br#"{"type":"deposit","account_id":"acc-1","amount":1250}"#)
+            .unwrap();
+        assert_eq!(c.kind, CommandKind::Deposit(Amount::new(1250).unwrap()));
+        let c = Command::from_json_slice(
+            br#"{"type":"withdraw","account_id":"acc-1","amount":300,"command_id":"c-42"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kind, CommandKind::Withdraw(Amount::new(300).unwrap()));
+        assert_eq!(c.command_id.unwrap().as_str(), "c-42");
+    }
+
+    #[test]
+    fn null_command_id_means_absent() {
+        let c = Command::from_json_slice(
+            br#"{"type":"open_account","account_id":"a","command_id":null}"#,
+        )
+        .unwrap();
+        assert_eq!(c.command_id, None);
+    }
+
+    #[test]
+    fn every_error_code() {
+        let table: &[(&str, &str)] = &[
+            ("", "invalid_json"),
+            ("{", "invalid_json"),
+            ("[]", "invalid_json"),
+            ("42", "invalid_json"),
+            (r#"{"account_id":"a"}"#, "missing_field"),
+            (r#"{"type":"deposit","account_id":"a"}"#, "missing_field"),
+            (r#"{"type":"deposit","amount":5}"#, "missing_field"),
+            (r#"{"type":"close_account","account_id":"a"}"#, "unknown_command"),
+            (r#"{"type":7,"account_id":"a"}"#, "unknown_command"),
+            (r#"{"type":"open_account","account_id":"a","amount":5}"#, "unknown_field"),
+            (r#"{"type":"deposit","account_id":"a","amount":5,"memo":"x"}"#, "unknown_field"),
+            (r#"{"type":"deposit","account_id":"a","amount":0}"#, "invalid_amount"),
+            (r#"{"type":"deposit","account_id":"a","amount":-5}"#, "invalid_amount"),
+            (r#"{"type":"deposit","account_id":"a","amount":1.5}"#, "invalid_amount"),
+            (r#"{"type":"deposit","account_id":"a","amount":10.0}"#, "invalid_amount"),
+            (r#"{"type":"deposit","account_id":"a","amount":1e3}"#, "invalid_amount"),
+            (r#"{"type":"deposit","account_id":"a","amount":"5"}"#, "invalid_amount"),
+            (r#"{"type":"deposit","account_id":"a","amount":1000000000001}"#, "invalid_amount"),
+            (r#"{"type":"deposit","account_id":"a","amount":99999999999999999999999}"#, "invalid_amount"),
+            (r#"{"type":"open_account","account_id":""}"#, "invalid_account_id"),
+            (r#"{"type":"open_account","account_id":"a b"}"#, "invalid_account_id"),
+            (r#"{"type":"open_account","account_id":5}"#, "invalid_account_id"),
+            (r#"{"type":"open_account","account_id":"a","command_id":""}"#, "invalid_command_id"),
+            (r#"{"type":"open_account","account_id":"a","command_id":7}"#, "invalid_command_id"),
+        ];
+        for (body, want) in table {
+            assert_eq!(code(body), *want, "body {body}");
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        for body in [
+            r#"{"type":"open_account","account_id":"acc-1"}"#,
+            r#"{"type":"withdraw","account_id":"acc-1","amount":300,"command_id":"c-42"}"#,
+        ] {
+            let c = Command::from_json_slice(body.as_bytes()).unwrap();
+            assert_eq!(Command::from_json(&c.to_json()).unwrap(), c);
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Validated identifiers and money: the only ways into the domain for client input.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::command::ValidationError;
+
+/// The largest amount one command may move, in minor units (ten billion in major units of
+/// a two-decimal currency). Keeping it far below `i64::MAX` leaves overflow to many
+/// deposits, never to one.
+pub const MAX_AMOUNT: u64 = 1_000_000_000_000;
+
+/// Longest account id, in characters.
+pub const MAX_ACCOUNT_ID_LEN: usize = 64;
+/// Longest command id, in characters.
+pub const MAX_COMMAND_ID_LEN: usize = 128;
+
+/// An account id: 1 to 64 characters of `[A-Za-z0-9._-]`. It is also the Kafka message
+/// key, so every event of one account lands in one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AccountId(String);
+
+/// A command id, the idempotency key: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CommandId(String);
+
+/// An amount of money in integer minor units, from 1 to [`MAX_AMOUNT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Amount(u64);
+
+fn id_chars_ok(s: &str, extra: &[u8]) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || extra.contains(&b))
+}
+
+impl AccountId {
+    /// Validates an account id.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        if s.is_empty() || s.len() > MAX_ACCOUNT_ID_LEN || !id_chars_ok(s, b"") {
+            return Err(ValidationError::InvalidAccountId(format!(
+                "account_id must be 1 to {MAX_ACCOUNT_ID_LEN} characters of [A-Za-z0-9._-], got {}",
+                shorten(s)
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl CommandId {
+    /// Validates a command id.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        if s.is_empty() || s.len() > MAX_COMMAND_ID_LEN || !id_chars_ok(s, b":") {
+            return Err(ValidationError::InvalidCommandId(format!(
+                "command_id must be 1 to {MAX_COMMAND_ID_LEN} characters of [A-Za-z0-9._:-], got {}",
+                shorten(s)
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Amount {
+    /// Validates an amount in minor units.
+    pub fn new(minor_units: u64) -> Result<Self, ValidationError> {
+        if minor_units == 0 || minor_units > MAX_AMOUNT {
+            return Err(ValidationError::InvalidAmount(format!(
+                "amount must be an integer from 1 to {MAX_AMOUNT} minor units, got {minor_units}"
+            )));
+        }
+        Ok(Self(minor_units))
+    }
+
+    /// The amount in minor units.
+    pub fn minor_units(self) -> u64 {
+        self.0
+    }
+}
+
+/// Quotes a client's value for an error message without echoing a huge string back.
+pub(crate) fn shorten(s: &str) -> String {
+    const KEEP: usize = 80;
+    if s.chars().count() <= KEEP {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(KEEP).collect();
+        format!("{head:?}… ({} characters)", s.chars().count())
+    }
+}
+
+macro_rules! string_newtype_impls {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = ValidationError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(&s)
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+string_newtype_impls!(AccountId);
+string_newtype_impls!(CommandId);
+
+impl TryFrom<u64> for Amount {
+    type Error = ValidationError;
+    fn try_from(v: u64) -> Result<Self, Self::Error> {
+        Self::new(v)
+    }
+}
+impl From<Amount> for u64 {
+    fn from(a: Amount) -> u64 {
+        a.0
+    }
+}
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_ids() {
+        assert!(AccountId::parse("acc-1").is_ok());
+        assert!(AccountId::parse("A.b_c-9").is_ok());
+        assert!(AccountId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "acc:1", "é", "a/b", &"a".repeat(65)] {
+            let err = AccountId::parse(bad).unwrap_err();
+            assert_eq!(err.code(), "invalid_account_id", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn command_ids() {
+        assert!(CommandId::parse("c-42").is_ok());
+        assert!(CommandId::parse("tenant:c.1_x").is_ok());
+        assert!(CommandId::parse(&"c".repeat(128)).is_ok());
+        for bad in ["", "c 1", "c/1", &"c".repeat(129)] {
+            assert_eq!(CommandId::parse(bad).unwrap_err().code(), "invalid_command_id");
+        }
+    }
+
+    #[test]
+    fn amounts() {
+        assert_eq!(Amount::new(1).unwrap().minor_units(), 1);
+        assert_eq!(Amount::new(MAX_AMOUNT).unwrap().minor_units(), MAX_AMOUNT);
+        assert_eq!(Amount::new(0).unwrap_err().code(), "invalid_amount");
+        assert_eq!(Amount::new(MAX_AMOUNT + 1).unwrap_err().code(), "invalid_amount");
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        let msg = AccountId::parse(&"x".repeat(10_000)).unwrap_err().to_string();
+        assert!(msg.len() < 300, "{msg}");
+        assert!(msg.contains("10000 characters"));
+    }
+}
