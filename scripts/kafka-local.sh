@@ -138,7 +138,10 @@ is_our_broker() {
 
 # True if process $1 exists and is not a zombie.
 pid_alive() {
-    kill -0 "$1" 2>/dev/null && ! ps -o stat= -p "$1" 2>/dev/null | grep -q '^Z'
+    local stat
+    kill -0 "$1" 2>/dev/null || return 1
+    stat="$(ps -o stat= -p "$1" 2>/dev/null || true)"
+    [[ -n "$stat" && "$stat" != Z* ]]
 }
 
 # Prints the pid of our running broker, or fails.
@@ -174,7 +177,8 @@ check_java() {
     local first major minor
     command -v "$JAVA" >/dev/null 2>&1 ||
         die "java not found; install Java 17+ or set JAVA_HOME"
-    first="$("$JAVA" -version 2>&1 | head -n 1)"
+    first="$("$JAVA" -version 2>&1 || true)"
+    first="${first%%$'\n'*}"
     major="$(sed -E 's/.*version "([0-9]+)(\.([0-9]+))?.*/\1 \3/' <<<"$first")"
     read -r major minor <<<"$major"
     [[ "$major" == 1 ]] && major="${minor:-0}"
@@ -204,7 +208,7 @@ ensure_jars() {
     fi
     command -v mvn >/dev/null 2>&1 ||
         die "mvn not found; Maven is needed once to fetch the Kafka jars"
-    log "fetching Kafka $KAFKA_VERSION jars with Maven (first run downloads ~55 MB into ~/.m2) ..."
+    log "fetching Kafka $KAFKA_VERSION jars with Maven into $LIB (slow the first time: ~55 MB of downloads into ~/.m2) ..."
     tmp="$(mktemp -d "$STATE/lib.tmp.XXXXXX")"
     if ! mvn -B -q -f "$POM" dependency:copy-dependencies \
         -DoutputDirectory="$tmp" -DincludeScope=runtime >"$STATE/mvn.log" 2>&1; then
@@ -415,36 +419,47 @@ cmd_start() {
     echo "$BOOTSTRAP"
 }
 
+# True once process $1 (already checked to be ours) has exited and the broker
+# port is closed; waits up to $2 seconds. Checks the pid, not the command
+# line: an exiting JVM loses its command line before its threads and
+# sockets are gone.
+wait_stopped() {
+    local i
+    for ((i = 0; i < $2 * 5; i++)); do
+        if ! pid_alive "$1" && ! port_open "$PORT"; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
 cmd_stop() {
-    local pid i
+    local pid
     [[ -d "$STATE" ]] || return 0
     lock_port
     if ! pid="$(running_pid)"; then
-        [[ -f "$PIDFILE" ]] && log "removing stale pid file"
+        if [[ -f "$PIDFILE" ]]; then
+            log "removing stale pid file"
+        fi
         rm -f "$PIDFILE"
         log "not running"
         return 0
     fi
     log "stopping pid $pid"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
-        if ! is_our_broker "$pid" && ! port_open "$PORT"; then
-            break
+    kill -CONT "$pid" 2>/dev/null || true # in case it was suspended
+    if ! wait_stopped "$pid" "$STOP_TIMEOUT"; then
+        if pid_alive "$pid"; then
+            log "still running after ${STOP_TIMEOUT}s, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
         fi
-        sleep 0.2
-    done
-    if is_our_broker "$pid"; then
-        log "still running after ${STOP_TIMEOUT}s, sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        for ((i = 0; i < 25; i++)); do
-            is_our_broker "$pid" || break
-            sleep 0.2
-        done
+        if ! wait_stopped "$pid" 15; then
+            rm -f "$PIDFILE"
+            die "pid $pid or port $HOST:$PORT is still there after SIGKILL"
+        fi
     fi
     rm -f "$PIDFILE"
-    if port_open "$PORT"; then
-        die "port $HOST:$PORT is still open after stopping pid $pid"
-    fi
     log "stopped"
 }
 

@@ -87,8 +87,9 @@ const KNOWN_TYPES: &str = "open_account, deposit, withdraw";
 impl Command {
     /// Parses and validates one command from a JSON body.
     pub fn from_json_slice(body: &[u8]) -> Result<Self, ValidationError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ValidationError::InvalidJson(format!("the body is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ValidationError::InvalidJson(format!("the body is not valid JSON: {e}"))
+        })?;
         Self::from_json(&value)
     }
 
@@ -239,17 +240,21 @@ mod tests {
     use super::*;
 
     fn code(body: &str) -> &'static str {
-        Command::from_json_slice(body.as_bytes()).unwrap_err().code()
+        Command::from_json_slice(body.as_bytes())
+            .unwrap_err()
+            .code()
     }
 
     #[test]
     fn accepts_the_contract_examples() {
-        let c = Command::from_json_slice(br#"{"type":"open_account","account_id":"acc-1"}"#).unwrap();
+        let c =
+            Command::from_json_slice(br#"{"type":"open_account","account_id":"acc-1"}"#).unwrap();
         assert_eq!(c.kind, CommandKind::OpenAccount);
         assert_eq!(c.account_id.as_str(), "acc-1");
         assert_eq!(c.command_id, None);
-        let c = Command::from_json_slice(br#"{"type":"deposit","account_id":"acc-1","amount":1250}"#)
-            .unwrap();
+        let c =
+            Command::from_json_slice(br#"{"type":"deposit","account_id":"acc-1","amount":1250}"#)
+                .unwrap();
         assert_eq!(c.kind, CommandKind::Deposit(Amount::new(1250).unwrap()));
         let c = Command::from_json_slice(
             br#"{"type":"withdraw","account_id":"acc-1","amount":300,"command_id":"c-42"}"#,
@@ -278,23 +283,71 @@ mod tests {
             (r#"{"account_id":"a"}"#, "missing_field"),
             (r#"{"type":"deposit","account_id":"a"}"#, "missing_field"),
             (r#"{"type":"deposit","amount":5}"#, "missing_field"),
-            (r#"{"type":"close_account","account_id":"a"}"#, "unknown_command"),
+            (
+                r#"{"type":"close_account","account_id":"a"}"#,
+                "unknown_command",
+            ),
             (r#"{"type":7,"account_id":"a"}"#, "unknown_command"),
-            (r#"{"type":"open_account","account_id":"a","amount":5}"#, "unknown_field"),
-            (r#"{"type":"deposit","account_id":"a","amount":5,"memo":"x"}"#, "unknown_field"),
-            (r#"{"type":"deposit","account_id":"a","amount":0}"#, "invalid_amount"),
-            (r#"{"type":"deposit","account_id":"a","amount":-5}"#, "invalid_amount"),
-            (r#"{"type":"deposit","account_id":"a","amount":1.5}"#, "invalid_amount"),
-            (r#"{"type":"deposit","account_id":"a","amount":10.0}"#, "invalid_amount"),
-            (r#"{"type":"deposit","account_id":"a","amount":1e3}"#, "invalid_amount"),
-            (r#"{"type":"deposit","account_id":"a","amount":"5"}"#, "invalid_amount"),
-            (r#"{"type":"deposit","account_id":"a","amount":1000000000001}"#, "invalid_amount"),
-            (r#"{"type":"deposit","account_id":"a","amount":99999999999999999999999}"#, "invalid_amount"),
-            (r#"{"type":"open_account","account_id":""}"#, "invalid_account_id"),
-            (r#"{"type":"open_account","account_id":"a b"}"#, "invalid_account_id"),
-            (r#"{"type":"open_account","account_id":5}"#, "invalid_account_id"),
-            (r#"{"type":"open_account","account_id":"a","command_id":""}"#, "invalid_command_id"),
-            (r#"{"type":"open_account","account_id":"a","command_id":7}"#, "invalid_command_id"),
+            (
+                r#"{"type":"open_account","account_id":"a","amount":5}"#,
+                "unknown_field",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":5,"memo":"x"}"#,
+                "unknown_field",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":0}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":-5}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":1.5}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":10.0}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":1e3}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":"5"}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":1000000000001}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"deposit","account_id":"a","amount":99999999999999999999999}"#,
+                "invalid_amount",
+            ),
+            (
+                r#"{"type":"open_account","account_id":""}"#,
+                "invalid_account_id",
+            ),
+            (
+                r#"{"type":"open_account","account_id":"a b"}"#,
+                "invalid_account_id",
+            ),
+            (
+                r#"{"type":"open_account","account_id":5}"#,
+                "invalid_account_id",
+            ),
+            (
+                r#"{"type":"open_account","account_id":"a","command_id":""}"#,
+                "invalid_command_id",
+            ),
+            (
+                r#"{"type":"open_account","account_id":"a","command_id":7}"#,
+                "invalid_command_id",
+            ),
         ];
         for (body, want) in table {
             assert_eq!(code(body), *want, "body {body}");

@@ -32,8 +32,9 @@ pub struct CommandId(String);
 pub struct Amount(u64);
 
 fn id_chars_ok(s: &str, extra: &[u8]) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || extra.contains(&b))
+    s.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' || extra.contains(&b)
+    })
 }
 
 impl AccountId {
@@ -166,7 +167,10 @@ mod tests {
         assert!(CommandId::parse("tenant:c.1_x").is_ok());
         assert!(CommandId::parse(&"c".repeat(128)).is_ok());
         for bad in ["", "c 1", "c/1", &"c".repeat(129)] {
-            assert_eq!(CommandId::parse(bad).unwrap_err().code(), "invalid_command_id");
+            assert_eq!(
+                CommandId::parse(bad).unwrap_err().code(),
+                "invalid_command_id"
+            );
         }
     }
 
@@ -175,12 +179,17 @@ mod tests {
         assert_eq!(Amount::new(1).unwrap().minor_units(), 1);
         assert_eq!(Amount::new(MAX_AMOUNT).unwrap().minor_units(), MAX_AMOUNT);
         assert_eq!(Amount::new(0).unwrap_err().code(), "invalid_amount");
-        assert_eq!(Amount::new(MAX_AMOUNT + 1).unwrap_err().code(), "invalid_amount");
+        assert_eq!(
+            Amount::new(MAX_AMOUNT + 1).unwrap_err().code(),
+            "invalid_amount"
+        );
     }
 
     #[test]
     fn long_values_are_shortened_in_messages() {
-        let msg = AccountId::parse(&"x".repeat(10_000)).unwrap_err().to_string();
+        let msg = AccountId::parse(&"x".repeat(10_000))
+            .unwrap_err()
+            .to_string();
         assert!(msg.len() < 300, "{msg}");
         assert!(msg.contains("10000 characters"));
     }

@@ -166,13 +166,20 @@ mod tests {
     #[test]
     fn repeated_command_id_is_a_duplicate_and_keeps_the_first_outcome() {
         let mut m = Model::new();
-        assert_eq!(m.apply(&event(1, "c1", "a", EventBody::OpenAccount)), ApplyResult::Applied);
-        let wd = EventBody::Withdraw { amount: Amount::new(5).unwrap() };
+        assert_eq!(
+            m.apply(&event(1, "c1", "a", EventBody::OpenAccount)),
+            ApplyResult::Applied
+        );
+        let wd = EventBody::Withdraw {
+            amount: Amount::new(5).unwrap(),
+        };
         assert_eq!(
             m.apply(&event(2, "c2", "a", wd)),
             ApplyResult::Rejected(Rejection::InsufficientFunds)
         );
-        let dep = EventBody::Deposit { amount: Amount::new(50).unwrap() };
+        let dep = EventBody::Deposit {
+            amount: Amount::new(50).unwrap(),
+        };
         assert_eq!(m.apply(&event(3, "c3", "a", dep)), ApplyResult::Applied);
         // The retried withdrawal would now succeed, but its command id was decided already.
         assert_eq!(m.apply(&event(4, "c2", "a", wd)), ApplyResult::Duplicate);
@@ -186,13 +193,24 @@ mod tests {
     fn arb_event() -> impl Strategy<Value = Event> {
         let body = prop_oneof![
             Just(EventBody::OpenAccount),
-            (1u64..=2_000).prop_map(|a| EventBody::Deposit { amount: Amount::new(a).unwrap() }),
-            (1u64..=2_000).prop_map(|a| EventBody::Withdraw { amount: Amount::new(a).unwrap() }),
-            Just(EventBody::Deposit { amount: Amount::new(crate::MAX_AMOUNT).unwrap() }),
+            (1u64..=2_000).prop_map(|a| EventBody::Deposit {
+                amount: Amount::new(a).unwrap()
+            }),
+            (1u64..=2_000).prop_map(|a| EventBody::Withdraw {
+                amount: Amount::new(a).unwrap()
+            }),
+            Just(EventBody::Deposit {
+                amount: Amount::new(crate::MAX_AMOUNT).unwrap()
+            }),
         ];
         // Few accounts and few command ids, so that collisions and repeats are common.
         (0u8..4, 0u16..40, body).prop_map(|(acc, cmd, body)| {
-            event(u128::from(cmd), &format!("c{cmd}"), &format!("acc-{acc}"), body)
+            event(
+                u128::from(cmd),
+                &format!("c{cmd}"),
+                &format!("acc-{acc}"),
+                body,
+            )
         })
     }
 

@@ -71,12 +71,17 @@ pub fn decide(state: Option<&AccountState>, body: &EventBody) -> Result<AccountS
         },
         (_, None) => return Err(Rejection::AccountNotOpen),
         (EventBody::Deposit { amount }, Some(s)) => {
-            let amount = i64::try_from(amount.minor_units()).map_err(|_| Rejection::BalanceOverflow)?;
-            let balance = s.balance.checked_add(amount).ok_or(Rejection::BalanceOverflow)?;
+            let amount =
+                i64::try_from(amount.minor_units()).map_err(|_| Rejection::BalanceOverflow)?;
+            let balance = s
+                .balance
+                .checked_add(amount)
+                .ok_or(Rejection::BalanceOverflow)?;
             AccountState { balance, ..*s }
         }
         (EventBody::Withdraw { amount }, Some(s)) => {
-            let amount = i64::try_from(amount.minor_units()).map_err(|_| Rejection::InsufficientFunds)?;
+            let amount =
+                i64::try_from(amount.minor_units()).map_err(|_| Rejection::InsufficientFunds)?;
             if s.balance < amount {
                 return Err(Rejection::InsufficientFunds);
             }
@@ -96,10 +101,14 @@ mod tests {
     use crate::ids::Amount;
 
     fn dep(n: u64) -> EventBody {
-        EventBody::Deposit { amount: Amount::new(n).unwrap() }
+        EventBody::Deposit {
+            amount: Amount::new(n).unwrap(),
+        }
     }
     fn wd(n: u64) -> EventBody {
-        EventBody::Withdraw { amount: Amount::new(n).unwrap() }
+        EventBody::Withdraw {
+            amount: Amount::new(n).unwrap(),
+        }
     }
 
     #[test]
@@ -107,7 +116,14 @@ mod tests {
         let s = decide(None, &EventBody::OpenAccount).unwrap();
         let s = decide(Some(&s), &dep(1250)).unwrap();
         let s = decide(Some(&s), &wd(300)).unwrap();
-        assert_eq!(s, AccountState { open: true, balance: 950, applied_events: 3 });
+        assert_eq!(
+            s,
+            AccountState {
+                open: true,
+                balance: 950,
+                applied_events: 3
+            }
+        );
     }
 
     #[test]
@@ -115,10 +131,19 @@ mod tests {
         assert_eq!(decide(None, &dep(1)), Err(Rejection::AccountNotOpen));
         assert_eq!(decide(None, &wd(1)), Err(Rejection::AccountNotOpen));
         let s = decide(None, &EventBody::OpenAccount).unwrap();
-        assert_eq!(decide(Some(&s), &EventBody::OpenAccount), Err(Rejection::AccountAlreadyOpen));
+        assert_eq!(
+            decide(Some(&s), &EventBody::OpenAccount),
+            Err(Rejection::AccountAlreadyOpen)
+        );
         assert_eq!(decide(Some(&s), &wd(1)), Err(Rejection::InsufficientFunds));
-        let rich = AccountState { balance: i64::MAX - 5, ..s };
-        assert_eq!(decide(Some(&rich), &dep(6)), Err(Rejection::BalanceOverflow));
+        let rich = AccountState {
+            balance: i64::MAX - 5,
+            ..s
+        };
+        assert_eq!(
+            decide(Some(&rich), &dep(6)),
+            Err(Rejection::BalanceOverflow)
+        );
         assert_eq!(decide(Some(&rich), &dep(5)).unwrap().balance, i64::MAX);
     }
 

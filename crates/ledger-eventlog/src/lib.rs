@@ -1,1 +1,19 @@
-//! placeholder
+//! The event log: everything the services need to write to and read from Kafka.
+//!
+//! - [`codec`]: the versioned binary envelope, the one place that knows the wire format;
+//! - [`config`]: broker address and pass-through librdkafka properties;
+//! - [`producer`]: the acks=all, idempotent producer that writes events;
+//! - [`admin`]: topic creation with the contract's settings;
+//! - [`position`]: a place in the log, and the consistency token that names it;
+//! - [`consume`]: the commit-after-apply consumer loop, with its dead-letter path.
+
+pub mod admin;
+pub mod codec;
+pub mod config;
+pub mod consume;
+pub mod position;
+pub mod producer;
+
+pub use codec::{decode, encode, DecodeError};
+pub use config::KafkaConfig;
+pub use position::{Position, TokenError};

@@ -1,0 +1,598 @@
+//! The commit-after-apply consumer loop.
+//!
+//! The loop reads the topic in batches bounded by count and time and hands each batch to
+//! a [`BatchSink`], which applies it and stores each partition's next offset in one
+//! durable write. Only after the sink returns are the offsets committed to Kafka, so no
+//! offset is ever committed for an event whose effect is not durable.
+//!
+//! The store, not Kafka, is the record of progress: on assignment each partition starts
+//! at the offset the sink has stored, and anything delivered below it is skipped. On a
+//! revoke, the batch in hand for the revoked partitions (and only theirs) is applied and
+//! committed before they are given up.
+//!
+//! The loop runs on a thread of its own (it blocks in `poll`), so a rebalance callback,
+//! which librdkafka runs inside `poll`, sees the batch in hand without any locking
+//! contention.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ledger_domain::Event;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::codec::{self, DecodeError};
+use crate::config::{ConflictingProperty, KafkaConfig};
+use crate::producer::{DeadLetter, EventProducer, ProduceError};
+
+/// One decoded event and where it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Events to apply together, and the next offset of every partition the batch moves.
+///
+/// A partition can appear in `next_offsets` without records: a dead-lettered event moves
+/// it on without changing any state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The events, in log order within each partition.
+    pub records: Vec<Record>,
+    /// Partition → next offset to read once this batch is applied.
+    pub next_offsets: BTreeMap<i32, i64>,
+}
+
+impl Batch {
+    /// Whether applying the batch would change nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.next_offsets.is_empty()
+    }
+
+    /// Takes out the part of the batch that belongs to these partitions.
+    fn split_off_partitions(&mut self, partitions: &BTreeSet<i32>) -> Batch {
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.records)
+            .into_iter()
+            .partition(|r| partitions.contains(&r.partition));
+        self.records = kept;
+        let mut next_offsets = BTreeMap::new();
+        for p in partitions {
+            if let Some(o) = self.next_offsets.remove(p) {
+                next_offsets.insert(*p, o);
+            }
+        }
+        Batch {
+            records: taken,
+            next_offsets,
+        }
+    }
+}
+
+/// Where batches go: a store that applies a batch and its offsets durably, in one go.
+pub trait BatchSink: Send + Sync + 'static {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The next offset to read for this partition, as durably stored; `None` to start
+    /// from the beginning of the log.
+    fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, Self::Error>;
+
+    /// Applies the batch and stores its next offsets atomically, and returns only once
+    /// both are durable.
+    fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<(), Self::Error>;
+
+    /// These partitions are now assigned to this consumer.
+    fn on_assigned(&self, _partitions: &[i32]) {}
+
+    /// These partitions are no longer assigned to this consumer.
+    fn on_revoked(&self, _partitions: &[i32]) {}
+}
+
+/// What to do with an event that does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PoisonPolicy {
+    /// Write it to the dead-letter topic and move on once that is acknowledged.
+    #[default]
+    DeadLetter,
+    /// Stop the consumer without moving past it.
+    Halt,
+}
+
+/// How the loop reads.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    /// The topic to read.
+    pub topic: String,
+    /// Where undecodable events go.
+    pub dlq_topic: String,
+    /// The consumer group.
+    pub group_id: String,
+    /// Static group membership (`group.instance.id`): a restarted instance takes its
+    /// partitions back at once instead of waiting for a rebalance.
+    pub instance_id: Option<String>,
+    /// Most events in one batch.
+    pub batch_max_events: usize,
+    /// Longest a batch waits for more events once it has one.
+    pub batch_max_wait: Duration,
+    /// What to do with undecodable events.
+    pub on_poison: PoisonPolicy,
+}
+
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The operator's properties weaken a guarantee.
+    #[error(transparent)]
+    Config(#[from] ConflictingProperty),
+    /// The consumer could not be created or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The store failed; nothing past its last durable batch was committed.
+    #[error("the store failed, no offset was committed past its durable state: {0}")]
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// An undecodable event under [`PoisonPolicy::Halt`].
+    #[error("undecodable event at partition {partition} offset {offset}: {error}; halting without moving past it (--on-poison halt)")]
+    Poison {
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// Why it does not decode.
+        error: DecodeError,
+    },
+}
+
+/// Counters of the loop itself; the sink keeps its own.
+#[derive(Clone, Default)]
+pub struct ConsumerMetrics {
+    /// Events below the stored offset, skipped.
+    pub redelivered: Counter,
+    /// Undecodable events, by what became of them.
+    pub poison: Family<Vec<(String, String)>, Counter>,
+    /// Offset commits to Kafka that failed (harmless: the store is the record).
+    pub commit_failures: Counter,
+    /// Rebalances, by kind.
+    pub rebalances: Family<Vec<(String, String)>, Counter>,
+}
+
+impl ConsumerMetrics {
+    /// Registers the counters.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "projector_redelivered_events",
+            "Events delivered below the stored offset and skipped",
+            self.redelivered.clone(),
+        );
+        registry.register(
+            "projector_poison_events",
+            "Undecodable events, by action (dead_lettered or halted)",
+            self.poison.clone(),
+        );
+        registry.register(
+            "projector_offset_commit_failures",
+            "Failed offset commits to Kafka; harmless, progress is kept in the store",
+            self.commit_failures.clone(),
+        );
+        registry.register(
+            "projector_rebalances",
+            "Partition assignments and revocations",
+            self.rebalances.clone(),
+        );
+    }
+}
+
+struct LoopState {
+    /// Events read but not yet applied.
+    pending: Batch,
+    /// Next offset expected per assigned partition (applied or pending).
+    positions: HashMap<i32, i64>,
+    /// An error raised inside a rebalance callback, for the loop to return.
+    fatal: Option<ConsumeError>,
+}
+
+struct LoopContext<S: BatchSink> {
+    sink: Arc<S>,
+    topic: String,
+    metrics: ConsumerMetrics,
+    state: Mutex<LoopState>,
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    fn state(&self) -> MutexGuard<'_, LoopState> {
+        // Only the consumer thread takes this lock; a poisoned lock means that thread
+        // panicked mid-update, after which the process is going down anyway.
+        self.state.lock().expect("the loop state lock is only taken by the consumer thread, which does not panic while holding it")
+    }
+
+    /// Applies the pending events of `only` (or of every partition) and commits their
+    /// offsets once the sink has made them durable.
+    fn flush(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&BTreeSet<i32>>,
+        mode: CommitMode,
+    ) -> Result<(), ConsumeError> {
+        let batch = {
+            let mut st = self.state();
+            match only {
+                Some(parts) => st.pending.split_off_partitions(parts),
+                None => std::mem::take(&mut st.pending),
+            }
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.sink
+            .apply_batch(&self.topic, &batch)
+            .map_err(|e| ConsumeError::Sink(Box::new(e)))?;
+        let mut tpl = TopicPartitionList::with_capacity(batch.next_offsets.len());
+        for (&p, &next) in &batch.next_offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                .expect("an explicit offset is always valid in a partition list");
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            self.metrics.commit_failures.inc();
+            debug!(error = %e, "offset commit failed; progress is kept in the store");
+        }
+        Ok(())
+    }
+}
+
+impl<S: BatchSink> ClientContext for LoopContext<S> {}
+
+impl<S: BatchSink> ConsumerContext for LoopContext<S> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let parts: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .get_or_create(&vec![("kind".into(), "assign".into())])
+                    .inc();
+                let mut starts = Vec::with_capacity(parts.len());
+                for &p in &parts {
+                    match self.sink.stored_offset(&self.topic, p) {
+                        Ok(stored) => {
+                            let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+                            tpl.set_partition_offset(&self.topic, p, offset)
+                                .expect("the partition is in the list we were handed");
+                            self.state().positions.insert(p, stored.unwrap_or(0));
+                            starts.push((p, stored.unwrap_or(0)));
+                        }
+                        Err(e) => {
+                            error!(partition = p, error = %e, "cannot read the stored offset");
+                            self.state()
+                                .fatal
+                                .get_or_insert(ConsumeError::Sink(Box::new(e)));
+                        }
+                    }
+                }
+                let res = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = res {
+                    error!(error = %e, "assign failed");
+                }
+                info!(partitions = ?starts, "partitions assigned; resuming from the stored offsets");
+                self.sink.on_assigned(&parts);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .get_or_create(&vec![("kind".into(), "revoke".into())])
+                    .inc();
+                let revoked: BTreeSet<i32> = parts.iter().copied().collect();
+                if let Err(e) = self.flush(consumer, Some(&revoked), CommitMode::Sync) {
+                    error!(error = %e, "applying the batch in hand for revoked partitions failed");
+                    self.state().fatal.get_or_insert(e);
+                }
+                {
+                    let mut st = self.state();
+                    for p in &revoked {
+                        st.positions.remove(p);
+                    }
+                }
+                let res = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = res {
+                    warn!(error = %e, "unassign failed");
+                }
+                info!(partitions = ?parts, "partitions revoked after applying their batch in hand");
+                self.sink.on_revoked(&parts);
+            }
+            other => {
+                error!(error = ?other, "rebalance error; dropping the assignment");
+                if let Err(e) = consumer.unassign() {
+                    warn!(error = %e, "unassign failed");
+                }
+                let mut st = self.state();
+                let all: Vec<i32> = st.positions.keys().copied().collect();
+                st.positions.clear();
+                drop(st);
+                self.sink.on_revoked(&all);
+            }
+        }
+    }
+}
+
+/// Reads `settings.topic` into `sink` until `shutdown` is cancelled or an error stops
+/// it. Blocking: run it on a thread of its own, inside a tokio runtime's context (the
+/// dead-letter producer needs one).
+///
+/// On shutdown it stops fetching, applies and commits the batch in hand, and leaves the
+/// group.
+pub fn run<S: BatchSink>(
+    kafka: &KafkaConfig,
+    settings: &ConsumerSettings,
+    sink: Arc<S>,
+    dead_letters: &EventProducer,
+    metrics: ConsumerMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let mut defaults: Vec<(&str, &str)> = vec![
+        ("client.id", "ledger-projector"),
+        ("partition.assignment.strategy", "cooperative-sticky"),
+        ("session.timeout.ms", "10000"),
+        ("auto.offset.reset", "earliest"),
+        ("enable.partition.eof", "false"),
+        ("socket.connection.setup.timeout.ms", "3000"),
+        ("reconnect.backoff.max.ms", "1000"),
+    ];
+    if let Some(id) = &settings.instance_id {
+        defaults.push(("group.instance.id", id));
+    }
+    let cfg = kafka.client_config(
+        &defaults,
+        &[
+            ("group.id", &settings.group_id, "set it with --group-id"),
+            (
+                "enable.auto.commit",
+                "false",
+                "offsets are committed only after the store is durable",
+            ),
+            (
+                "enable.auto.offset.store",
+                "false",
+                "offsets are committed explicitly",
+            ),
+        ],
+    )?;
+    let ctx = LoopContext {
+        sink,
+        topic: settings.topic.clone(),
+        metrics,
+        state: Mutex::new(LoopState {
+            pending: Batch::default(),
+            positions: HashMap::new(),
+            fatal: None,
+        }),
+    };
+    let consumer: BaseConsumer<LoopContext<S>> = cfg.create_with_context(ctx)?;
+    consumer.subscribe(&[&settings.topic])?;
+    info!(topic = %settings.topic, group = %settings.group_id, "consuming");
+
+    let result = poll_loop(&consumer, settings, dead_letters, &shutdown);
+    let ctx = consumer.context();
+    let result = result.and_then(|()| ctx.flush(&consumer, None, CommitMode::Sync));
+    if result.is_ok() {
+        // Leave the group now, so the partitions move to another instance at once.
+        consumer.unsubscribe();
+    }
+    // Dropping the consumer closes it, serving the final revoke through our callback.
+    drop(consumer);
+    result
+}
+
+fn poll_loop<S: BatchSink>(
+    consumer: &BaseConsumer<LoopContext<S>>,
+    settings: &ConsumerSettings,
+    dead_letters: &EventProducer,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    let ctx = consumer.context();
+    let idle_poll = Duration::from_millis(100);
+    let mut batch_started: Option<Instant> = None;
+    let mut batch_len = 0usize;
+    loop {
+        if let Some(e) = ctx.state().fatal.take() {
+            return Err(e);
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let wait = match batch_started {
+            None => idle_poll,
+            Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
+        };
+        if batch_started.is_some() && (batch_len >= settings.batch_max_events || wait.is_zero()) {
+            ctx.flush(consumer, None, CommitMode::Async)?;
+            batch_started = None;
+            batch_len = 0;
+            continue;
+        }
+        let msg = match consumer.poll(wait) {
+            // Also returned for rebalances and other events: not a sign of an empty queue.
+            None => continue,
+            Some(Err(e)) => {
+                warn!(error = %e, "consumer error");
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let (partition, offset) = (msg.partition(), msg.offset());
+        if msg.topic() != settings.topic {
+            continue;
+        }
+        let expected = ctx.state().positions.get(&partition).copied();
+        let Some(expected) = expected else {
+            // Not (or no longer) ours; whoever owns it reads it from its own stored offset.
+            debug!(
+                partition,
+                offset, "message for an unassigned partition, ignored"
+            );
+            continue;
+        };
+        if offset < expected {
+            ctx.metrics.redelivered.inc();
+            debug!(
+                partition,
+                offset, expected, "redelivered event below the stored offset, skipped"
+            );
+            continue;
+        }
+        match codec::decode(msg.payload().unwrap_or_default()) {
+            Ok(event) => {
+                let mut st = ctx.state();
+                st.pending.records.push(Record {
+                    partition,
+                    offset,
+                    event,
+                });
+                st.pending.next_offsets.insert(partition, offset + 1);
+                st.positions.insert(partition, offset + 1);
+            }
+            Err(error) => match settings.on_poison {
+                PoisonPolicy::Halt => {
+                    ctx.metrics
+                        .poison
+                        .get_or_create(&vec![("action".into(), "halted".into())])
+                        .inc();
+                    error!(partition, offset, %error, "undecodable event; halting (--on-poison halt)");
+                    // Events before it are fine: make them durable, stop at the poison.
+                    ctx.flush(consumer, None, CommitMode::Sync)?;
+                    return Err(ConsumeError::Poison {
+                        partition,
+                        offset,
+                        error,
+                    });
+                }
+                PoisonPolicy::DeadLetter => {
+                    let dead = DeadLetter {
+                        dlq_topic: &settings.dlq_topic,
+                        source_topic: &settings.topic,
+                        source_partition: partition,
+                        source_offset: offset,
+                        key: msg.key(),
+                        payload: msg.payload(),
+                        error: &error.to_string(),
+                        error_kind: error.kind(),
+                    };
+                    if !send_dead_letter(dead_letters, &dead, shutdown) {
+                        // Shutting down before the dead-letter topic acknowledged: the
+                        // partition stays at the poison and it is retried next time.
+                        return Ok(());
+                    }
+                    ctx.metrics
+                        .poison
+                        .get_or_create(&vec![("action".into(), "dead_lettered".into())])
+                        .inc();
+                    warn!(partition, offset, %error, dlq = %settings.dlq_topic, "undecodable event sent to the dead-letter topic");
+                    let mut st = ctx.state();
+                    st.pending.next_offsets.insert(partition, offset + 1);
+                    st.positions.insert(partition, offset + 1);
+                }
+            },
+        }
+        batch_len += 1;
+        batch_started.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Sends a dead letter, retrying with backoff until it is acknowledged. Returns false
+/// only when shutdown came first.
+fn send_dead_letter(
+    producer: &EventProducer,
+    dead: &DeadLetter<'_>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let handle = tokio::runtime::Handle::current();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match handle.block_on(producer.send_dead_letter(dead)) {
+            Ok(pos) => {
+                debug!(
+                    dlq_partition = pos.partition,
+                    dlq_offset = pos.offset,
+                    "dead letter acknowledged"
+                );
+                return true;
+            }
+            Err(e) => {
+                let e: ProduceError = e;
+                warn!(error = %e, partition = dead.source_partition, offset = dead.source_offset,
+                      "dead-letter topic did not acknowledge; retrying");
+            }
+        }
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_domain::{AccountId, CommandId, EventBody};
+
+    fn rec(partition: i32, offset: i64) -> Record {
+        Record {
+            partition,
+            offset,
+            event: Event {
+                event_id: 1,
+                command_id: CommandId::parse("c").unwrap(),
+                account_id: AccountId::parse("a").unwrap(),
+                time_ms: 0,
+                body: EventBody::OpenAccount,
+            },
+        }
+    }
+
+    #[test]
+    fn splitting_takes_only_the_named_partitions() {
+        let mut b = Batch {
+            records: vec![rec(0, 1), rec(1, 7), rec(0, 2), rec(2, 3)],
+            next_offsets: [(0, 3), (1, 8), (2, 4), (3, 10)].into_iter().collect(),
+        };
+        let taken = b.split_off_partitions(&[0, 3].into_iter().collect());
+        assert_eq!(taken.records, vec![rec(0, 1), rec(0, 2)]);
+        assert_eq!(taken.next_offsets, [(0, 3), (3, 10)].into_iter().collect());
+        assert_eq!(b.records, vec![rec(1, 7), rec(2, 3)]);
+        assert_eq!(b.next_offsets, [(1, 8), (2, 4)].into_iter().collect());
+    }
+}
