@@ -1,1 +1,74 @@
-//! placeholder
+//! Test support shared by the crates' black-box tests: where the real broker is, unique
+//! topic names, and waiting on a condition with a deadline instead of sleeping.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+
+/// The one variable that tells tests where the real broker is. `scripts/test.sh` starts
+/// a broker with `scripts/kafka-local.sh` and sets it.
+pub const BROKERS_ENV: &str = "LEDGER_TEST_BROKERS";
+
+/// The real broker's address. Panics with a clear message, instead of hanging, when the
+/// variable is unset or nothing answers there.
+pub fn brokers() -> String {
+    let brokers = std::env::var(BROKERS_ENV).unwrap_or_else(|_| {
+        panic!(
+            "{BROKERS_ENV} is not set: this test needs a real Kafka broker. \
+             Run scripts/test.sh, or scripts/kafka-local.sh start and \
+             export {BROKERS_ENV}=127.0.0.1:9092"
+        )
+    });
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("socket.connection.setup.timeout.ms", "3000")
+        .create()
+        .expect("a bare client config is valid");
+    if let Err(e) = client.fetch_metadata(None, Duration::from_secs(10)) {
+        panic!("the Kafka broker at {brokers} ({BROKERS_ENV}) does not answer: {e}. Is it running? scripts/kafka-local.sh status");
+    }
+    brokers
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` once `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Blocking [`wait_for`], for tests without a runtime.
+pub fn wait_for_blocking<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
