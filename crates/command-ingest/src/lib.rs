@@ -1,1 +1,146 @@
-//! placeholder
+//! `command-ingest`: the HTTP service that turns each command into exactly one event in
+//! Kafka and answers `202` only once the broker has acknowledged it.
+//!
+//! There is no database on the request path: the log is the only write. The projector
+//! listens to the same topic and decides each command's outcome.
+
+mod config;
+mod handlers;
+mod metrics;
+mod readiness;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings};
+use ledger_http::auth::{require_bearer, BearerAuth};
+use ledger_http::metrics::MetricsRegistry;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+/// Why the ingest could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The producer configuration is invalid.
+    #[error(transparent)]
+    Producer(#[from] ProducerBuildError),
+    /// The listen address could not be bound, or serving failed.
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared by every request.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub producer: EventProducer,
+    pub topic: Arc<str>,
+    pub ready: Arc<AtomicBool>,
+    pub permits: Arc<Semaphore>,
+    pub max_in_flight: usize,
+    pub metrics: metrics::IngestMetrics,
+}
+
+/// Binds `config.listen` and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), IngestError> {
+    let listener = TcpListener::bind(config.listen).await?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind `127.0.0.1:0`) until `shutdown` is
+/// cancelled; then stops accepting, waits (bounded) for deliveries in flight and flushes
+/// the producer.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    let kafka = config.kafka();
+    let producer = EventProducer::new(
+        &kafka,
+        ProducerSettings {
+            delivery_timeout: Duration::from_millis(config.delivery_timeout_ms),
+            linger_ms: config.linger_ms,
+            client_id: "command-ingest".into(),
+        },
+    )?;
+    let mut registry = Registry::default();
+    let metrics = metrics::IngestMetrics::new(&mut registry);
+    let state = AppState {
+        producer: producer.clone(),
+        topic: config.topic.clone().into(),
+        ready: Arc::new(AtomicBool::new(false)),
+        permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+        max_in_flight: config.max_in_flight as usize,
+        metrics: metrics.clone(),
+    };
+
+    let tracker = TaskTracker::new();
+    tracker.spawn(readiness::watch(
+        kafka,
+        config.topic_spec(),
+        state.ready.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let auth = BearerAuth(config.auth_token.clone().map(Into::into));
+    let v1 = Router::new()
+        .route(
+            "/v1/commands",
+            post(handlers::submit_one)
+                .layer(DefaultBodyLimit::max(ledger_http::body::MAX_COMMAND_BODY)),
+        )
+        .route(
+            "/v1/commands/batch",
+            post(handlers::submit_batch).layer(DefaultBodyLimit::max(handlers::MAX_BATCH_BODY)),
+        )
+        .route_layer(middleware::from_fn_with_state(auth, require_bearer))
+        .with_state(state.clone());
+    let ops = Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .with_state(state.clone())
+        .route("/metrics", get(ledger_http::metrics::render))
+        .with_state(MetricsRegistry(Arc::new(registry)));
+    let request_timeout =
+        Duration::from_millis(config.delivery_timeout_ms) + Duration::from_secs(10);
+    let app = v1
+        .merge(ops)
+        .fallback(ledger_http::error::no_such_route)
+        .method_not_allowed_fallback(|| async { ledger_http::error::method_not_allowed() })
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ));
+
+    let addr = listener.local_addr()?;
+    info!(%addr, topic = %config.topic, "command-ingest listening");
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let served = ledger_http::serve::serve(listener, app, shutdown.clone(), grace).await;
+
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    let in_flight = producer.in_flight();
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(grace))
+        .await
+        .expect("flushing the producer does not panic");
+    match flushed {
+        Ok(()) => info!(in_flight, "producer flushed; command-ingest stopped"),
+        Err(e) => warn!(in_flight, error = %e, "producer flush incomplete at shutdown"),
+    }
+    served?;
+    Ok(())
+}

@@ -1,1 +1,13 @@
-//! placeholder
+//! What both HTTP services share: the one error type that renders every failure as the
+//! contract's JSON body, JSON body reading with the contract's limits and codes, bearer
+//! authentication, the metrics registry and its route, logging set-up, and serving with
+//! graceful shutdown.
+
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod metrics;
+pub mod serve;
+pub mod telemetry;
+
+pub use error::ApiError;

@@ -1,0 +1,225 @@
+//! The HTTP handlers: validate, produce one event per valid command, answer once the
+//! broker has acknowledged.
+
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::future::join_all;
+use ledger_domain::{Command, CommandId, Event};
+use ledger_eventlog::producer::ProduceError;
+use ledger_http::body::{body_bytes, require_json, MAX_COMMAND_BODY};
+use ledger_http::ApiError;
+use serde_json::{json, Value};
+use tokio::sync::SemaphorePermit;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::AppState;
+
+/// Most commands in one batch request.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+/// Largest batch body: room for 10 000 commands with long ids.
+pub const MAX_BATCH_BODY: usize = 8 * 1024 * 1024;
+
+/// `POST /v1/commands`.
+pub(crate) async fn submit_one(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match submit_one_inner(&state, &headers, body).await {
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
+        Err(e) => {
+            state.metrics.reject(e.code);
+            e.into_response()
+        }
+    }
+}
+
+async fn submit_one_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    require_json(headers)?;
+    let body = body_bytes(body, MAX_COMMAND_BODY)?;
+    let command = Command::from_json_slice(&body)?;
+    let _permit = acquire(state, 1)?;
+    produce(state, &command).await
+}
+
+/// `POST /v1/commands/batch`.
+pub(crate) async fn submit_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match submit_batch_inner(&state, &headers, body).await {
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
+        Err(e) => {
+            state.metrics.reject(e.code);
+            e.into_response()
+        }
+    }
+}
+
+async fn submit_batch_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    require_json(headers)?;
+    let body = body_bytes(body, MAX_BATCH_BODY)?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let Value::Array(items) = value else {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "a batch is a JSON array of commands",
+        ));
+    };
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the batch has {} commands; at most {MAX_BATCH_ITEMS} are allowed",
+                items.len()
+            ),
+        ));
+    }
+    let parsed: Vec<Result<Command, ApiError>> = items
+        .iter()
+        .map(|v| Command::from_json(v).map_err(ApiError::from))
+        .collect();
+    let valid = parsed.iter().filter(|r| r.is_ok()).count();
+    // All or nothing for capacity, so that an overloaded batch writes nothing.
+    let _permit = acquire(state, valid)?;
+    let results = join_all(parsed.into_iter().map(|r| async move {
+        match r {
+            Ok(cmd) => produce(state, &cmd).await,
+            Err(e) => Err(e),
+        }
+    }))
+    .await;
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(v) => v,
+            Err(e) => {
+                state.metrics.reject(e.code);
+                e.body()
+            }
+        })
+        .collect();
+    Ok(json!({ "results": results }))
+}
+
+/// Takes `n` in-flight slots, or refuses with 503 `overloaded` so memory stays bounded.
+fn acquire(state: &AppState, n: usize) -> Result<Option<SemaphorePermit<'_>>, ApiError> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let n = n.min(state.max_in_flight);
+    let permits = u32::try_from(n).expect("max_in_flight is at most 1 000 000 and fits u32");
+    state
+        .permits
+        .try_acquire_many(permits)
+        .map(Some)
+        .map_err(|_| {
+            ApiError::unavailable(
+                "overloaded",
+                format!(
+                    "more than {} commands are in flight; retry shortly",
+                    state.max_in_flight
+                ),
+                1,
+            )
+        })
+}
+
+/// Writes one command's event and waits for the acknowledgement.
+async fn produce(state: &AppState, command: &Command) -> Result<Value, ApiError> {
+    let command_id = match &command.command_id {
+        Some(id) => id.clone(),
+        None => CommandId::parse(&Uuid::new_v4().to_string())
+            .expect("a hyphenated UUID is a valid command id"),
+    };
+    let event_id = Uuid::now_v7();
+    let time_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let event = Event::from_command(command, command_id, event_id.as_u128(), time_ms);
+
+    state.metrics.in_flight.inc();
+    let started = Instant::now();
+    let result = state.producer.send(&state.topic, &event).await;
+    state.metrics.in_flight.dec();
+    state
+        .metrics
+        .produce_latency
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(pos) => {
+            state
+                .metrics
+                .accepted
+                .get_or_create(&vec![("type", command.kind.type_name())])
+                .inc();
+            debug!(command_id = %event.command_id, partition = pos.partition, offset = pos.offset, "accepted");
+            Ok(json!({
+                "command_id": event.command_id.as_str(),
+                "event_id": event_id.to_string(),
+                "partition": pos.partition,
+                "offset": pos.offset,
+                "token": pos.token(),
+            }))
+        }
+        Err(e) => {
+            warn!(command_id = %event.command_id, error = %e, "not acknowledged by the broker");
+            Err(match e {
+                ProduceError::QueueFull => ApiError::unavailable(
+                    "overloaded",
+                    "the producer queue is full; retry shortly",
+                    1,
+                ),
+                other => ApiError::unavailable(
+                    "log_unavailable",
+                    format!(
+                        "the log did not acknowledge the command ({other}); it may or may not be recorded: \
+                         retrying with the same command_id {} is safe",
+                        event.command_id
+                    ),
+                    1,
+                ),
+            })
+        }
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 once the topic is reachable.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        Json(json!({"status": "ready", "topic": &*state.topic})).into_response()
+    } else {
+        ApiError::unavailable(
+            "not_ready",
+            format!("topic {} is not reachable yet", state.topic),
+            1,
+        )
+        .into_response()
+    }
+}
