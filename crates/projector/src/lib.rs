@@ -1,1 +1,272 @@
-//! placeholder
+//! `projector`: listens to the ledger's own topic and turns it into state in sled that
+//! is never ahead of, never behind and never double of what the log says, and serves
+//! queries over it.
+//!
+//! The consumer loop ([`ledger_eventlog::consume`]) runs on a blocking thread and hands
+//! batches to [`sink::ProjectorSink`], which applies each one in a single sled
+//! transaction with the partition offsets and flushes before the offsets go to Kafka.
+//! Queries can wait for a consistency token, woken by applies.
+
+mod config;
+mod http;
+mod metrics;
+mod sink;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::{middleware, Router};
+use ledger_eventlog::admin::{
+    ensure_topic, high_watermarks, metadata_client, AdminError, TopicSpec,
+};
+use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings};
+use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings};
+use ledger_http::auth::{require_bearer, BearerAuth};
+use ledger_http::metrics::MetricsRegistry;
+use ledger_store::{Store, StoreError};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use config::{Config, OnPoison};
+
+/// Why the projector could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    /// The data directory cannot be used.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// A Kafka client could not be built.
+    #[error(transparent)]
+    Producer(#[from] ProducerBuildError),
+    /// A Kafka client could not be built.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The consumer stopped with an error (store failure, or poison under `halt`).
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
+    /// The listen address could not be bound, or serving failed.
+    #[error("HTTP server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the store, binds `config.listen` and runs until `shutdown` is cancelled or the
+/// consumer stops with an error.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ProjectorError> {
+    let store = open_store(&config)?;
+    let listener = TcpListener::bind(config.listen).await?;
+    serve(config, store, listener, shutdown).await
+}
+
+/// Opens the configured store, with a clear error when the directory is unusable,
+/// corrupt or in use.
+pub fn open_store(config: &Config) -> Result<Store, ProjectorError> {
+    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+        return Err(ProjectorError::Io(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            ),
+        )));
+    }
+    Ok(Store::open(&config.data_dir, config.cache_mb << 20)?)
+}
+
+/// Runs on an open store and a bound listener (tests bind `127.0.0.1:0`).
+pub async fn serve(
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectorError> {
+    let kafka = config.kafka();
+    let mut registry = Registry::default();
+    let metrics = metrics::ProjectorMetrics::new(&mut registry);
+    let stored = store.offsets(&config.topic)?;
+    for (p, next) in &stored {
+        metrics
+            .applied_offset
+            .get_or_create(&vec![("partition", p.to_string())])
+            .set(*next);
+    }
+    info!(data_dir = %config.data_dir.display(), offsets = ?stored, "store opened");
+    let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
+    let assigned = Arc::new(Mutex::new(BTreeSet::new()));
+    let sink = Arc::new(sink::ProjectorSink {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        applied: applied_tx,
+        assigned: assigned.clone(),
+    });
+    let dead_letters = EventProducer::new(
+        &kafka,
+        ProducerSettings {
+            delivery_timeout: Duration::from_secs(10),
+            linger_ms: 0,
+            client_id: "projector-dlq".into(),
+        },
+    )?;
+    let metadata = Arc::new(metadata_client(&kafka)?);
+    let tracker = TaskTracker::new();
+    // Stopping for any reason (signal, consumer error, server error) stops everything.
+    let stop = shutdown.child_token();
+
+    tracker.spawn(create_dlq_topic(
+        kafka.clone(),
+        TopicSpec {
+            name: config.dlq_topic(),
+            partitions: 1,
+            replication_factor: config.replication_factor,
+        },
+        stop.clone(),
+    ));
+    tracker.spawn(track_lag(
+        metadata.clone(),
+        config.topic.clone(),
+        applied_rx.clone(),
+        assigned.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+
+    let settings = ConsumerSettings {
+        topic: config.topic.clone(),
+        dlq_topic: config.dlq_topic(),
+        group_id: config.group_id.clone(),
+        instance_id: config.instance_id.clone(),
+        batch_max_events: config.batch_max_events as usize,
+        batch_max_wait: Duration::from_millis(config.batch_max_ms),
+        on_poison: config.poison_policy(),
+    };
+    let consumer = {
+        let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
+        tokio::task::spawn_blocking(move || {
+            let res = consume::run(
+                &kafka,
+                &settings,
+                sink,
+                &dead_letters,
+                metrics,
+                stop.clone(),
+            );
+            if let Err(e) = &res {
+                error!(error = %e, "consumer stopped");
+            }
+            stop.cancel();
+            res
+        })
+    };
+
+    let query = http::QueryState {
+        store,
+        topic: config.topic.clone().into(),
+        applied: applied_rx,
+        assigned,
+        metadata,
+    };
+    let auth = BearerAuth(config.auth_token.clone().map(Into::into));
+    let v1 = Router::new()
+        .route("/v1/accounts/{id}", get(http::account))
+        .route("/v1/commands/{command_id}", get(http::command))
+        .route("/v1/progress", get(http::progress))
+        .route_layer(middleware::from_fn_with_state(auth, require_bearer))
+        .with_state(query.clone());
+    let app = v1
+        .merge(
+            Router::new()
+                .route("/healthz", get(http::healthz))
+                .route("/readyz", get(http::readyz))
+                .with_state(query),
+        )
+        .merge(
+            Router::new()
+                .route("/metrics", get(ledger_http::metrics::render))
+                .with_state(MetricsRegistry(Arc::new(registry))),
+        )
+        .fallback(ledger_http::error::no_such_route)
+        .method_not_allowed_fallback(|| async { ledger_http::error::method_not_allowed() });
+
+    let addr = listener.local_addr()?;
+    info!(%addr, topic = %config.topic, group = %config.group_id, "projector listening");
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let served = ledger_http::serve::serve(listener, app, stop.clone(), grace).await;
+    stop.cancel();
+    let consumed = consumer.await.expect("the consumer thread does not panic");
+    tracker.close();
+    tracker.wait().await;
+    consumed?;
+    served?;
+    info!("projector stopped");
+    Ok(())
+}
+
+/// Creates the dead-letter topic, retrying until the broker answers.
+async fn create_dlq_topic(
+    kafka: ledger_eventlog::KafkaConfig,
+    spec: TopicSpec,
+    stop: CancellationToken,
+) {
+    loop {
+        match ensure_topic(&kafka, &spec, Duration::from_secs(5)).await {
+            Ok(status) => {
+                info!(topic = %spec.name, ?status, "dead-letter topic ready");
+                return;
+            }
+            Err(e) => {
+                warn!(topic = %spec.name, error = %e, "cannot create the dead-letter topic yet; retrying")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Keeps the per-partition lag gauges current.
+async fn track_lag(
+    client: Arc<rdkafka::consumer::BaseConsumer>,
+    topic: String,
+    applied: watch::Receiver<sink::Applied>,
+    assigned: Arc<Mutex<BTreeSet<i32>>>,
+    metrics: metrics::ProjectorMetrics,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let parts: Vec<i32> = assigned
+            .lock()
+            .expect("the assignment lock is never held across a panic")
+            .iter()
+            .copied()
+            .collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let (c, t) = (client.clone(), topic.clone());
+        let Ok(Ok(hws)) = tokio::task::spawn_blocking(move || {
+            high_watermarks(&c, &t, &parts, Duration::from_secs(2))
+        })
+        .await
+        else {
+            continue;
+        };
+        let applied = applied.borrow().clone();
+        for (p, hw) in hws {
+            let next = applied.get(&p).copied().unwrap_or(0);
+            metrics
+                .lag
+                .get_or_create(&vec![("partition", p.to_string())])
+                .set((hw - next).max(0));
+        }
+    }
+}

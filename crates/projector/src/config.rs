@@ -1,0 +1,104 @@
+//! The projector's configuration: flags with environment fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ledger_eventlog::config::parse_property;
+use ledger_eventlog::consume::PoisonPolicy;
+use ledger_eventlog::KafkaConfig;
+use ledger_http::telemetry::LogFormat;
+
+/// What to do with an event that does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnPoison {
+    /// Send it to the dead-letter topic and move on.
+    DeadLetter,
+    /// Stop with a non-zero exit, without moving past it.
+    Halt,
+}
+
+/// `projector` consumes the event topic into a sled projection, commit-after-apply, and
+/// serves the query API.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "projector", version, about, long_about = None)]
+pub struct Config {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The event topic.
+    #[arg(long, env = "LEDGER_TOPIC", default_value = "ledger.events")]
+    pub topic: String,
+    /// The dead-letter topic [default: <topic>.dlq].
+    #[arg(long, env = "LEDGER_DLQ_TOPIC")]
+    pub dlq_topic: Option<String>,
+    /// Replication factor of the dead-letter topic when this service creates it.
+    #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub replication_factor: i32,
+    /// The consumer group.
+    #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "ledger-projector")]
+    pub group_id: String,
+    /// Static group membership (group.instance.id): a restarted instance takes its
+    /// partitions back at once, without a rebalance. Unset, membership is dynamic.
+    #[arg(long, env = "PROJECTOR_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PROJECTOR_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// Where the sled store lives. One projector per directory.
+    #[arg(long, env = "PROJECTOR_DATA_DIR", default_value = "./data/projector")]
+    pub data_dir: PathBuf,
+    /// sled's cache, in MiB.
+    #[arg(long, env = "PROJECTOR_CACHE_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub cache_mb: u64,
+    /// Most events applied in one transaction.
+    #[arg(long, env = "PROJECTOR_BATCH_MAX_EVENTS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch_max_events: u64,
+    /// Longest a batch waits for more events once it has one, in ms.
+    #[arg(long, env = "PROJECTOR_BATCH_MAX_MS", default_value_t = 5)]
+    pub batch_max_ms: u64,
+    /// What to do with an event that does not decode.
+    #[arg(long, env = "PROJECTOR_ON_POISON", value_enum, default_value_t = OnPoison::DeadLetter)]
+    pub on_poison: OnPoison,
+    /// Bearer token required on /v1 routes; unset, they are open.
+    #[arg(long, env = "LEDGER_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Any librdkafka property, as key=value (repeatable), e.g. for SASL/SSL.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub kafka_config: Vec<(String, String)>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// On SIGTERM, how long to wait for HTTP requests in flight.
+    #[arg(long, env = "PROJECTOR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Config {
+    /// A config with every default, for these brokers and this data directory.
+    pub fn for_brokers(brokers: &str, data_dir: &std::path::Path) -> Self {
+        let mut c = <Self as clap::Parser>::parse_from(["projector", "--brokers", brokers]);
+        c.data_dir = data_dir.to_path_buf();
+        c
+    }
+
+    pub(crate) fn kafka(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            properties: self.kafka_config.clone(),
+        }
+    }
+
+    /// The dead-letter topic's name.
+    pub fn dlq_topic(&self) -> String {
+        self.dlq_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+
+    pub(crate) fn poison_policy(&self) -> PoisonPolicy {
+        match self.on_poison {
+            OnPoison::DeadLetter => PoisonPolicy::DeadLetter,
+            OnPoison::Halt => PoisonPolicy::Halt,
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The projector's [`BatchSink`]: applies batches to the sled store, counts what they
+//! did, and publishes the new applied offsets to waiting queries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use ledger_eventlog::consume::{Batch, BatchSink};
+use ledger_store::{Store, StoreError};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::metrics::ProjectorMetrics;
+
+/// Next offset applied per partition, durably. Queries with a token wait on it.
+pub(crate) type Applied = Arc<BTreeMap<i32, i64>>;
+
+pub(crate) struct ProjectorSink {
+    pub store: Store,
+    pub metrics: ProjectorMetrics,
+    pub applied: watch::Sender<Applied>,
+    pub assigned: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl ProjectorSink {
+    fn assigned(&self) -> std::sync::MutexGuard<'_, BTreeSet<i32>> {
+        self.assigned
+            .lock()
+            .expect("the assignment lock is never held across a panic")
+    }
+}
+
+impl BatchSink for ProjectorSink {
+    type Error = StoreError;
+
+    fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        self.store.stored_offset(topic, partition)
+    }
+
+    fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<(), StoreError> {
+        let stats = self.store.apply_batch(topic, batch)?;
+        let m = &self.metrics;
+        m.applied.inc_by(stats.applied);
+        m.duplicates.inc_by(stats.duplicates);
+        m.consumer.redelivered.inc_by(stats.redelivered);
+        for (reason, n) in &stats.rejected {
+            m.rejected
+                .get_or_create(&vec![("reason", reason.to_string())])
+                .inc_by(*n);
+        }
+        m.batch_size.observe(batch.records.len() as f64);
+        m.apply_flush_latency
+            .observe((stats.apply_time + stats.flush_time).as_secs_f64());
+        for (&p, &next) in &batch.next_offsets {
+            m.applied_offset
+                .get_or_create(&vec![("partition", p.to_string())])
+                .set(next);
+        }
+        debug!(
+            events = batch.records.len(),
+            applied = stats.applied,
+            duplicates = stats.duplicates,
+            redelivered = stats.redelivered,
+            apply_us = stats.apply_time.as_micros() as u64,
+            flush_us = stats.flush_time.as_micros() as u64,
+            "applied batch"
+        );
+        self.applied.send_modify(|applied| {
+            let map = Arc::make_mut(applied);
+            for (&p, &next) in &batch.next_offsets {
+                let e = map.entry(p).or_insert(next);
+                *e = (*e).max(next);
+            }
+        });
+        Ok(())
+    }
+
+    fn on_assigned(&self, partitions: &[i32]) {
+        let mut a = self.assigned();
+        a.extend(partitions);
+        self.metrics.assigned_partitions.set(a.len() as i64);
+        info!(?partitions, total = a.len(), "assigned");
+    }
+
+    fn on_revoked(&self, partitions: &[i32]) {
+        let mut a = self.assigned();
+        for p in partitions {
+            a.remove(p);
+        }
+        self.metrics.assigned_partitions.set(a.len() as i64);
+        info!(?partitions, total = a.len(), "revoked");
+    }
+}
