@@ -70,9 +70,9 @@ async fn consistent(state: &QueryState, params: &HashMap<String, String>) -> Res
             Err(ApiError::unavailable(
                 "not_yet_consistent",
                 format!(
-                    "partition {} has applied up to offset {} but the token needs offset {}; retry later or with a longer timeout_ms",
+                    "partition {} has applied {} but the token needs offset {}; retry later or with a longer timeout_ms",
                     pos.partition,
-                    applied.map_or_else(|| "none".to_string(), |n| (n - 1).to_string()),
+                    applied.map_or_else(|| "nothing yet".to_string(), |n| format!("up to offset {}", n - 1)),
                     pos.offset
                 ),
                 1,
