@@ -125,10 +125,10 @@ impl Command {
                 )))
             }
         };
-        if let Some(field) = obj.keys().find(|k| {
-            !matches!(k.as_str(), "type" | "account_id" | "command_id")
-                && !(takes_amount && k.as_str() == "amount")
-        }) {
+        let allowed = |k: &str| {
+            matches!(k, "type" | "account_id" | "command_id") || (takes_amount && k == "amount")
+        };
+        if let Some(field) = obj.keys().find(|k| !allowed(k)) {
             return Err(ValidationError::UnknownField(format!(
                 "field {} is not part of a `{type_name}` command",
                 shorten(field)

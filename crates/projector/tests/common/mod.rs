@@ -1,0 +1,366 @@
+//! Shared by the projector's black-box tests: a reproducible workload, writing it to the
+//! real broker, the model it must produce, the projector as a child process, and checks
+//! of a store or the HTTP API against the model.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use ledger_domain::{AccountId, Amount, CommandId, Event, EventBody, Model};
+use ledger_eventlog::admin::{ensure_topic, TopicSpec};
+use ledger_eventlog::producer::{EventProducer, ProducerSettings};
+use ledger_eventlog::{KafkaConfig, Position};
+use ledger_store::Store;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+pub const PARTITIONS: i32 = 6;
+
+/// Creates a topic with the contract's settings.
+pub async fn create_topic(brokers: &str, topic: &str) {
+    let spec = TopicSpec {
+        name: topic.into(),
+        partitions: PARTITIONS,
+        replication_factor: 1,
+    };
+    ensure_topic(&KafkaConfig::new(brokers), &spec, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+/// A reproducible mix: opens (some accounts never opened, some opened twice), deposits,
+/// withdrawals including overdrafts, and retries of earlier command ids of the same
+/// account. Command ids are unique per workload (`prefix`).
+pub fn workload(seed: u64, accounts: usize, events: usize, prefix: &str) -> Vec<Event> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out: Vec<Event> = Vec::with_capacity(events);
+    let mut per_account: HashMap<usize, Vec<usize>> = HashMap::new();
+    let acc = |i: usize| AccountId::parse(&format!("{prefix}-acc-{i}")).unwrap();
+    for i in 0..events {
+        let a = rng.random_range(0..accounts);
+        let roll = rng.random_range(0..100);
+        let prior = per_account.get(&a).filter(|v| !v.is_empty());
+        let retry_of = prior
+            .filter(|_| roll < 4)
+            .map(|v| v[rng.random_range(0..v.len())]);
+        let (command_id, body) = if let Some(j) = retry_of {
+            // A client retry: same command id, same account, same body.
+            (out[j].command_id.clone(), out[j].body)
+        } else {
+            let body = match roll {
+                0..=9 => EventBody::OpenAccount,
+                10..=54 => EventBody::Deposit {
+                    amount: Amount::new(rng.random_range(1..=10_000)).unwrap(),
+                },
+                _ => EventBody::Withdraw {
+                    amount: Amount::new(rng.random_range(1..=12_000)).unwrap(),
+                },
+            };
+            (
+                CommandId::parse(&format!("{prefix}-cmd-{i}")).unwrap(),
+                body,
+            )
+        };
+        per_account.entry(a).or_default().push(out.len());
+        out.push(Event {
+            event_id: i as u128,
+            command_id,
+            account_id: acc(a),
+            time_ms: 1_700_000_000_000,
+            body,
+        });
+    }
+    // Make sure most accounts get opened early, so that the mix is not all rejections.
+    let mut opens: Vec<Event> = (0..accounts.saturating_sub(accounts / 10))
+        .map(|a| Event {
+            event_id: (events + a) as u128,
+            command_id: CommandId::parse(&format!("{prefix}-open-{a}")).unwrap(),
+            account_id: acc(a),
+            time_ms: 1_700_000_000_000,
+            body: EventBody::OpenAccount,
+        })
+        .collect();
+    opens.extend(out);
+    opens
+}
+
+/// Writes events, in order per account (each account waits for its previous
+/// acknowledgement), concurrently across accounts. Returns each event's position.
+pub async fn produce(brokers: &str, topic: &str, events: &[Event]) -> Vec<(Position, Event)> {
+    let producer =
+        EventProducer::new(&KafkaConfig::new(brokers), ProducerSettings::default()).unwrap();
+    let mut by_account: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for e in events {
+        by_account.entry(e.account_id.as_str()).or_default().push(e);
+    }
+    join_all(by_account.into_values().map(|chain| {
+        let producer = producer.clone();
+        async move {
+            let mut out = Vec::with_capacity(chain.len());
+            for e in chain {
+                let pos = producer
+                    .send(topic, e)
+                    .await
+                    .expect("the broker acknowledges");
+                out.push((pos, e.clone()));
+            }
+            out
+        }
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Writes raw bytes under a key (for poison tests).
+pub async fn produce_raw(brokers: &str, topic: &str, key: &str, payload: &[u8]) -> Position {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .create()
+        .unwrap();
+    let (partition, offset) = p
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|d| (d.partition, d.offset))
+        .unwrap();
+    Position { partition, offset }
+}
+
+/// The state the log must produce: events applied in offset order per partition.
+pub fn model_of(positions: &[(Position, Event)]) -> Model {
+    let mut sorted: Vec<&(Position, Event)> = positions.iter().collect();
+    sorted.sort_by_key(|(p, _)| (p.partition, p.offset));
+    let mut m = Model::new();
+    for (_, e) in sorted {
+        m.apply(e);
+    }
+    m
+}
+
+/// Next offset per partition once all of these are applied.
+pub fn ends_of(positions: &[(Position, Event)]) -> BTreeMap<i32, i64> {
+    let mut ends = BTreeMap::new();
+    for (p, _) in positions {
+        let e = ends.entry(p.partition).or_insert(0);
+        *e = (*e).max(p.offset + 1);
+    }
+    ends
+}
+
+/// Every account and command in the store equals the model.
+pub fn assert_store_matches(store: &Store, model: &Model) {
+    let stored: BTreeMap<AccountId, _> = store.accounts().map(|r| r.unwrap()).collect();
+    assert_eq!(stored.len(), model.accounts.len(), "number of accounts");
+    for (id, want) in &model.accounts {
+        assert_eq!(stored.get(id), Some(want), "account {id}");
+    }
+    for (id, want) in &model.commands {
+        let got = store
+            .command(id)
+            .unwrap()
+            .unwrap_or_else(|| panic!("command {id} missing"));
+        assert_eq!(got.status, want.status, "status of command {id}");
+        assert_eq!(got.account_id, want.account_id, "account of command {id}");
+    }
+}
+
+/// Every account and command served over HTTP equals the model.
+pub async fn assert_http_matches(base: &str, model: &Model) {
+    let http = reqwest::Client::new();
+    for (id, want) in &model.accounts {
+        let v: Value = http
+            .get(format!("{base}/v1/accounts/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["balance"], want.balance, "balance of {id}: {v}");
+        assert_eq!(
+            v["applied_events"], want.applied_events,
+            "applied_events of {id}: {v}"
+        );
+        assert_eq!(v["open"], want.open, "{id}: {v}");
+    }
+    for (id, want) in &model.commands {
+        let v: Value = http
+            .get(format!("{base}/v1/commands/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], want.status.label(), "status of {id}: {v}");
+        assert_eq!(
+            v["reason"].as_str(),
+            want.status.reason(),
+            "reason of {id}: {v}"
+        );
+        assert_eq!(v["account_id"], want.account_id.as_str(), "{id}: {v}");
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The projector binary as a child process.
+pub struct ProjectorProcess {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl ProjectorProcess {
+    pub fn spawn(brokers: &str, topic: &str, group: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_projector"))
+            .args(["--brokers", brokers, "--topic", topic, "--group-id", group])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, port, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "projector did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::yield_now();
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ProjectorProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The projector's applied offsets, from `/v1/progress`.
+pub async fn applied_offsets(base: &str) -> Option<BTreeMap<i32, i64>> {
+    let v: Value = reqwest::get(format!("{base}/v1/progress"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(
+        v["partitions"]
+            .as_array()?
+            .iter()
+            .map(|p| {
+                (
+                    p["partition"].as_i64().unwrap() as i32,
+                    p["applied_offset"].as_i64().unwrap(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Waits until the projector at `base` has applied everything below `ends`.
+pub async fn wait_applied(base: &str, ends: &BTreeMap<i32, i64>, timeout: Duration) {
+    ledger_testkit::wait_for("the projector to apply everything", timeout, || async {
+        let applied = applied_offsets(base).await?;
+        ends.iter()
+            .all(|(p, e)| applied.get(p).is_some_and(|a| a >= e))
+            .then_some(())
+    })
+    .await
+}
+
+/// Waits for `GET {base}/readyz` to answer 200.
+pub async fn wait_ready(base: &str, timeout: Duration) {
+    ledger_testkit::wait_for(&format!("{base}/readyz"), timeout, || async {
+        let r = reqwest::get(format!("{base}/readyz")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await
+}
+
+/// Kafka's committed offsets for a group (read without joining it).
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let out = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    // Drop the list before the consumer (dropping in the other order can hang).
+    drop(committed);
+    out
+}
