@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every test, the ones
+# against a real Kafka broker included. It starts that broker itself with
+# scripts/kafka-local.sh on its own port (LEDGER_TEST_KAFKA_PORT, default 19092, so a
+# development broker on 9092 is left alone) and stops it afterwards, also when a test
+# fails. Set LEDGER_TEST_BROKERS to run against a broker you already have instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "building the tests"
+cargo test --workspace --locked --no-run
+
+if [[ -z "${LEDGER_TEST_BROKERS:-}" ]]; then
+  export KAFKA_PORT="${LEDGER_TEST_KAFKA_PORT:-19092}"
+  if scripts/kafka-local.sh status >/dev/null 2>&1; then
+    step "using the broker already running on 127.0.0.1:$KAFKA_PORT"
+  else
+    step "starting a Kafka broker on 127.0.0.1:$KAFKA_PORT"
+    trap 'step "stopping the test broker"; KAFKA_PORT='"$KAFKA_PORT"' scripts/kafka-local.sh stop || true' EXIT
+    scripts/kafka-local.sh start >/dev/null
+  fi
+  export LEDGER_TEST_BROKERS="127.0.0.1:$KAFKA_PORT"
+fi
+
+step "cargo test (broker: $LEDGER_TEST_BROKERS)"
+cargo test --workspace --locked
