@@ -1,50 +1,102 @@
-//! Serving a router until shutdown, then draining requests in flight for a bounded time.
+//! Serving a router until shutdown, then draining connections for a bounded time.
+//!
+//! A hand-rolled accept loop over hyper-util instead of `axum::serve`, because it sets a
+//! header read timeout: a client that trickles its headers byte by byte is cut off after
+//! [`HEADER_READ_TIMEOUT`] instead of holding a connection and a task forever.
 
-use std::future::{Future, IntoFuture};
+use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::Request;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tower::ServiceExt;
+use tracing::{debug, info, warn};
+
+/// Longest a client may take to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
-/// waits up to `grace` for requests in flight. Returns an error only if serving failed.
+/// waits up to `grace` for requests in flight. Returns an error only if the listener
+/// itself failed.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let addr = listener.local_addr()?;
-    let signal = shutdown.clone();
-    let server = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { signal.cancelled().await });
-    let server = std::pin::pin!(server.into_future());
-    drain_bounded(server, shutdown, grace, addr).await
+    serve_with(listener, router, shutdown, grace, HEADER_READ_TIMEOUT).await
 }
 
-async fn drain_bounded<F>(
-    mut server: std::pin::Pin<&mut F>,
+/// [`serve`] with another header read timeout.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
     shutdown: CancellationToken,
     grace: Duration,
-    addr: std::net::SocketAddr,
-) -> std::io::Result<()>
-where
-    F: Future<Output = std::io::Result<()>>,
-{
-    tokio::select! {
-        res = &mut server => return res,
-        () = shutdown.cancelled() => {}
+    header_read_timeout: Duration,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(%addr, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let router = router.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    router
+                        .oneshot(req.map(Body::new))
+                        .await
+                        .unwrap_or_else(|e| match e {}),
+                )
+            }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
     }
+    drop(listener);
     info!(%addr, "no longer accepting connections; draining requests in flight");
-    match tokio::time::timeout(grace, server).await {
-        Ok(res) => res,
-        Err(_) => {
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             warn!(%addr, ?grace, "requests still in flight after the grace period; closing");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT. For binaries only: libraries take a token instead.

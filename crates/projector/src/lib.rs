@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{middleware, Router};
 use ledger_eventlog::admin::{
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
 use tracing::{error, info, warn};
 
 pub use config::{Config, OnPoison};
@@ -190,7 +192,12 @@ pub async fn serve(
                 .with_state(MetricsRegistry(Arc::new(registry))),
         )
         .fallback(ledger_http::error::no_such_route)
-        .method_not_allowed_fallback(|| async { ledger_http::error::method_not_allowed() });
+        .method_not_allowed_fallback(|| async { ledger_http::error::method_not_allowed() })
+        // Token waits end by 30 s; anything longer is stuck.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(35),
+        ));
 
     let addr = listener.local_addr()?;
     info!(%addr, topic = %config.topic, group = %config.group_id, "projector listening");
