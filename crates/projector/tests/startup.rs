@@ -1,0 +1,35 @@
+//! A data directory that is in use or unusable stops the start-up with a clear message
+//! and a non-zero exit, before anything is consumed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ProjectorProcess;
+
+// These fail before any broker is contacted, so the address needs no broker behind it.
+const NO_BROKER: &str = "127.0.0.1:1";
+
+#[test]
+fn a_data_directory_in_use_stops_the_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _held = ledger_store::Store::open(&data, 1 << 20).unwrap();
+    let mut p = ProjectorProcess::spawn(NO_BROKER, "t", "g", &data, &[]);
+    let status = p.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(log.contains("in use by another process"), "{log}");
+}
+
+#[test]
+fn an_unusable_data_directory_stops_the_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a-file");
+    std::fs::write(&data, b"not a directory").unwrap();
+    let mut p = ProjectorProcess::spawn(NO_BROKER, "t", "g", &data, &[]);
+    let status = p.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(log.contains("data directory"), "{log}");
+}
