@@ -144,6 +144,9 @@ pub enum ConsumeError {
     /// The store failed; nothing past its last durable batch was committed.
     #[error("the store failed, no offset was committed past its durable state: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The consumer thread panicked; nothing past the store's durable state was committed.
+    #[error("the consumer thread panicked: {0}")]
+    Panicked(String),
     /// An undecodable event under [`PoisonPolicy::Halt`].
     #[error("undecodable event at partition {partition} offset {offset}: {error}; halting without moving past it (--on-poison halt)")]
     Poison {

@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{middleware, Router};
 use ledger_eventlog::admin::{
-    ensure_topic, high_watermarks, metadata_client, AdminError, TopicSpec,
+    ensure_topic, high_watermarks, metadata_client, topic_partitions, AdminError, TopicSpec,
 };
 use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings};
 use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings};
@@ -148,7 +148,13 @@ pub async fn serve(
     };
     let consumer = {
         let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
+        let metadata = metadata.clone();
         tokio::task::spawn_blocking(move || {
+            // librdkafka notices a topic created after subscribing only at its next
+            // metadata refresh (minutes); wait for the ingest to create it instead.
+            if !wait_for_topic(&metadata, &settings.topic, &stop) {
+                return Ok(());
+            }
             let res = consume::run(
                 &kafka,
                 &settings,
@@ -204,13 +210,52 @@ pub async fn serve(
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let served = ledger_http::serve::serve(listener, app, stop.clone(), grace).await;
     stop.cancel();
-    let consumed = consumer.await.expect("the consumer thread does not panic");
+    // A panic in the consumer thread (sled on a failing disk, say) must still end the
+    // process with a clear error and a non-zero exit.
+    let consumed = consumer
+        .await
+        .unwrap_or_else(|e| Err(ConsumeError::Panicked(panic_message(e))));
     tracker.close();
     tracker.wait().await;
     consumed?;
     served?;
     info!("projector stopped");
     Ok(())
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Blocks until the topic exists (true) or `stop` is cancelled (false).
+fn wait_for_topic(
+    client: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    stop: &CancellationToken,
+) -> bool {
+    let mut logged = false;
+    while !stop.is_cancelled() {
+        match topic_partitions(client, topic, Duration::from_secs(2)) {
+            Ok(parts) => {
+                info!(topic, partitions = parts.len(), "topic found");
+                return true;
+            }
+            Err(e) if !logged => {
+                warn!(topic, error = %e, "waiting for the topic (command-ingest creates it at start-up)");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    false
 }
 
 /// Creates the dead-letter topic, retrying until the broker answers.

@@ -1,0 +1,253 @@
+//! The command line of `ledger`, parsed with clap.
+//!
+//! Every argument that names a domain value (account id, amount, command id) is parsed
+//! into its `ledger_domain` type here, so a malformed value is a usage error (exit 2)
+//! before any request is made.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ledger_domain::{AccountId, Amount, CommandId};
+use reqwest::Url;
+
+/// `ledger`: send commands to the ledger, query the projection, generate load and verify
+/// it against a model.
+///
+/// Exit codes: 0 success, 1 rejected or mismatch, 2 usage error, 3 service unavailable.
+#[derive(Debug, Parser)]
+#[command(name = "ledger", version, about, long_about)]
+pub struct Cli {
+    /// Base URL of command-ingest.
+    #[arg(
+        long,
+        env = "LEDGER_INGEST_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_parser = parse_base_url,
+        global = true
+    )]
+    pub ingest_url: Url,
+    /// Base URL of the projector.
+    #[arg(
+        long,
+        env = "LEDGER_PROJECTOR_URL",
+        default_value = "http://127.0.0.1:8081",
+        value_parser = parse_base_url,
+        global = true
+    )]
+    pub projector_url: Url,
+    /// Bearer token sent as `Authorization: Bearer <token>`.
+    #[arg(long, env = "LEDGER_AUTH_TOKEN", hide_env_values = true, global = true)]
+    pub auth_token: Option<String>,
+    /// Machine-readable output: one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to keep retrying a request that fails with 503 or a lost connection, in
+    /// seconds. Retrying a command is safe: its command id is the idempotency key.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        global = true
+    )]
+    pub retry_for: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Open an account (balance 0).
+    Open {
+        /// The account id: 1 to 64 characters of [A-Za-z0-9._-].
+        #[arg(value_parser = parse_account)]
+        account: AccountId,
+        #[command(flatten)]
+        submit: SubmitArgs,
+    },
+    /// Deposit an amount (integer minor units) into an account.
+    Deposit {
+        /// The account id.
+        #[arg(value_parser = parse_account)]
+        account: AccountId,
+        /// Integer minor units, 1 to 1000000000000.
+        #[arg(value_parser = parse_amount, allow_negative_numbers = true)]
+        amount: Amount,
+        #[command(flatten)]
+        submit: SubmitArgs,
+    },
+    /// Withdraw an amount (integer minor units) from an account.
+    Withdraw {
+        /// The account id.
+        #[arg(value_parser = parse_account)]
+        account: AccountId,
+        /// Integer minor units, 1 to 1000000000000.
+        #[arg(value_parser = parse_amount, allow_negative_numbers = true)]
+        amount: Amount,
+        #[command(flatten)]
+        submit: SubmitArgs,
+    },
+    /// Show an account's balance as projected.
+    Balance {
+        /// The account id.
+        #[arg(value_parser = parse_account)]
+        account: AccountId,
+        /// Answer only once everything up to this consistency token is applied.
+        #[arg(long, value_name = "TOKEN")]
+        after: Option<String>,
+    },
+    /// Show a command's outcome as projected.
+    Status {
+        /// The command id.
+        #[arg(value_parser = parse_command_id)]
+        command_id: CommandId,
+        /// Answer only once everything up to this consistency token is applied.
+        #[arg(long, value_name = "TOKEN")]
+        after: Option<String>,
+    },
+    /// Send JSON lines of commands from FILE (or `-` for stdin), in batches.
+    Send {
+        /// The file of JSON lines, or `-` for stdin.
+        file: PathBuf,
+        /// Commands per batch request.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        batch_size: u64,
+    },
+    /// Generate a reproducible random workload, measure it, and optionally verify it.
+    Load(LoadArgs),
+}
+
+/// Options of `open`, `deposit` and `withdraw`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The idempotency key; a UUID is generated when absent.
+    #[arg(long, value_name = "ID", value_parser = parse_command_id)]
+    pub command_id: Option<CommandId>,
+    /// Wait for the projection and print the outcome and the balance.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Options of `load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Accounts to open first.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub accounts: u64,
+    /// Commands to send after the accounts are open.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    pub commands: u64,
+    /// Pace the whole run at this many commands per second.
+    #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Concurrent requests.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub concurrency: u64,
+    /// Seed of the workload; random (and printed) when absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Wait for the projector and check every balance and command outcome against a
+    /// model of what was accepted.
+    #[arg(long)]
+    pub verify: bool,
+    /// Prefix of the account ids [default: load-<seed>].
+    #[arg(long, value_parser = parse_prefix)]
+    pub prefix: Option<String>,
+}
+
+fn parse_account(s: &str) -> Result<AccountId, String> {
+    AccountId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_command_id(s: &str) -> Result<CommandId, String> {
+    CommandId::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_amount(s: &str) -> Result<Amount, String> {
+    let n: u64 = s.parse().map_err(|_| {
+        format!("amount must be a positive integer number of minor units, got {s:?}")
+    })?;
+    Amount::new(n).map_err(|e| e.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("rate must be a positive number, got {s:?}")),
+    }
+}
+
+/// Longest prefix: room for `-<index>` within the 64 characters of an account id.
+const MAX_PREFIX_LEN: usize = 40;
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.len() > MAX_PREFIX_LEN {
+        return Err(format!(
+            "prefix must be at most {MAX_PREFIX_LEN} characters, got {}",
+            s.len()
+        ));
+    }
+    AccountId::parse(s).map(|_| s.to_string()).map_err(|_| {
+        format!("prefix must be 1 to {MAX_PREFIX_LEN} characters of [A-Za-z0-9._-], got {s:?}")
+    })
+}
+
+fn parse_base_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("not a URL ({e}): {s:?}"))?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "only plain http:// URLs are supported, got {:?}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("the URL has no host: {s:?}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("a base URL takes no query or fragment: {s:?}"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn domain_values_are_validated_while_parsing() {
+        assert!(parse_amount("1250").is_ok());
+        for bad in ["0", "-5", "1.5", "1e3", "1000000000001", ""] {
+            assert!(parse_amount(bad).is_err(), "{bad}");
+        }
+        assert!(parse_account("acc-1").is_ok());
+        assert!(parse_account("a b").is_err());
+        assert!(parse_command_id("c:1").is_ok());
+        assert!(parse_command_id("").is_err());
+        assert!(parse_prefix("load-7").is_ok());
+        assert!(parse_prefix(&"p".repeat(41)).is_err());
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("12.5").is_ok());
+    }
+
+    #[test]
+    fn base_urls_are_plain_http() {
+        assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
+        assert!(parse_base_url("https://example.com").is_err());
+        assert!(parse_base_url("127.0.0.1:8080").is_err());
+    }
+
+    #[test]
+    fn a_negative_amount_is_a_usage_error_not_a_flag() {
+        let err = Cli::try_parse_from(["ledger", "deposit", "acc-1", "-5"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("amount"), "{err}");
+    }
+}

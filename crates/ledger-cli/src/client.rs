@@ -1,0 +1,678 @@
+//! The HTTP client of the ingest and the projector: JSON in and out, bearer
+//! authentication, keep-alive connections, and retries of what is safe to retry.
+//!
+//! A `503` or a lost connection is retried with exponential backoff until a deadline.
+//! That is safe for commands because every command carries a command id, the
+//! idempotency key; the client notes when an attempt may have been written although no
+//! answer came back ("ambiguous"), so that a verifier knows the command may be in the
+//! log twice. A refused connection to a service this client has never reached is not
+//! retried: the service is simply not there, and the user learns it at once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ledger_domain::{AccountId, CommandId};
+use rand::Rng;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::debug;
+
+/// Longest wait the projector grants one `?after=` query, in milliseconds.
+const MAX_AFTER_WAIT_MS: u64 = 30_000;
+/// First retry delay; doubles per attempt.
+const BACKOFF_START: Duration = Duration::from_millis(50);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Time allowed to establish a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a request without a long-poll.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which service a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// command-ingest.
+    Ingest,
+    /// The projector.
+    Projector,
+}
+
+/// Why a request failed, after any retries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made or kept, or no answer came in time.
+    #[error("service unavailable: cannot reach {url}: {reason}")]
+    Unreachable {
+        /// The URL requested.
+        url: String,
+        /// What the transport reported.
+        reason: String,
+    },
+    /// The service kept answering 503 until the retry deadline.
+    #[error("service unavailable: {url} answered 503 {code}: {message} (still so after {waited_ms} ms of retries)")]
+    Unavailable {
+        /// The URL requested.
+        url: String,
+        /// The contract's error code, e.g. `log_unavailable`.
+        code: String,
+        /// The service's message.
+        message: String,
+        /// How long the client kept retrying.
+        waited_ms: u128,
+    },
+    /// The service refused the request with an error of the contract.
+    #[error("{code}: {message} ({status} from {url})")]
+    Api {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The contract's error code.
+        code: String,
+        /// The service's message.
+        message: String,
+    },
+    /// The answer was not what the contract promises (wrong service at that URL?).
+    #[error("unexpected answer from {url}: {message}")]
+    Protocol {
+        /// The URL requested.
+        url: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The client could not be built.
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// The process exit code this failure calls for: 3 when a service is unavailable,
+    /// 2 when the request itself was refused as malformed or unauthorised, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unreachable { .. } | ClientError::Unavailable { .. } => 3,
+            ClientError::Api {
+                status: 400 | 401 | 413 | 415,
+                ..
+            } => 2,
+            ClientError::Api { .. } | ClientError::Protocol { .. } => 1,
+            ClientError::Setup(_) => 2,
+        }
+    }
+
+    /// A stable error code for machine-readable output.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Unreachable { .. } => "service_unreachable",
+            ClientError::Unavailable { code, .. } | ClientError::Api { code, .. } => code,
+            ClientError::Protocol { .. } => "unexpected_answer",
+            ClientError::Setup(_) => "client_setup",
+        }
+    }
+
+    /// Whether the service answered 404.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status: 404, .. })
+    }
+}
+
+/// The ingest's answer to an accepted command (`202`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The command id, given or generated.
+    pub command_id: String,
+    /// The event's id.
+    pub event_id: String,
+    /// The partition the event went to.
+    pub partition: i32,
+    /// The event's offset in that partition.
+    pub offset: i64,
+    /// The consistency token naming that position.
+    pub token: String,
+}
+
+/// An account as the projector holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    /// The account id.
+    pub account_id: String,
+    /// Whether the account is open.
+    pub open: bool,
+    /// Balance in minor units.
+    pub balance: i64,
+    /// Events that took effect on the account.
+    pub applied_events: u64,
+}
+
+/// A command's outcome as the projector recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandView {
+    /// The command id.
+    pub command_id: String,
+    /// `applied` or `rejected`.
+    pub status: String,
+    /// The rejection reason, if rejected.
+    pub reason: Option<String>,
+    /// The account of the command.
+    pub account_id: String,
+    /// The partition of the event that decided the outcome.
+    pub partition: i32,
+    /// The offset of the event that decided the outcome.
+    pub offset: i64,
+}
+
+/// One item of a batch's answer: accepted, or refused with the contract's error.
+pub type BatchItem = Result<Accepted, ItemError>;
+
+/// The error of one batch item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemError {
+    /// The contract's error code.
+    pub code: String,
+    /// What to fix.
+    pub message: String,
+}
+
+/// A command accepted, with what it took.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// The ingest's answer.
+    pub accepted: Accepted,
+    /// Requests made, 1 when the first succeeded.
+    pub attempts: u32,
+    /// Whether an earlier attempt may have been written although it was not answered
+    /// (lost connection, time-out or `503 log_unavailable`): the log may then hold the
+    /// command twice, the earlier copy deciding its outcome.
+    pub ambiguous: bool,
+}
+
+/// Where the services are and how to talk to them.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Base URL of command-ingest.
+    pub ingest: Url,
+    /// Base URL of the projector.
+    pub projector: Url,
+    /// Bearer token, if the services require one.
+    pub auth_token: Option<String>,
+    /// How long to keep retrying one request.
+    pub retry_for: Duration,
+}
+
+/// The client. Cheap to share behind an `Arc`; its connections are pooled and kept alive.
+pub struct Client {
+    http: reqwest::Client,
+    config: ClientConfig,
+    reached_ingest: AtomicBool,
+    reached_projector: AtomicBool,
+}
+
+struct Response {
+    body: Value,
+    attempts: u32,
+    ambiguous: bool,
+}
+
+impl Client {
+    /// Builds a client.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &config.auth_token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Setup("the auth token must be printable ASCII".into()))?;
+            v.set_sensitive(true);
+            headers.insert(AUTHORIZATION, v);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("ledger/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(Self {
+            http,
+            config,
+            reached_ingest: AtomicBool::new(false),
+            reached_projector: AtomicBool::new(false),
+        })
+    }
+
+    /// The configured retry window.
+    pub fn retry_for(&self) -> Duration {
+        self.config.retry_for
+    }
+
+    /// The base URL of a service.
+    pub fn base_url(&self, service: Service) -> &Url {
+        match service {
+            Service::Ingest => &self.config.ingest,
+            Service::Projector => &self.config.projector,
+        }
+    }
+
+    /// `POST /v1/commands`: one command (a JSON object), retried until accepted or the
+    /// deadline. The command should carry a `command_id` so that retries are idempotent.
+    pub async fn submit(&self, command: &Value) -> Result<Submitted, ClientError> {
+        let url = self.url(Service::Ingest, &["v1", "commands"], &[]);
+        let r = self
+            .call(
+                Service::Ingest,
+                Method::POST,
+                url.clone(),
+                Some(command),
+                REQUEST_TIMEOUT,
+                self.config.retry_for,
+            )
+            .await?;
+        let accepted = serde_json::from_value(r.body)
+            .map_err(|e| protocol(&url, format!("not an accepted command: {e}")))?;
+        Ok(Submitted {
+            accepted,
+            attempts: r.attempts,
+            ambiguous: r.ambiguous,
+        })
+    }
+
+    /// `POST /v1/commands/batch`: the answers in input order. The whole request is
+    /// retried on `503` or a lost connection; items that fail on their own are returned
+    /// as [`ItemError`]s for the caller to retry or report.
+    pub async fn submit_batch(&self, commands: &[Value]) -> Result<Vec<BatchItem>, ClientError> {
+        #[derive(Deserialize)]
+        struct Results {
+            results: Vec<Value>,
+        }
+        let url = self.url(Service::Ingest, &["v1", "commands", "batch"], &[]);
+        let body = Value::Array(commands.to_vec());
+        let r = self
+            .call(
+                Service::Ingest,
+                Method::POST,
+                url.clone(),
+                Some(&body),
+                REQUEST_TIMEOUT,
+                self.config.retry_for,
+            )
+            .await?;
+        let results: Results = serde_json::from_value(r.body)
+            .map_err(|e| protocol(&url, format!("not a batch answer: {e}")))?;
+        if results.results.len() != commands.len() {
+            return Err(protocol(
+                &url,
+                format!(
+                    "{} results for {} commands",
+                    results.results.len(),
+                    commands.len()
+                ),
+            ));
+        }
+        results
+            .results
+            .into_iter()
+            .map(|item| {
+                if let Some(err) = item.get("error") {
+                    serde_json::from_value::<ItemError>(err.clone())
+                        .map(Err)
+                        .map_err(|e| protocol(&url, format!("malformed item error: {e}")))
+                } else {
+                    serde_json::from_value::<Accepted>(item)
+                        .map(Ok)
+                        .map_err(|e| protocol(&url, format!("malformed item: {e}")))
+                }
+            })
+            .collect()
+    }
+
+    /// `GET /v1/accounts/{id}`, optionally `?after=TOKEN` (waiting for the projection,
+    /// retried until the deadline).
+    pub async fn account(
+        &self,
+        id: &AccountId,
+        after: Option<&str>,
+    ) -> Result<AccountView, ClientError> {
+        self.query(
+            &["v1", "accounts", id.as_str()],
+            after,
+            self.config.retry_for,
+        )
+        .await
+    }
+
+    /// `GET /v1/commands/{id}`, optionally `?after=TOKEN`.
+    pub async fn command(
+        &self,
+        id: &CommandId,
+        after: Option<&str>,
+    ) -> Result<CommandView, ClientError> {
+        self.query(
+            &["v1", "commands", id.as_str()],
+            after,
+            self.config.retry_for,
+        )
+        .await
+    }
+
+    /// `GET /v1/progress?after=TOKEN`: returns once the projector has applied
+    /// everything up to the token, retrying for up to `wait`.
+    pub async fn wait_for_token(&self, token: &str, wait: Duration) -> Result<(), ClientError> {
+        self.query::<Value>(&["v1", "progress"], Some(token), wait)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /readyz`, retried while the service answers 503 (not ready yet).
+    pub async fn ready(&self, service: Service) -> Result<(), ClientError> {
+        let url = self.url(service, &["readyz"], &[]);
+        self.call(
+            service,
+            Method::GET,
+            url,
+            None,
+            REQUEST_TIMEOUT,
+            self.config.retry_for,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn query<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &[&str],
+        after: Option<&str>,
+        wait: Duration,
+    ) -> Result<T, ClientError> {
+        let (query, timeout) = match after {
+            Some(token) => {
+                let ms = (wait.as_millis() as u64).min(MAX_AFTER_WAIT_MS);
+                (
+                    vec![("after", token.to_string()), ("timeout_ms", ms.to_string())],
+                    Duration::from_millis(ms) + REQUEST_TIMEOUT,
+                )
+            }
+            None => (Vec::new(), REQUEST_TIMEOUT),
+        };
+        let url = self.url(Service::Projector, path, &query);
+        let r = self
+            .call(
+                Service::Projector,
+                Method::GET,
+                url.clone(),
+                None,
+                timeout,
+                wait,
+            )
+            .await?;
+        serde_json::from_value(r.body).map_err(|e| protocol(&url, e.to_string()))
+    }
+
+    fn url(&self, service: Service, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.base_url(service).clone();
+        url.path_segments_mut()
+            .expect("base URLs are http URLs, which have paths")
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    fn reached(&self, service: Service) -> &AtomicBool {
+        match service {
+            Service::Ingest => &self.reached_ingest,
+            Service::Projector => &self.reached_projector,
+        }
+    }
+
+    /// One request with retries of `503` and transport failures until `retry_for` has
+    /// passed.
+    async fn call(
+        &self,
+        service: Service,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        timeout: Duration,
+        retry_for: Duration,
+    ) -> Result<Response, ClientError> {
+        let started = Instant::now();
+        let deadline = started + retry_for;
+        let mut attempts = 0u32;
+        let mut ambiguous = false;
+        loop {
+            attempts += 1;
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(timeout);
+            if let Some(b) = body {
+                request = request.json(b);
+            }
+            let mut retry_after = None;
+            let failure = match request.send().await {
+                Err(e) => {
+                    // A connection that was never made cannot have delivered the request.
+                    let never_sent = e.is_connect();
+                    ambiguous |= !never_sent;
+                    let reached_before = self.reached(service).load(Ordering::Relaxed);
+                    let error = ClientError::Unreachable {
+                        url: url.to_string(),
+                        reason: transport_reason(&e),
+                    };
+                    if never_sent && !reached_before {
+                        return Err(error);
+                    }
+                    error
+                }
+                Ok(resp) => {
+                    self.reached(service).store(true, Ordering::Relaxed);
+                    let status = resp.status();
+                    retry_after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    match resp.bytes().await {
+                        Err(e) => {
+                            ambiguous = true;
+                            ClientError::Unreachable {
+                                url: url.to_string(),
+                                reason: format!("the answer was cut off: {}", transport_reason(&e)),
+                            }
+                        }
+                        Ok(bytes) if status.is_success() => {
+                            let body = serde_json::from_slice(&bytes).map_err(|e| {
+                                protocol(&url, format!("the body is not JSON: {e}"))
+                            })?;
+                            return Ok(Response {
+                                body,
+                                attempts,
+                                ambiguous,
+                            });
+                        }
+                        Ok(bytes) => {
+                            let (code, message) = error_body(status, &bytes);
+                            if status != StatusCode::SERVICE_UNAVAILABLE {
+                                return Err(ClientError::Api {
+                                    url: url.to_string(),
+                                    status: status.as_u16(),
+                                    code,
+                                    message,
+                                });
+                            }
+                            // `overloaded` writes nothing; anything else (log_unavailable,
+                            // a request time-out) may have been written.
+                            ambiguous |= code != "overloaded" && method == Method::POST;
+                            ClientError::Unavailable {
+                                url: url.to_string(),
+                                code,
+                                message,
+                                waited_ms: started.elapsed().as_millis(),
+                            }
+                        }
+                    }
+                }
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                let error = match failure {
+                    ClientError::Unavailable {
+                        url, code, message, ..
+                    } => ClientError::Unavailable {
+                        url,
+                        code,
+                        message,
+                        waited_ms: started.elapsed().as_millis(),
+                    },
+                    other => other,
+                };
+                return Err(error);
+            }
+            let delay = backoff(attempts)
+                .max(retry_after.unwrap_or_default().min(BACKOFF_MAX))
+                .min(deadline - now);
+            debug!(%url, attempts, ?delay, error = %failure, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Exponential backoff with jitter: 50 ms, 100 ms, … up to 2 s, each plus up to half.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let jitter = rand::rng().random_range(0.0..0.5);
+    base.mul_f64(1.0 + jitter)
+}
+
+fn protocol(url: &Url, message: String) -> ClientError {
+    ClientError::Protocol {
+        url: url.to_string(),
+        message,
+    }
+}
+
+/// The contract's `{"error":{"code","message"}}`, or the status and body text when the
+/// body is not of that shape.
+fn error_body(status: StatusCode, bytes: &[u8]) -> (String, String) {
+    #[derive(Deserialize)]
+    struct Body {
+        error: ItemError,
+    }
+    match serde_json::from_slice::<Body>(bytes) {
+        Ok(b) => (b.error.code, b.error.message),
+        Err(_) => {
+            let text: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
+            let code = status
+                .canonical_reason()
+                .unwrap_or("http_error")
+                .to_ascii_lowercase()
+                .replace(' ', "_");
+            let message = if text.trim().is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {}", text.trim())
+            };
+            (code, message)
+        }
+    }
+}
+
+/// The innermost cause of a transport error, which says what actually went wrong
+/// ("Connection refused (os error 111)") where reqwest's own message does not.
+fn transport_reason(e: &reqwest::Error) -> String {
+    let mut reason = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut innermost = None;
+    while let Some(s) = source {
+        innermost = Some(s);
+        source = s.source();
+    }
+    if let Some(s) = innermost {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::new(ClientConfig {
+            ingest: Url::parse("http://127.0.0.1:8080/").unwrap(),
+            projector: Url::parse("http://h:1/base").unwrap(),
+            auth_token: None,
+            retry_for: Duration::from_secs(1),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn urls_are_built_from_segments_and_escaped() {
+        let c = client();
+        assert_eq!(
+            c.url(Service::Ingest, &["v1", "commands"], &[]).as_str(),
+            "http://127.0.0.1:8080/v1/commands"
+        );
+        assert_eq!(
+            c.url(
+                Service::Projector,
+                &["v1", "accounts", "a.b"],
+                &[("after", "v1.2.41".into())]
+            )
+            .as_str(),
+            "http://h:1/base/v1/accounts/a.b?after=v1.2.41"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) >= BACKOFF_START && backoff(1) < BACKOFF_START * 2);
+        assert!(backoff(3) >= BACKOFF_START * 4);
+        assert!(backoff(30) <= BACKOFF_MAX.mul_f64(1.5));
+    }
+
+    #[test]
+    fn error_bodies_are_read_in_the_contract_shape_or_described() {
+        let (code, msg) = error_body(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"account_not_found","message":"no"}}"#,
+        );
+        assert_eq!((code.as_str(), msg.as_str()), ("account_not_found", "no"));
+        let (code, msg) = error_body(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(code, "service_unavailable");
+        assert!(msg.contains("503"));
+    }
+
+    #[test]
+    fn exit_codes() {
+        let api = |status| ClientError::Api {
+            url: String::new(),
+            status,
+            code: String::new(),
+            message: String::new(),
+        };
+        assert_eq!(api(404).exit_code(), 1);
+        assert_eq!(api(400).exit_code(), 2);
+        assert_eq!(api(401).exit_code(), 2);
+        let down = ClientError::Unreachable {
+            url: String::new(),
+            reason: String::new(),
+        };
+        assert_eq!(down.exit_code(), 3);
+    }
+}

@@ -1,0 +1,547 @@
+//! The subcommands: what each one requests, prints, and exits with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger_domain::{AccountId, Command, CommandId, CommandKind};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+
+use crate::cli::{Cli, Cmd, LoadArgs, SubmitArgs};
+use crate::client::{backoff, Accepted, Client, ClientConfig, ClientError, Service};
+use crate::load::WorkloadSpec;
+use crate::output::{account_line, command_line, Output};
+use crate::runner::{self, Aborted, LoadOptions, LoadReport};
+
+/// How a run ended, when it ran to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything as asked: exit 0.
+    Success,
+    /// A command was rejected, or input lines were invalid: exit 1.
+    Rejected,
+    /// The projector disagrees with the model: exit 1.
+    Mismatch,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Rejected | Exit::Mismatch => 1,
+        }
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A request failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// `ledger load` stopped before its end.
+    #[error(transparent)]
+    Aborted(#[from] Aborted),
+    /// The arguments cannot be used.
+    #[error("{0}")]
+    Usage(String),
+    /// The input file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl CliError {
+    /// The process exit code: 2 usage, 3 service unavailable, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(e) => e.exit_code(),
+            CliError::Aborted(a) => a.error.exit_code(),
+            CliError::Usage(_) | CliError::Read { .. } => 2,
+        }
+    }
+
+    /// A stable code for machine-readable output.
+    pub fn code(&self) -> &str {
+        match self {
+            CliError::Client(e) => e.code(),
+            CliError::Aborted(a) => a.error.code(),
+            CliError::Usage(_) => "usage",
+            CliError::Read { .. } => "unreadable_input",
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<Exit, CliError> {
+    let out = Output::new(cli.json);
+    let client = Arc::new(Client::new(ClientConfig {
+        ingest: cli.ingest_url,
+        projector: cli.projector_url,
+        auth_token: cli.auth_token,
+        retry_for: Duration::from_secs(cli.retry_for),
+    })?);
+    match cli.command {
+        Cmd::Open { account, submit } => {
+            submit_one(&client, out, account, CommandKind::OpenAccount, submit).await
+        }
+        Cmd::Deposit {
+            account,
+            amount,
+            submit,
+        } => submit_one(&client, out, account, CommandKind::Deposit(amount), submit).await,
+        Cmd::Withdraw {
+            account,
+            amount,
+            submit,
+        } => submit_one(&client, out, account, CommandKind::Withdraw(amount), submit).await,
+        Cmd::Balance { account, after } => {
+            let v = client.account(&account, after.as_deref()).await?;
+            out.result(&v, || account_line(&v));
+            Ok(Exit::Success)
+        }
+        Cmd::Status { command_id, after } => {
+            let v = client.command(&command_id, after.as_deref()).await?;
+            out.result(&v, || command_line(&v));
+            Ok(Exit::Success)
+        }
+        Cmd::Send { file, batch_size } => send(&client, out, &file, batch_size as usize).await,
+        Cmd::Load(args) => load(client, out, args).await,
+    }
+}
+
+/// A fresh command id: a UUID, so that a retry of this very command is recognised.
+fn new_command_id() -> CommandId {
+    CommandId::parse(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid command id")
+}
+
+/// What `--wait` prints: the ingest's answer, the outcome, and the balance after it
+/// (`null` when the account is not open).
+#[derive(Debug, Serialize)]
+struct Waited {
+    #[serde(flatten)]
+    accepted: Accepted,
+    status: String,
+    reason: Option<String>,
+    account_id: String,
+    balance: Option<i64>,
+}
+
+async fn submit_one(
+    client: &Client,
+    out: Output,
+    account_id: AccountId,
+    kind: CommandKind,
+    args: SubmitArgs,
+) -> Result<Exit, CliError> {
+    let command_id = args.command_id.unwrap_or_else(new_command_id);
+    let command = Command {
+        account_id,
+        command_id: Some(command_id.clone()),
+        kind,
+    };
+    let what = match kind {
+        CommandKind::OpenAccount => format!("open_account {}", command.account_id),
+        CommandKind::Deposit(a) => format!("deposit of {a} into {}", command.account_id),
+        CommandKind::Withdraw(a) => format!("withdraw of {a} from {}", command.account_id),
+    };
+    let submitted = client.submit(&command.to_json()).await?;
+    let a = submitted.accepted;
+    let accepted_line = format!(
+        "accepted {what}: command {}, partition {}, offset {}, token {}",
+        a.command_id, a.partition, a.offset, a.token
+    );
+    if !args.wait {
+        out.result(&a, || accepted_line);
+        return Ok(Exit::Success);
+    }
+    let status = client.command(&command_id, Some(&a.token)).await?;
+    let account = match client.account(&command.account_id, Some(&a.token)).await {
+        Ok(v) => Some(v),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let rejected = status.status != "applied";
+    let waited = Waited {
+        accepted: a,
+        status: status.status.clone(),
+        reason: status.reason.clone(),
+        account_id: command.account_id.to_string(),
+        balance: account.as_ref().filter(|v| v.open).map(|v| v.balance),
+    };
+    out.result(&waited, || {
+        let outcome = match &status.reason {
+            Some(r) => format!("{} ({r})", status.status),
+            None => status.status.clone(),
+        };
+        let balance = match &account {
+            Some(v) => account_line(v),
+            None => format!("{}: not open", command.account_id),
+        };
+        format!("{accepted_line}\noutcome: {outcome}\n{balance}")
+    });
+    Ok(if rejected {
+        Exit::Rejected
+    } else {
+        Exit::Success
+    })
+}
+
+/// At most this many invalid lines are listed.
+const MAX_INVALID_LISTED: usize = 10;
+
+/// An input line that was not accepted.
+#[derive(Debug, Serialize)]
+struct InvalidLine {
+    line: u64,
+    code: String,
+    message: String,
+}
+
+/// The summary of `ledger send`.
+#[derive(Debug, Default, Serialize)]
+struct SendSummary {
+    /// Non-blank lines read.
+    lines: u64,
+    /// Commands accepted.
+    accepted: u64,
+    /// Lines refused, locally or by the ingest.
+    invalid: u64,
+    /// The first invalid lines.
+    invalid_lines: Vec<InvalidLine>,
+    /// Per partition written to, the token of the last accepted command: query with
+    /// `--after` to read your writes.
+    tokens: Vec<String>,
+    #[serde(skip)]
+    last: BTreeMap<i32, (i64, String)>,
+}
+
+impl SendSummary {
+    fn invalid(&mut self, line: u64, code: &str, message: &str) {
+        self.invalid += 1;
+        if self.invalid_lines.len() < MAX_INVALID_LISTED {
+            self.invalid_lines.push(InvalidLine {
+                line,
+                code: code.to_string(),
+                message: message.to_string(),
+            });
+        }
+    }
+
+    fn accepted(&mut self, a: Accepted) {
+        self.accepted += 1;
+        let e = self
+            .last
+            .entry(a.partition)
+            .or_insert((a.offset, a.token.clone()));
+        if a.offset > e.0 {
+            *e = (a.offset, a.token);
+        }
+    }
+}
+
+/// Parses one input line and gives it a command id when it has none, so that
+/// retrying its batch cannot apply it twice.
+fn prepare_line(line: &str) -> Result<Value, (String, String)> {
+    let mut v: Value = serde_json::from_str(line).map_err(|e| {
+        (
+            "invalid_json".to_string(),
+            format!("the line is not valid JSON: {e}"),
+        )
+    })?;
+    if let Value::Object(map) = &mut v {
+        if map.get("command_id").is_none_or(Value::is_null) {
+            map.insert("command_id".into(), new_command_id().as_str().into());
+        }
+    }
+    Command::from_json(&v).map_err(|e| (e.code().to_string(), e.to_string()))?;
+    Ok(v)
+}
+
+async fn send(
+    client: &Client,
+    out: Output,
+    file: &Path,
+    batch_size: usize,
+) -> Result<Exit, CliError> {
+    let read_error = |source| CliError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
+    let reader: Box<dyn AsyncBufRead + Unpin + Send> = if file == Path::new("-") {
+        Box::new(BufReader::new(tokio::io::stdin()))
+    } else {
+        Box::new(BufReader::new(
+            tokio::fs::File::open(file).await.map_err(read_error)?,
+        ))
+    };
+    let mut lines = reader.lines();
+    let mut summary = SendSummary::default();
+    let mut batch: Vec<(u64, Value)> = Vec::with_capacity(batch_size);
+    let mut number = 0u64;
+    while let Some(line) = lines.next_line().await.map_err(read_error)? {
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.lines += 1;
+        match prepare_line(&line) {
+            Ok(v) => batch.push((number, v)),
+            Err((code, message)) => summary.invalid(number, &code, &message),
+        }
+        if batch.len() >= batch_size {
+            send_batch(client, std::mem::take(&mut batch), &mut summary).await?;
+        }
+    }
+    if !batch.is_empty() {
+        send_batch(client, batch, &mut summary).await?;
+    }
+    summary.tokens = summary.last.values().map(|(_, t)| t.clone()).collect();
+    out.result(&summary, || {
+        let mut text = format!(
+            "sent {} commands from {}: {} accepted, {} invalid",
+            summary.lines,
+            file.display(),
+            summary.accepted,
+            summary.invalid
+        );
+        for l in &summary.invalid_lines {
+            text.push_str(&format!("\n  line {}: {}: {}", l.line, l.code, l.message));
+        }
+        if summary.invalid > summary.invalid_lines.len() as u64 {
+            text.push_str(&format!(
+                "\n  … and {} more",
+                summary.invalid - summary.invalid_lines.len() as u64
+            ));
+        }
+        if !summary.tokens.is_empty() {
+            text.push_str(&format!("\ntokens: {}", summary.tokens.join(" ")));
+        }
+        text
+    });
+    Ok(if summary.invalid > 0 {
+        Exit::Rejected
+    } else {
+        Exit::Success
+    })
+}
+
+/// Sends one batch; items the ingest could not write yet (`log_unavailable`,
+/// `overloaded`) are sent again, with the same command ids, until the retry window ends.
+async fn send_batch(
+    client: &Client,
+    mut pending: Vec<(u64, Value)>,
+    summary: &mut SendSummary,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + client.retry_for();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let values: Vec<Value> = pending.iter().map(|(_, v)| v.clone()).collect();
+        let results = client.submit_batch(&values).await?;
+        let mut again = Vec::new();
+        let mut last_error = None;
+        for ((line, value), result) in pending.into_iter().zip(results) {
+            match result {
+                Ok(a) => summary.accepted(a),
+                Err(e) if matches!(e.code.as_str(), "log_unavailable" | "overloaded") => {
+                    last_error = Some(e);
+                    again.push((line, value));
+                }
+                Err(e) => summary.invalid(line, &e.code, &e.message),
+            }
+        }
+        let Some(e) = last_error else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ClientError::Unavailable {
+                url: client.base_url(Service::Ingest).to_string(),
+                code: e.code,
+                message: format!(
+                    "{} (for {} commands of a batch; {} accepted so far)",
+                    e.message,
+                    again.len(),
+                    summary.accepted
+                ),
+                waited_ms: client.retry_for().as_millis(),
+            }
+            .into());
+        }
+        tokio::time::sleep(backoff(attempt).min(deadline - now)).await;
+        pending = again;
+    }
+}
+
+async fn load(client: Arc<Client>, out: Output, args: LoadArgs) -> Result<Exit, CliError> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let prefix = args.prefix.unwrap_or_else(|| format!("load-{seed}"));
+    let spec = WorkloadSpec {
+        accounts: args.accounts,
+        commands: args.commands,
+        seed,
+        prefix,
+    };
+
+    // Fail fast, and with exit 3, when a service is not there at all.
+    client.ready(Service::Ingest).await?;
+    if args.verify {
+        client.ready(Service::Projector).await?;
+        // The model starts from empty accounts: a run with the same prefix before would
+        // make every balance differ.
+        let first = AccountId::parse(&format!("{}-0", spec.prefix))
+            .expect("the prefix forms valid account ids");
+        match client.account(&first, None).await {
+            Ok(_) => {
+                return Err(CliError::Usage(format!(
+                    "account {first} exists already (an earlier run with prefix {}?); \
+                     --verify needs fresh accounts: pass another --seed or --prefix",
+                    spec.prefix
+                )))
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !out.json {
+        println!(
+            "load: {} accounts, then {} commands; seed {}, prefix {}, concurrency {}{}",
+            spec.accounts,
+            spec.commands,
+            spec.seed,
+            spec.prefix,
+            args.concurrency,
+            args.rate
+                .map(|r| format!(", paced at {r}/s"))
+                .unwrap_or_default()
+        );
+    }
+    let opts = LoadOptions {
+        spec,
+        rate: args.rate,
+        concurrency: args.concurrency as usize,
+        verify: args.verify,
+        progress: runner::progress_wanted(out.json),
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let report = runner::run(client, opts, &run_id).await?;
+    out.result(&report, || load_text(&report));
+    Ok(match &report.verify {
+        Some(v) if v.mismatch_count > 0 => Exit::Mismatch,
+        _ => Exit::Success,
+    })
+}
+
+fn load_text(r: &LoadReport) -> String {
+    let mut t = format!(
+        "sent {} commands in {:.2} s: {} accepted, {:.0} accepted/s, {} retried",
+        r.sent, r.elapsed_s, r.accepted, r.accepted_per_s, r.retried
+    );
+    if let Some(l) = &r.accept_latency {
+        t.push_str(&format!("\naccept latency: {l}"));
+    }
+    if let Some(v) = &r.verify {
+        t.push_str(&format!(
+            "\nprojector caught up {:.2} s after the last accept",
+            v.catch_up_ms as f64 / 1000.0
+        ));
+        match &v.visibility_lag {
+            Some(l) => t.push_str(&format!("\nvisibility lag ({} samples): {l}", l.samples)),
+            None => t.push_str("\nvisibility lag: no samples"),
+        }
+        if v.lag_samples_failed > 0 {
+            t.push_str(&format!(" ({} samples failed)", v.lag_samples_failed));
+        }
+        if v.earlier_copies > 0 {
+            t.push_str(&format!(
+                "\n{} retried commands were found written earlier than their accepted position",
+                v.earlier_copies
+            ));
+        }
+        if v.mismatch_count == 0 {
+            t.push_str(&format!(
+                "\nverified {} accounts and {} commands against the model: no mismatch",
+                v.accounts_checked, v.commands_checked
+            ));
+        } else {
+            t.push_str(&format!(
+                "\nMISMATCH: {} of {} accounts and {} commands differ from the model; the first {}:",
+                v.mismatch_count,
+                v.accounts_checked,
+                v.commands_checked,
+                v.mismatches.len()
+            ));
+            for m in &v.mismatches {
+                t.push_str(&format!(
+                    "\n  {}: expected {}, got {}",
+                    m.subject, m.expected, m.actual
+                ));
+            }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_without_a_command_id_get_one() {
+        let v = prepare_line(r#"{"type":"deposit","account_id":"a","amount":5}"#).unwrap();
+        let id = v["command_id"].as_str().unwrap();
+        assert!(CommandId::parse(id).is_ok());
+        let v =
+            prepare_line(r#"{"type":"open_account","account_id":"a","command_id":null}"#).unwrap();
+        assert!(v["command_id"].is_string());
+        let v = prepare_line(r#"{"type":"open_account","account_id":"a","command_id":"mine"}"#)
+            .unwrap();
+        assert_eq!(v["command_id"], "mine");
+    }
+
+    #[test]
+    fn invalid_lines_carry_the_contract_code() {
+        let code = |l: &str| prepare_line(l).unwrap_err().0;
+        assert_eq!(code("{"), "invalid_json");
+        assert_eq!(code("[1]"), "invalid_json");
+        assert_eq!(
+            code(r#"{"type":"deposit","account_id":"a","amount":1.5}"#),
+            "invalid_amount"
+        );
+        assert_eq!(
+            code(r#"{"type":"close","account_id":"a"}"#),
+            "unknown_command"
+        );
+    }
+
+    #[test]
+    fn the_summary_keeps_the_last_token_per_partition_and_the_first_invalid_lines() {
+        let mut s = SendSummary::default();
+        let acc = |p, o| Accepted {
+            command_id: "c".into(),
+            event_id: "e".into(),
+            partition: p,
+            offset: o,
+            token: format!("v1.{p}.{o}"),
+        };
+        s.accepted(acc(1, 5));
+        s.accepted(acc(1, 3));
+        s.accepted(acc(0, 9));
+        assert_eq!(s.last[&1].1, "v1.1.5");
+        assert_eq!(s.last[&0].1, "v1.0.9");
+        for i in 0..15 {
+            s.invalid(i, "invalid_json", "x");
+        }
+        assert_eq!(s.invalid, 15);
+        assert_eq!(s.invalid_lines.len(), MAX_INVALID_LISTED);
+    }
+}

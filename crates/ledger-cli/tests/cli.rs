@@ -1,0 +1,539 @@
+//! Black-box tests of the `ledger` binary against real services: command-ingest and the
+//! projector run in this process (one pair for the whole file, on a topic of its own,
+//! with an auth token) on the real broker of `LEDGER_TEST_BROKERS`.
+
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "cli-test-token";
+
+struct Services {
+    ingest: String,
+    projector: String,
+}
+
+/// Starts the services once, on a thread whose runtime lives as long as the tests.
+fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        let brokers = ledger_testkit::brokers();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("a runtime starts");
+            rt.block_on(async move {
+                let topic = ledger_testkit::unique_topic("cli");
+                let shutdown = CancellationToken::new();
+
+                let mut ingest = command_ingest::Config::for_brokers(&brokers);
+                ingest.topic = topic.clone();
+                ingest.auth_token = Some(TOKEN.into());
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let ingest_url = format!("http://{}", listener.local_addr().unwrap());
+                tokio::spawn(command_ingest::serve(ingest, listener, shutdown.clone()));
+                wait_ready(&ingest_url).await;
+
+                let dir = store_dir();
+                let mut proj = projector::Config::for_brokers(&brokers, dir.path());
+                proj.topic = topic.clone();
+                proj.group_id = format!("{topic}.projector");
+                proj.auth_token = Some(TOKEN.into());
+                let store = projector::open_store(&proj).unwrap();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let projector_url = format!("http://{}", listener.local_addr().unwrap());
+                tokio::spawn(projector::serve(proj, store, listener, shutdown.clone()));
+                wait_ready(&projector_url).await;
+
+                tx.send(Services {
+                    ingest: ingest_url,
+                    projector: projector_url,
+                })
+                .unwrap();
+                // Serve until the test process exits.
+                std::future::pending::<()>().await;
+                drop(dir);
+            });
+        });
+        rx.recv().expect("the services start")
+    })
+}
+
+/// The projector's store for this run. The services outlive every test, so the
+/// directory is never dropped: stale ones of earlier runs are removed instead.
+fn store_dir() -> tempfile::TempDir {
+    const PREFIX: &str = "ledger-cli-test-store-";
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let stale = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < stale);
+        if old && entry.file_name().to_string_lossy().starts_with(PREFIX) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    tempfile::Builder::new()
+        .prefix(PREFIX)
+        .tempdir_in(root)
+        .unwrap()
+}
+
+async fn wait_ready(base: &str) {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/readyz");
+    ledger_testkit::wait_for(&url, Duration::from_secs(60), || async {
+        let r = http.get(&url).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
+/// A port nothing listens on.
+fn closed_port_url() -> String {
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+/// A unique id for this test's accounts and commands.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn bare() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    for var in [
+        "LEDGER_INGEST_URL",
+        "LEDGER_PROJECTOR_URL",
+        "LEDGER_AUTH_TOKEN",
+        "LEDGER_LOG",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// The binary, pointed at the services.
+fn ledger() -> Command {
+    let s = services();
+    let mut c = bare();
+    c.env("LEDGER_INGEST_URL", &s.ingest)
+        .env("LEDGER_PROJECTOR_URL", &s.projector)
+        .env("LEDGER_AUTH_TOKEN", TOKEN);
+    c
+}
+
+fn run(cmd: &mut Command, args: &[&str]) -> Output {
+    cmd.args(args).output().expect("the binary runs")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is one JSON document ({e}): {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    k.sort_unstable();
+    k
+}
+
+#[test]
+fn usage_errors_exit_2_before_any_request() {
+    // Pointed at a closed port: any request would make it exit 3 instead.
+    let url = closed_port_url();
+    for args in [
+        &["deposit", "acc-1", "-5"][..],
+        &["deposit", "acc-1", "1.5"],
+        &["deposit", "acc-1", "0"],
+        &["withdraw", "acc-1", "1000000000001"],
+        &["open", "a b"],
+        &["open"],
+        &["open", "acc-1", "--command-id", "bad id"],
+        &["status", ""],
+        &["load", "--accounts", "0", "--commands", "1"],
+        &["load", "--accounts", "1", "--commands", "1", "--rate", "0"],
+        &["frobnicate"],
+    ] {
+        let o = run(
+            bare()
+                .arg("--ingest-url")
+                .arg(&url)
+                .arg("--projector-url")
+                .arg(&url),
+            args,
+        );
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).is_empty());
+    }
+    let o = run(&mut bare(), &["--ingest-url", "not a url", "open", "a"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    // With --json, a usage error is also the JSON document on stdout.
+    let o = run(&mut bare(), &["--json", "withdraw", "acc-1", "1.5"]);
+    assert_eq!(code(&o), 2);
+    let v = json(&o);
+    assert_eq!(v["error"]["code"], "usage");
+    assert_eq!(v["exit_code"], 2);
+}
+
+#[test]
+fn an_unreachable_service_exits_3_naming_the_url() {
+    let url = closed_port_url();
+    let o = run(
+        bare().env("LEDGER_INGEST_URL", &url),
+        &["deposit", "acc-1", "5"],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&url), "{err}");
+
+    let o = run(
+        bare().env("LEDGER_PROJECTOR_URL", &url),
+        &["--json", "balance", "acc-1"],
+    );
+    assert_eq!(code(&o), 3);
+    let v = json(&o);
+    assert_eq!(v["exit_code"], 3);
+    assert!(v["error"]["message"].as_str().unwrap().contains(&url));
+
+    let o = run(
+        bare().env("LEDGER_INGEST_URL", &url),
+        &["load", "--accounts", "2", "--commands", "5"],
+    );
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+}
+
+#[test]
+fn a_missing_or_wrong_token_is_refused() {
+    let s = services();
+    let o = run(
+        bare().env("LEDGER_INGEST_URL", &s.ingest),
+        &["open", &unique("acc")],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("unauthorized"), "{}", stderr(&o));
+    let o = run(
+        ledger().arg("--auth-token").arg("wrong"),
+        &["balance", "acc-1"],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}
+
+#[test]
+fn json_output_of_open_deposit_balance_and_status() {
+    let acc = unique("acc");
+    let cid = unique("cmd");
+    let o = run(
+        &mut ledger(),
+        &["--json", "open", &acc, "--command-id", &cid],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let opened = json(&o);
+    assert_eq!(
+        keys(&opened),
+        ["command_id", "event_id", "offset", "partition", "token"]
+    );
+    assert_eq!(opened["command_id"], cid.as_str());
+
+    let o = run(&mut ledger(), &["--json", "deposit", &acc, "1250"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let deposited = json(&o);
+    assert_eq!(keys(&deposited), keys(&opened));
+    assert_eq!(deposited["partition"], opened["partition"]);
+    let token = deposited["token"].as_str().unwrap();
+    let generated = deposited["command_id"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+
+    let o = run(
+        &mut ledger(),
+        &["--json", "balance", &acc, "--after", token],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let b = json(&o);
+    assert_eq!(
+        keys(&b),
+        ["account_id", "applied_events", "balance", "open"]
+    );
+    assert_eq!(b["balance"], 1250);
+    assert_eq!(b["open"], true);
+    assert_eq!(b["applied_events"], 2);
+
+    let o = run(&mut ledger(), &["--json", "status", &cid, "--after", token]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let s = json(&o);
+    assert_eq!(
+        keys(&s),
+        [
+            "account_id",
+            "command_id",
+            "offset",
+            "partition",
+            "reason",
+            "status"
+        ]
+    );
+    assert_eq!(s["status"], "applied");
+    assert_eq!(s["reason"], Value::Null);
+    assert_eq!(s["account_id"], acc.as_str());
+    assert_eq!(s["offset"], opened["offset"]);
+
+    // Human output of the same queries.
+    let o = run(&mut ledger(), &["balance", &acc]);
+    assert_eq!(
+        stdout(&o).trim(),
+        format!("{acc}: balance 1250 (open, 2 applied events)")
+    );
+    let o = run(&mut ledger(), &["status", &cid]);
+    assert!(stdout(&o).starts_with(&format!("{cid}: applied on {acc}")));
+}
+
+#[test]
+fn unknown_accounts_and_commands_exit_1() {
+    let o = run(&mut ledger(), &["balance", &unique("nobody")]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("account_not_found"), "{}", stderr(&o));
+    let o = run(&mut ledger(), &["--json", "status", &unique("nothing")]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(json(&o)["error"]["code"], "command_not_found");
+}
+
+#[test]
+fn wait_prints_the_outcome_and_the_balance_and_a_rejection_exits_1() {
+    let acc = unique("acc");
+    let o = run(&mut ledger(), &["open", &acc, "--wait"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("outcome: applied"), "{}", stdout(&o));
+
+    let dep = unique("dep");
+    let o = run(
+        &mut ledger(),
+        &["deposit", &acc, "1250", "--wait", "--command-id", &dep],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("outcome: applied"), "{out}");
+    assert!(out.contains(&format!("{acc}: balance 1250")), "{out}");
+
+    // The same command id again: accepted again, applied once.
+    let o = run(
+        &mut ledger(),
+        &[
+            "--json",
+            "deposit",
+            &acc,
+            "1250",
+            "--wait",
+            "--command-id",
+            &dep,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(json(&o)["balance"], 1250);
+
+    let o = run(&mut ledger(), &["withdraw", &acc, "5000", "--wait"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("rejected (insufficient_funds)"), "{out}");
+    assert!(out.contains("balance 1250"), "{out}");
+
+    let o = run(
+        &mut ledger(),
+        &["--json", "withdraw", &acc, "250", "--wait"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["status"], "applied");
+    assert_eq!(v["balance"], 1000);
+    assert_eq!(v["account_id"], acc.as_str());
+
+    let o = run(
+        &mut ledger(),
+        &["--json", "deposit", &unique("never-opened"), "5", "--wait"],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["reason"], "account_not_open");
+    assert_eq!(v["balance"], Value::Null);
+}
+
+#[test]
+fn send_reports_accepted_and_invalid_lines() {
+    let acc = unique("send");
+    let lines = [
+        format!(r#"{{"type":"open_account","account_id":"{acc}"}}"#),
+        format!(r#"{{"type":"deposit","account_id":"{acc}","amount":700}}"#),
+        format!(r#"{{"type":"deposit","account_id":"{acc}","amount":-3}}"#),
+        String::new(),
+        format!(
+            r#"{{"type":"withdraw","account_id":"{acc}","amount":200,"command_id":"{acc}-w"}}"#
+        ),
+    ];
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    for l in &lines {
+        writeln!(file, "{l}").unwrap();
+    }
+    let path = file.path().to_str().unwrap();
+
+    let o = run(
+        &mut ledger(),
+        &["--json", "send", path, "--batch-size", "2"],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["lines"], 4);
+    assert_eq!(v["accepted"], 3);
+    assert_eq!(v["invalid"], 1);
+    assert_eq!(v["invalid_lines"][0]["line"], 3);
+    assert_eq!(v["invalid_lines"][0]["code"], "invalid_amount");
+    let token = v["tokens"][0].as_str().unwrap();
+    let o = run(
+        &mut ledger(),
+        &["--json", "balance", &acc, "--after", token],
+    );
+    assert_eq!(json(&o)["balance"], 500);
+
+    // From stdin, human output; only the valid lines.
+    let mut child = ledger()
+        .args(["send", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}\n{}", lines[1], lines[4]).unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("sent 2 commands from -: 2 accepted, 0 invalid"),
+        "{}",
+        stdout(&o)
+    );
+    let token = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("tokens: "))
+        .unwrap()
+        .to_string();
+    // The deposit had no command id: a new one, applied; the withdrawal's was kept:
+    // a duplicate, applied once.
+    let o = run(
+        &mut ledger(),
+        &["--json", "balance", &acc, "--after", &token],
+    );
+    assert_eq!(json(&o)["balance"], 1200);
+}
+
+#[test]
+fn load_with_verify_exits_0_and_prints_its_figures() {
+    let o = run(
+        &mut ledger(),
+        &[
+            "load",
+            "--accounts",
+            "20",
+            "--commands",
+            "400",
+            "--verify",
+            "--seed",
+            "7",
+        ],
+    );
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "{out}\n{}", stderr(&o));
+    for needle in [
+        "seed 7, prefix load-7",
+        "420 accepted",
+        "accepted/s",
+        "accept latency: p50",
+        "visibility lag (",
+        "no mismatch",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+
+    let o = run(
+        &mut ledger(),
+        &[
+            "--json",
+            "load",
+            "--accounts",
+            "5",
+            "--commands",
+            "60",
+            "--verify",
+            "--prefix",
+            &unique("j"),
+            "--concurrency",
+            "4",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["sent"], 65);
+    assert_eq!(v["accepted"], 65);
+    assert!(v["accepted_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["accept_latency"]["p99_ms"].as_f64().is_some());
+    assert_eq!(v["verify"]["mismatch_count"], 0);
+    assert!(v["verify"]["visibility_lag"]["p50_ms"].as_f64().is_some());
+    assert!(v["seed"].as_u64().is_some());
+}
+
+#[test]
+fn load_verify_exits_1_when_the_projection_differs_from_the_model() {
+    // An account the run will open was opened and funded before: the projector's
+    // balance and the run's own open differ from what the run alone implies.
+    let prefix = unique("m");
+    let acc = format!("{prefix}-1");
+    assert_eq!(code(&run(&mut ledger(), &["open", &acc, "--wait"])), 0);
+    assert_eq!(
+        code(&run(&mut ledger(), &["deposit", &acc, "777", "--wait"])),
+        0
+    );
+    let o = run(
+        &mut ledger(),
+        &[
+            "load",
+            "--accounts",
+            "3",
+            "--commands",
+            "30",
+            "--seed",
+            "9",
+            "--prefix",
+            &prefix,
+            "--verify",
+        ],
+    );
+    let out = stdout(&o);
+    assert_eq!(code(&o), 1, "{out}\n{}", stderr(&o));
+    assert!(out.contains("MISMATCH"), "{out}");
+    assert!(out.contains(&format!("account {acc}: expected")), "{out}");
+    let listed = out.lines().filter(|l| l.starts_with("  ")).count();
+    assert!((1..=10).contains(&listed), "{out}");
+}
