@@ -469,7 +469,7 @@ fn load_text(r: &LoadReport) -> String {
         }
         if v.mismatch_count == 0 {
             t.push_str(&format!(
-                "\nverified {} accounts and {} commands against the model: no mismatch",
+                "\nverified {} accounts and {} commands against the model: no mismatch (0 lost, 0 applied twice)",
                 v.accounts_checked, v.commands_checked
             ));
         } else {
@@ -479,6 +479,10 @@ fn load_text(r: &LoadReport) -> String {
                 v.accounts_checked,
                 v.commands_checked,
                 v.mismatches.len()
+            ));
+            t.push_str(&format!(
+                "\n{} accepted commands lost, {} events applied twice",
+                v.lost, v.applied_twice
             ));
             for m in &v.mismatches {
                 t.push_str(&format!(

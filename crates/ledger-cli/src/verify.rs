@@ -98,6 +98,10 @@ pub struct VerifyReport {
     pub commands_checked: u64,
     /// Retried commands found earlier in the log than their accepted position.
     pub earlier_copies: u64,
+    /// Accepted commands the projector does not know: lost.
+    pub lost: u64,
+    /// Events applied beyond the model, summed over accounts: applied twice.
+    pub applied_twice: u64,
     /// All mismatches found.
     pub mismatch_count: u64,
     /// The first [`MAX_LISTED`] mismatches.
@@ -191,7 +195,7 @@ pub async fn verify(client: &Arc<Client>, run: RunRecord<'_>) -> Result<VerifyRe
 
     // 4. Every account the workload touched, opened or not.
     let accounts: Vec<&AccountId> = run.workload.account_ids().into_iter().collect();
-    let account_mismatches: Vec<Option<Mismatch>> = stream::iter(accounts.iter().copied())
+    let account_mismatches: Vec<(Option<Mismatch>, u64)> = stream::iter(accounts.iter().copied())
         .map(|id| check_account(client, &oracle, id))
         .buffered(run.concurrency)
         .try_collect()
@@ -208,16 +212,18 @@ pub async fn verify(client: &Arc<Client>, run: RunRecord<'_>) -> Result<VerifyRe
         .map(|i| ops[i].command_id())
         .filter(|id| seen.insert(*id))
         .collect();
-    let command_mismatches: Vec<Option<Mismatch>> = stream::iter(commands.iter().copied())
+    let command_mismatches: Vec<(Option<Mismatch>, u64)> = stream::iter(commands.iter().copied())
         .map(|id| check_command(client, &oracle, id))
         .buffered(run.concurrency)
         .try_collect()
         .await?;
 
+    let applied_twice = account_mismatches.iter().map(|(_, n)| n).sum();
+    let lost = command_mismatches.iter().map(|(_, n)| n).sum();
     let all: Vec<Mismatch> = account_mismatches
         .into_iter()
         .chain(command_mismatches)
-        .flatten()
+        .filter_map(|(m, _)| m)
         .collect();
     Ok(VerifyReport {
         catch_up_ms: catch_up.as_millis(),
@@ -226,43 +232,54 @@ pub async fn verify(client: &Arc<Client>, run: RunRecord<'_>) -> Result<VerifyRe
         accounts_checked: accounts.len() as u64,
         commands_checked: commands.len() as u64,
         earlier_copies,
+        lost,
+        applied_twice,
         mismatch_count: all.len() as u64,
         mismatches: all.into_iter().take(MAX_LISTED).collect(),
     })
 }
 
+/// Compares one account; also returns how many more events the projector applied to it
+/// than the model did.
 async fn check_account(
     client: &Client,
     oracle: &Oracle,
     id: &AccountId,
-) -> Result<Option<Mismatch>, ClientError> {
-    let expected = oracle.model.accounts.get(id).map(|s| {
+) -> Result<(Option<Mismatch>, u64), ClientError> {
+    let modelled = oracle.model.accounts.get(id);
+    let expected = modelled.map(|s| {
         format!(
             "open {}, balance {}, {} applied events",
             s.open, s.balance, s.applied_events
         )
     });
-    let actual = match client.account(id, None).await {
-        Ok(v) => Some(format!(
-            "open {}, balance {}, {} applied events",
-            v.open, v.balance, v.applied_events
-        )),
-        Err(e) if e.is_not_found() => None,
+    let (actual, excess) = match client.account(id, None).await {
+        Ok(v) => (
+            Some(format!(
+                "open {}, balance {}, {} applied events",
+                v.open, v.balance, v.applied_events
+            )),
+            v.applied_events
+                .saturating_sub(modelled.map_or(0, |s| s.applied_events)),
+        ),
+        Err(e) if e.is_not_found() => (None, 0),
         Err(e) => return Err(e),
     };
     let none = || "not found".to_string();
-    Ok((expected != actual).then(|| Mismatch {
+    let mismatch = (expected != actual).then(|| Mismatch {
         subject: format!("account {id}"),
         expected: expected.unwrap_or_else(none),
         actual: actual.unwrap_or_else(none),
-    }))
+    });
+    Ok((mismatch, excess))
 }
 
+/// Compares one command; also returns 1 when the projector does not know it (lost).
 async fn check_command(
     client: &Client,
     oracle: &Oracle,
     id: &CommandId,
-) -> Result<Option<Mismatch>, ClientError> {
+) -> Result<(Option<Mismatch>, u64), ClientError> {
     let expected = oracle.model.commands.get(id).map(|r| {
         let (p, o) = oracle.first_position[id];
         describe_command(
@@ -284,12 +301,14 @@ async fn check_command(
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e),
     };
+    let lost = u64::from(actual.is_none());
     let none = || "not found".to_string();
-    Ok((expected != actual).then(|| Mismatch {
+    let mismatch = (expected != actual).then(|| Mismatch {
         subject: format!("command {id}"),
         expected: expected.unwrap_or_else(none),
         actual: actual.unwrap_or_else(none),
-    }))
+    });
+    Ok((mismatch, lost))
 }
 
 fn describe_command(
