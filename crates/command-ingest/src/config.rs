@@ -52,7 +52,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// A config with every default, for these brokers (tests and embedding).
+    /// A config with every default, for these brokers (tests and embedding). Like the
+    /// binary, it still reads the environment fallbacks (`LEDGER_TOPIC`, …).
     pub fn for_brokers(brokers: &str) -> Self {
         <Self as clap::Parser>::parse_from(["command-ingest", "--brokers", brokers])
     }

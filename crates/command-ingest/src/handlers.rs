@@ -100,6 +100,17 @@ async fn submit_batch_inner(
         .map(|v| Command::from_json(v).map_err(ApiError::from))
         .collect();
     let valid = parsed.iter().filter(|r| r.is_ok()).count();
+    if valid > state.max_in_flight {
+        // It could never fit: say so instead of letting it past the bound.
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the batch has {valid} valid commands but this ingest admits at most {} in flight (--max-in-flight): split it",
+                state.max_in_flight
+            ),
+        ));
+    }
     // All or nothing for capacity, so that an overloaded batch writes nothing.
     let _permit = acquire(state, valid)?;
     let results = join_all(parsed.into_iter().map(|r| async move {
@@ -127,8 +138,8 @@ fn acquire(state: &AppState, n: usize) -> Result<Option<SemaphorePermit<'_>>, Ap
     if n == 0 {
         return Ok(None);
     }
-    let n = n.min(state.max_in_flight);
-    let permits = u32::try_from(n).expect("max_in_flight is at most 1 000 000 and fits u32");
+    let permits = u32::try_from(n)
+        .expect("n is at most --max-in-flight, itself at most 1 000 000, so it fits u32");
     state
         .permits
         .try_acquire_many(permits)

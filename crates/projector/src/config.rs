@@ -74,7 +74,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// A config with every default, for these brokers and this data directory.
+    /// A config with every default, for these brokers and this data directory. Like the
+    /// binary, it still reads the environment fallbacks (`LEDGER_TOPIC`, …).
     pub fn for_brokers(brokers: &str, data_dir: &std::path::Path) -> Self {
         let mut c = <Self as clap::Parser>::parse_from(["projector", "--brokers", brokers]);
         c.data_dir = data_dir.to_path_buf();
