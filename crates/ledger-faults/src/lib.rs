@@ -1,0 +1,597 @@
+//! The fault harness: the real binaries as child processes, a real broker, injected
+//! faults, and `ledger load --verify` as the judge of "nothing lost, nothing applied
+//! twice".
+//!
+//! The fault suite (`tests/faults.rs`) runs each fault once inside the test budget; the
+//! soak (`src/bin/soak.rs`, `scripts/soak.sh`) runs them in a random loop for as long as
+//! asked. Both use the binaries built next to them in `target/<profile>/`.
+
+pub mod scenario;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Paths of the three binaries.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    /// `command-ingest`.
+    pub ingest: PathBuf,
+    /// `projector`.
+    pub projector: PathBuf,
+    /// `ledger`.
+    pub ledger: PathBuf,
+}
+
+impl Bins {
+    /// Finds the binaries in the target directory this executable was built into.
+    pub fn locate() -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut dir = exe
+            .parent()
+            .context("the executable has a directory")?
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let bins = Self {
+            ingest: dir.join("command-ingest"),
+            projector: dir.join("projector"),
+            ledger: dir.join("ledger"),
+        };
+        for b in [&bins.ingest, &bins.projector, &bins.ledger] {
+            if !b.exists() {
+                bail!(
+                    "{} is missing: build the services first (cargo build -p command-ingest -p projector -p ledger-cli, \
+                     with the same profile; scripts/test.sh does)",
+                    b.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 works on loopback")
+}
+
+/// A service binary as a restartable child process on a fixed port.
+pub struct Service {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    /// Its port.
+    pub port: u16,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// Starts `program` with `args` plus `--listen 127.0.0.1:PORT`, logging to `log`.
+    pub fn start(
+        name: &'static str,
+        program: &Path,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> Result<Self> {
+        let mut s = Self {
+            name,
+            program: program.to_path_buf(),
+            args,
+            port: free_port(),
+            log,
+            child: None,
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// Starts it (again), on the same port.
+    pub fn restart(&mut self) -> Result<()> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        if let Some(pid) = self.pid() {
+            kill(pid, sig)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.signal(Signal::SIGKILL)?;
+        self.wait_exit(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal(Signal::SIGTERM)?;
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for it to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let child = self.child.as_mut().context("not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait()? {
+                self.child = None;
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not exit within {timeout:?}; log {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it has exited, and how.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        let s = self.child.as_mut()?.try_wait().ok().flatten();
+        if s.is_some() {
+            self.child = None;
+        }
+        s
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One ingest and one projector on a fresh topic, and what the faults need to drive them.
+pub struct Stack {
+    /// Broker address.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// The projector's group.
+    pub group: String,
+    /// The ingest.
+    pub ingest: Service,
+    /// The projector that `ledger load --verify` reads.
+    pub projector: Service,
+    /// Where data and logs live.
+    pub dir: PathBuf,
+    /// The binaries.
+    pub bins: Bins,
+}
+
+impl Stack {
+    /// Starts an ingest and a projector (data in `dir/projector`) and waits until both
+    /// are ready.
+    pub async fn start(
+        bins: &Bins,
+        brokers: &str,
+        topic: &str,
+        dir: &Path,
+        projector_data: &Path,
+    ) -> Result<Self> {
+        let group = format!("{topic}.projector");
+        let ingest = Service::start(
+            "command-ingest",
+            &bins.ingest,
+            args(&[
+                "--brokers",
+                brokers,
+                "--topic",
+                topic,
+                "--delivery-timeout-ms",
+                "3000",
+            ]),
+            dir.join("ingest.log"),
+        )?;
+        let projector = Service::start(
+            "projector",
+            &bins.projector,
+            projector_args(brokers, topic, &group, projector_data, Some("projector-a")),
+            dir.join("projector.log"),
+        )?;
+        let stack = Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            group,
+            ingest,
+            projector,
+            dir: dir.to_path_buf(),
+            bins: bins.clone(),
+        };
+        wait_ready(&stack.ingest.url(), Duration::from_secs(60)).await?;
+        wait_ready(&stack.projector.url(), Duration::from_secs(60)).await?;
+        Ok(stack)
+    }
+
+    /// Starts `ledger load --verify` against this stack in the background.
+    pub fn load(&self, accounts: u32, commands: u32, rate: u32, seed: u64) -> Result<Load> {
+        let out = self.dir.join(format!("load-{seed}.json"));
+        let child = Command::new(&self.bins.ledger)
+            .args([
+                "--ingest-url",
+                &self.ingest.url(),
+                "--projector-url",
+                &self.projector.url(),
+            ])
+            .args(["--json", "--retry-for", "120"])
+            .args(["load", "--verify", "--concurrency", "16"])
+            .args([
+                "--accounts",
+                &accounts.to_string(),
+                "--commands",
+                &commands.to_string(),
+            ])
+            .args(["--rate", &rate.to_string(), "--seed", &seed.to_string()])
+            .args(["--prefix", &format!("s{seed}")])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(
+                self.dir.join(format!("load-{seed}.err")),
+            )?)
+            .spawn()?;
+        Ok(Load {
+            child,
+            out,
+            err: self.dir.join(format!("load-{seed}.err")),
+        })
+    }
+}
+
+/// Projector arguments: static membership when `instance` is given.
+pub fn projector_args(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    data: &Path,
+    instance: Option<&str>,
+) -> Vec<String> {
+    let mut a = args(&[
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--group-id",
+        group,
+        "--batch-max-events",
+        "200",
+    ]);
+    a.push("--data-dir".into());
+    a.push(data.display().to_string());
+    if let Some(i) = instance {
+        a.extend(args(&["--instance-id", i]));
+    }
+    a
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// A running `ledger load --verify`.
+pub struct Load {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+/// What a load reported.
+#[derive(Debug, Clone, Default)]
+pub struct LoadResult {
+    /// Commands accepted (202).
+    pub accepted: u64,
+    /// Accepted commands the projector does not know.
+    pub lost: u64,
+    /// Events applied beyond the model.
+    pub applied_twice: u64,
+    /// Any difference from the model.
+    pub mismatches: u64,
+    /// The whole JSON report.
+    pub report: Value,
+}
+
+impl Load {
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for it and reads its report; an error unless it exited 0 with a clean
+    /// verification.
+    pub async fn finish(mut self, timeout: Duration) -> Result<LoadResult> {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("ledger load did not finish within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let text = std::fs::read_to_string(&self.out)?;
+        let report: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        let verify = report.get("verify").cloned().unwrap_or(Value::Null);
+        let result = LoadResult {
+            accepted: n(&report["accepted"]),
+            lost: n(&verify["lost"]),
+            applied_twice: n(&verify["applied_twice"]),
+            mismatches: n(&verify["mismatch_count"]),
+            report: report.clone(),
+        };
+        if !status.success() || verify.is_null() {
+            let err = std::fs::read_to_string(&self.err).unwrap_or_default();
+            bail!(
+                "ledger load --verify exited {status}: {}\n{err}\n{text}",
+                summary(&result)
+            );
+        }
+        Ok(result)
+    }
+}
+
+/// One line about a load's result.
+pub fn summary(r: &LoadResult) -> String {
+    format!(
+        "accepted {}, lost {}, applied twice {}, mismatches {}",
+        r.accepted, r.lost, r.applied_twice, r.mismatches
+    )
+}
+
+/// Waits for `GET {base}/readyz` to answer 200.
+pub async fn wait_ready(base: &str, timeout: Duration) -> Result<()> {
+    wait_until(&format!("{base}/readyz"), timeout, || async {
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    })
+    .await
+}
+
+/// Waits until `check` holds, or fails naming `what`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Events the projector at `base` has applied (sum of its applied offsets).
+pub async fn applied_total(base: &str) -> Option<i64> {
+    let v: Value = reqwest::get(format!("{base}/v1/progress"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(
+        v["partitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["applied_offset"].as_i64())
+            .sum(),
+    )
+}
+
+/// Waits until the projector has applied `more` events beyond what it had, or the load
+/// ended: the moment to inject a fault mid-stream.
+pub async fn wait_progress(
+    base: &str,
+    more: i64,
+    load: &mut Load,
+    timeout: Duration,
+) -> Result<()> {
+    let start = applied_total(base).await.unwrap_or(0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if applied_total(base).await.unwrap_or(0) >= start + more || !load.running() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the projector made no progress of {more} events within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A broker this harness starts and stops itself, through `scripts/kafka-local.sh`.
+pub struct OwnBroker {
+    /// Its port.
+    pub port: u16,
+    script: PathBuf,
+}
+
+impl OwnBroker {
+    /// Starts (or adopts) the broker on `port`.
+    pub fn start(repo: &Path, port: u16) -> Result<Self> {
+        let b = Self {
+            port,
+            script: repo.join("scripts/kafka-local.sh"),
+        };
+        b.run("start")?;
+        Ok(b)
+    }
+
+    /// Its address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (its data stays).
+    pub fn stop(&self) -> Result<()> {
+        self.run("stop")
+    }
+
+    /// Starts it again.
+    pub fn restart(&self) -> Result<()> {
+        self.run("start")
+    }
+
+    fn run(&self, verb: &str) -> Result<()> {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .arg(verb)
+            .env("KAFKA_PORT", self.port.to_string())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "kafka-local.sh {verb} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.run("stop");
+    }
+}
+
+/// A small tmpfs mounted at a directory, to fill the projector's disk.
+pub struct SmallDisk {
+    /// The mount point.
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `mib` MiB (needs root).
+    pub fn mount(path: &Path, mib: u32) -> Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(path)
+            .status()?;
+        if !st.success() {
+            bail!(
+                "mounting a tmpfs at {} failed (the disk-full fault needs root)",
+                path.display()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Grows it: the space is back.
+    pub fn grow(&self, mib: u32) -> Result<()> {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.path)
+            .status()?;
+        if !st.success() {
+            bail!("remounting {} failed", self.path.display());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Kafka's committed offsets for a group (read without joining it).
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<BTreeMap<i32, i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let out = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    drop(committed);
+    Ok(out)
+}
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Keeps a fault in place for `d`: the outage itself, not a wait for a condition.
+pub async fn hold_fault(d: Duration) {
+    tokio::time::sleep(d).await;
+}
