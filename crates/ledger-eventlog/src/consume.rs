@@ -373,6 +373,10 @@ pub fn run<S: BatchSink>(
         ("enable.partition.eof", "false"),
         ("socket.connection.setup.timeout.ms", "3000"),
         ("reconnect.backoff.max.ms", "1000"),
+        // Bound librdkafka's read-ahead (64 MiB per partition by default) so the
+        // projector's memory stays bounded; batches of a few thousand need little.
+        ("queued.min.messages", "20000"),
+        ("queued.max.messages.kbytes", "8192"),
     ];
     if let Some(id) = &settings.instance_id {
         defaults.push(("group.instance.id", id));
