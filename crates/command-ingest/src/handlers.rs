@@ -15,6 +15,7 @@ use ledger_domain::{Command, CommandId, Event};
 use ledger_eventlog::producer::ProduceError;
 use ledger_http::body::{body_bytes, require_json, MAX_COMMAND_BODY};
 use ledger_http::ApiError;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::SemaphorePermit;
 use tracing::{debug, warn};
@@ -76,14 +77,23 @@ async fn submit_batch_inner(
 ) -> Result<Value, ApiError> {
     require_json(headers)?;
     let body = body_bytes(body, MAX_BATCH_BODY)?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let Value::Array(items) = value else {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            "a batch is a JSON array of commands",
-        ));
+    // Items stay raw text until each is validated on its own, so that one bad item
+    // gets its own precise error and the rest are not re-parsed through a Value tree.
+    let items: Vec<&RawValue> = match serde_json::from_slice(&body) {
+        Ok(items) => items,
+        Err(e) => {
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                    Ok(_) => {
+                        ApiError::bad_request("invalid_json", "a batch is a JSON array of commands")
+                    }
+                    Err(_) => ApiError::bad_request(
+                        "invalid_json",
+                        format!("the body is not valid JSON: {e}"),
+                    ),
+                },
+            )
+        }
     };
     if items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::new(
@@ -97,7 +107,7 @@ async fn submit_batch_inner(
     }
     let parsed: Vec<Result<Command, ApiError>> = items
         .iter()
-        .map(|v| Command::from_json(v).map_err(ApiError::from))
+        .map(|raw| Command::from_json_slice(raw.get().as_bytes()).map_err(ApiError::from))
         .collect();
     let valid = parsed.iter().filter(|r| r.is_ok()).count();
     if valid > state.max_in_flight {

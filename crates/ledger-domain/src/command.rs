@@ -86,11 +86,47 @@ const KNOWN_TYPES: &str = "open_account, deposit, withdraw";
 
 impl Command {
     /// Parses and validates one command from a JSON body.
+    ///
+    /// Well-formed commands take a typed fast path; anything it does not accept goes
+    /// through [`Command::from_json`], which finds the precise error. Both accept exactly
+    /// the same commands.
     pub fn from_json_slice(body: &[u8]) -> Result<Self, ValidationError> {
+        if let Some(c) = Self::fast_path(body) {
+            return Ok(c);
+        }
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             ValidationError::InvalidJson(format!("the body is not valid JSON: {e}"))
         })?;
         Self::from_json(&value)
+    }
+
+    fn fast_path(body: &[u8]) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Wire<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: &'a str,
+            #[serde(borrow)]
+            account_id: &'a str,
+            amount: Option<u64>,
+            #[serde(borrow)]
+            command_id: Option<&'a str>,
+        }
+        let w: Wire<'_> = serde_json::from_slice(body).ok()?;
+        let kind = match (w.kind, w.amount) {
+            ("open_account", None) => CommandKind::OpenAccount,
+            ("deposit", Some(a)) => CommandKind::Deposit(Amount::new(a).ok()?),
+            ("withdraw", Some(a)) => CommandKind::Withdraw(Amount::new(a).ok()?),
+            _ => return None,
+        };
+        Some(Command {
+            account_id: AccountId::parse(w.account_id).ok()?,
+            command_id: match w.command_id {
+                Some(c) => Some(CommandId::parse(c).ok()?),
+                None => None,
+            },
+            kind,
+        })
     }
 
     /// Validates one command from a parsed JSON value.
@@ -351,6 +387,74 @@ mod tests {
         ];
         for (body, want) in table {
             assert_eq!(code(body), *want, "body {body}");
+        }
+    }
+
+    #[test]
+    fn fast_and_slow_paths_agree() {
+        for body in [
+            r#"{"type":"open_account","account_id":"acc-1"}"#,
+            r#"{"type":"deposit","account_id":"acc-1","amount":5,"command_id":null}"#,
+            r#"{"type":"withdraw","account_id":"a","amount":300,"command_id":"c-42"}"#,
+            r#"{"type":"open_account","account_id":"a","amount":5}"#,
+            r#"{"type":"deposit","account_id":"a"}"#,
+            r#"{"type":"deposit","account_id":"a","amount":0}"#,
+            r#"{"type":"deposit","account_id":"a\u0041","amount":1}"#,
+            r#"{"type":"deposit","account_id":"a","amount":1,"amount":2}"#,
+        ] {
+            let slow = serde_json::from_str::<Value>(body)
+                .map_err(|e| ValidationError::InvalidJson(e.to_string()))
+                .and_then(|v| Command::from_json(&v));
+            let both = Command::from_json_slice(body.as_bytes());
+            assert_eq!(both.as_ref().ok(), slow.as_ref().ok(), "{body}");
+            assert_eq!(
+                both.map_err(|e| e.code()).err(),
+                slow.map_err(|e| e.code()).err(),
+                "{body}"
+            );
+            if let Some(fast) = Command::fast_path(body.as_bytes()) {
+                assert_eq!(
+                    Some(fast),
+                    Command::from_json_slice(body.as_bytes()).ok(),
+                    "{body}"
+                );
+            }
+        }
+    }
+
+    fn arb_leaf() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (0u64..2_000_000_000_000).prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "[A-Za-z0-9._:\\- ]{0,10}".prop_map(Value::from),
+            prop_oneof![Just("open_account"), Just("deposit"), Just("withdraw")]
+                .prop_map(Value::from),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_path_never_disagrees(
+            kv in proptest::collection::vec(
+                (proptest::prop_oneof![
+                    proptest::strategy::Just("type"), proptest::strategy::Just("account_id"),
+                    proptest::strategy::Just("amount"), proptest::strategy::Just("command_id"),
+                    proptest::strategy::Just("x")
+                ], arb_leaf()),
+                0..6,
+            )
+        ) {
+            let body = serde_json::to_vec(&Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())).unwrap();
+            let slow = Command::from_json(&serde_json::from_slice(&body).unwrap());
+            if let Some(fast) = Command::fast_path(&body) {
+                proptest::prop_assert_eq!(Ok(fast), slow);
+            }
         }
     }
 
