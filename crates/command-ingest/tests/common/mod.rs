@@ -341,10 +341,19 @@ pub fn end_offsets(brokers: &str, topic: &str) -> i64 {
     parts
         .iter()
         .map(|&p| {
-            client
-                .fetch_watermarks(topic, p, t)
-                .expect("the watermarks")
-                .1
+            // Right after a topic is created a partition's leader may not be known yet
+            // (NotLeaderForPartition): retry that for a while.
+            let deadline = std::time::Instant::now() + t;
+            loop {
+                match client.fetch_watermarks(topic, p, t) {
+                    Ok((_, hi)) => break hi,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("watermarks of {topic}/{p} not available yet: {e}");
+                        std::thread::park_timeout(Duration::from_millis(100));
+                    }
+                    Err(e) => panic!("the watermarks of {topic}/{p}: {e}"),
+                }
+            }
         })
         .sum()
 }
