@@ -15,7 +15,9 @@
 # fails.
 #
 # Environment: KAFKA_BROKERS (use this broker), DEMO_KAFKA_PORT (port of the local broker,
-# default 9092), DEMO_PROFILE (cargo profile, default release; the test suite uses dev).
+# default 9092), DEMO_PROFILE (cargo profile, default release; the test suite uses dev),
+# DEMO_SKIP_BUILD=1 (use the binaries already built, as the test suite does: its own build
+# has other feature flags, so building again here would rebuild half the workspace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -48,8 +50,12 @@ wait_http() { # wait_http url seconds
 }
 
 # ---------------------------------------------------------------------------------------
-say "Building ($PROFILE)"
-cargo build --locked --profile "$PROFILE" -p command-ingest -p projector -p ledger-cli
+if [[ "${DEMO_SKIP_BUILD:-}" == 1 ]]; then
+  say "Using the binaries already built in $BIN"
+else
+  say "Building ($PROFILE)"
+  cargo build --locked --profile "$PROFILE" -p command-ingest -p projector -p ledger-cli
+fi
 for b in command-ingest projector ledger; do [[ -x "$BIN/$b" ]] || { echo "missing $BIN/$b" >&2; exit 1; }; done
 START=$(date +%s)
 

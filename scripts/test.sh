@@ -34,4 +34,4 @@ step "cargo test (broker: $LEDGER_TEST_BROKERS)"
 cargo test --workspace --locked
 
 step "the demo (scripts/demo.sh) against the same broker"
-KAFKA_BROKERS="$LEDGER_TEST_BROKERS" DEMO_PROFILE=dev scripts/demo.sh
+KAFKA_BROKERS="$LEDGER_TEST_BROKERS" DEMO_PROFILE=dev DEMO_SKIP_BUILD=1 scripts/demo.sh

@@ -180,10 +180,12 @@ async fn produce(state: &AppState, command: &Command) -> Result<Value, ApiError>
         .unwrap_or_default();
     let event = Event::from_command(command, command_id, event_id.as_u128(), time_ms);
 
-    state.metrics.in_flight.inc();
     let started = Instant::now();
-    let result = state.producer.send(&state.topic, &event).await;
-    state.metrics.in_flight.dec();
+    let result = {
+        // A guard, so that a client hanging up mid-request still brings the gauge down.
+        let _in_flight = InFlight::enter(&state.metrics.in_flight);
+        state.producer.send(&state.topic, &event).await
+    };
     state
         .metrics
         .produce_latency
@@ -223,6 +225,22 @@ async fn produce(state: &AppState, command: &Command) -> Result<Value, ApiError>
                 ),
             })
         }
+    }
+}
+
+/// Counts a command in the in-flight gauge for as long as it lives.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -144,6 +144,20 @@ pub enum ConsumeError {
     /// The store failed; nothing past its last durable batch was committed.
     #[error("the store failed, no offset was committed past its durable state: {0}")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored offset lies outside the log: the topic was recreated or truncated under
+    /// this store.
+    #[error("a stored offset is outside the log ({0}): was the topic recreated? Rebuild the projection: stop the projector, delete its data directory, start it")]
+    OffsetOutOfRange(String),
+    /// The dead-letter topic kept refusing an undecodable event.
+    #[error("cannot write the undecodable event at partition {partition} offset {offset} to the dead-letter topic: {error}")]
+    DeadLetter {
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// The last error.
+        error: String,
+    },
     /// The consumer thread panicked; nothing past the store's durable state was committed.
     #[error("the consumer thread panicked: {0}")]
     Panicked(String),
@@ -305,6 +319,8 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                 };
                 if let Err(e) = res {
                     error!(error = %e, "assign failed");
+                    self.state().fatal.get_or_insert(ConsumeError::Kafka(e));
+                    return;
                 }
                 info!(partitions = ?starts, "partitions assigned; resuming from the stored offsets");
                 self.sink.on_assigned(&parts);
@@ -369,7 +385,6 @@ pub fn run<S: BatchSink>(
         ("client.id", "ledger-projector"),
         ("partition.assignment.strategy", "cooperative-sticky"),
         ("session.timeout.ms", "10000"),
-        ("auto.offset.reset", "earliest"),
         ("enable.partition.eof", "false"),
         ("socket.connection.setup.timeout.ms", "3000"),
         ("reconnect.backoff.max.ms", "1000"),
@@ -394,6 +409,11 @@ pub fn run<S: BatchSink>(
                 "enable.auto.offset.store",
                 "false",
                 "offsets are committed explicitly",
+            ),
+            (
+                "auto.offset.reset",
+                "error",
+                "every partition starts at an explicit offset from the store; one outside the log is an error, never a silent jump",
             ),
         ],
     )?;
@@ -453,10 +473,20 @@ fn poll_loop<S: BatchSink>(
         let msg = match consumer.poll(wait) {
             // Also returned for rebalances and other events: not a sign of an empty queue.
             None => continue,
-            Some(Err(e)) => {
-                warn!(error = %e, "consumer error");
-                continue;
-            }
+            Some(Err(e)) => match e {
+                // The consumer can never recover (fenced by another instance with the
+                // same group.instance.id, say): stop instead of idling while looking alive.
+                KafkaError::MessageConsumptionFatal(_) => return Err(ConsumeError::Kafka(e)),
+                // auto.offset.reset=error: a stored offset outside the log means the
+                // topic is not the one this store was built from.
+                KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) => {
+                    return Err(ConsumeError::OffsetOutOfRange(e.to_string()))
+                }
+                other => {
+                    warn!(error = %other, "consumer error");
+                    continue;
+                }
+            },
             Some(Ok(m)) => m,
         };
         let (partition, offset) = (msg.partition(), msg.offset());
@@ -517,10 +547,19 @@ fn poll_loop<S: BatchSink>(
                         error: &error.to_string(),
                         error_kind: error.kind(),
                     };
-                    if !send_dead_letter(dead_letters, &dead, shutdown) {
+                    match send_dead_letter(dead_letters, &dead, shutdown) {
+                        DeadLetterOutcome::Sent => {}
                         // Shutting down before the dead-letter topic acknowledged: the
                         // partition stays at the poison and it is retried next time.
-                        return Ok(());
+                        DeadLetterOutcome::ShuttingDown => return Ok(()),
+                        DeadLetterOutcome::Failed(error) => {
+                            ctx.flush(consumer, None, CommitMode::Sync)?;
+                            return Err(ConsumeError::DeadLetter {
+                                partition,
+                                offset,
+                                error,
+                            });
+                        }
                     }
                     ctx.metrics
                         .poison
@@ -538,33 +577,49 @@ fn poll_loop<S: BatchSink>(
     }
 }
 
-/// Sends a dead letter, retrying with backoff until it is acknowledged. Returns false
-/// only when shutdown came first.
+/// How long a dead letter is retried before the consumer gives up: well inside
+/// librdkafka's `max.poll.interval.ms` (5 min), since nothing is polled meanwhile.
+const DEAD_LETTER_DEADLINE: Duration = Duration::from_secs(120);
+
+enum DeadLetterOutcome {
+    Sent,
+    ShuttingDown,
+    Failed(String),
+}
+
+/// Sends a dead letter, retrying with backoff until it is acknowledged, shutdown comes,
+/// or [`DEAD_LETTER_DEADLINE`] passes (a missing ACL or an oversized message never
+/// heals: better a clear stop than a silent stall of every partition).
 fn send_dead_letter(
     producer: &EventProducer,
     dead: &DeadLetter<'_>,
     shutdown: &CancellationToken,
-) -> bool {
+) -> DeadLetterOutcome {
     let handle = tokio::runtime::Handle::current();
+    let deadline = Instant::now() + DEAD_LETTER_DEADLINE;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match handle.block_on(producer.send_dead_letter(dead)) {
+        let error = match handle.block_on(producer.send_dead_letter(dead)) {
             Ok(pos) => {
                 debug!(
                     dlq_partition = pos.partition,
                     dlq_offset = pos.offset,
                     "dead letter acknowledged"
                 );
-                return true;
+                return DeadLetterOutcome::Sent;
             }
             Err(e) => {
                 let e: ProduceError = e;
                 warn!(error = %e, partition = dead.source_partition, offset = dead.source_offset,
                       "dead-letter topic did not acknowledge; retrying");
+                e.to_string()
             }
-        }
+        };
         if shutdown.is_cancelled() {
-            return false;
+            return DeadLetterOutcome::ShuttingDown;
+        }
+        if Instant::now() >= deadline {
+            return DeadLetterOutcome::Failed(error);
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -150,6 +150,8 @@ pub async fn serve(
         let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
         let metadata = metadata.clone();
         tokio::task::spawn_blocking(move || {
+            // However this thread ends, a panic included, everything else stops too.
+            let _stop_all = stop.clone().drop_guard();
             // librdkafka notices a topic created after subscribing only at its next
             // metadata refresh (minutes); wait for the ingest to create it instead.
             if !wait_for_topic(&metadata, &settings.topic, &stop) {

@@ -33,3 +33,29 @@ fn an_unusable_data_directory_stops_the_start_up() {
     let log = p.log_text();
     assert!(log.contains("data directory"), "{log}");
 }
+
+#[test]
+fn a_store_ahead_of_the_log_stops_instead_of_skipping() {
+    // A store built from another incarnation of the topic (recreated under the same
+    // name) holds offsets the log does not have: that must stop the projector, not make
+    // it skip everything below them as "redelivered".
+    let brokers = ledger_testkit::brokers();
+    let topic = ledger_testkit::unique_topic("ahead");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(common::create_topic(&brokers, &topic));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store = ledger_store::Store::open(&data, 1 << 20).unwrap();
+        let mut batch = ledger_eventlog::consume::Batch::default();
+        for p in 0..common::PARTITIONS {
+            batch.next_offsets.insert(p, 1_000);
+        }
+        store.apply_batch(&topic, &batch).unwrap();
+    }
+    let mut p = ProjectorProcess::spawn(&brokers, &topic, &format!("{topic}.g"), &data, &[]);
+    let status = p.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(log.contains("outside the log"), "{log}");
+}
