@@ -173,6 +173,17 @@ pub enum ConsumeError {
     },
 }
 
+impl ConsumeError {
+    /// Whether the error ended only the librdkafka client (it is fatal to that instance,
+    /// e.g. a fenced static member), so that a new consumer can carry on from the store.
+    pub fn is_client_fatal(&self) -> bool {
+        matches!(
+            self,
+            ConsumeError::Kafka(KafkaError::MessageConsumptionFatal(_))
+        )
+    }
+}
+
 /// Counters of the loop itself; the sink keeps its own.
 #[derive(Clone, Default)]
 pub struct ConsumerMetrics {
@@ -184,6 +195,8 @@ pub struct ConsumerMetrics {
     pub commit_failures: Counter,
     /// Rebalances, by kind.
     pub rebalances: Family<Vec<(String, String)>, Counter>,
+    /// Consumers recreated after a fatal client error.
+    pub restarts: Counter,
 }
 
 impl ConsumerMetrics {
@@ -208,6 +221,11 @@ impl ConsumerMetrics {
             "projector_rebalances",
             "Partition assignments and revocations",
             self.rebalances.clone(),
+        );
+        registry.register(
+            "projector_consumer_restarts",
+            "Kafka consumers recreated after a fatal client error",
+            self.restarts.clone(),
         );
     }
 }
@@ -433,6 +451,11 @@ pub fn run<S: BatchSink>(
 
     let result = poll_loop(&consumer, settings, dead_letters, &shutdown);
     let ctx = consumer.context();
+    if result.as_ref().is_err_and(ConsumeError::is_client_fatal) {
+        // This client is done: its partitions are no longer served by it.
+        let all: Vec<i32> = ctx.state().positions.drain().map(|(p, _)| p).collect();
+        ctx.sink.on_revoked(&all);
+    }
     let result = result.and_then(|()| ctx.flush(&consumer, None, CommitMode::Sync));
     if result.is_ok() {
         // Leave the group now, so the partitions move to another instance at once.
