@@ -25,12 +25,21 @@ async fn a_fenced_consumer_is_recreated_and_resumes() {
     // An impostor with the same instance id fences the first...
     let mut b = ProjectorProcess::spawn(&brokers, &topic, &group, &dir.path().join("b"), &extra);
     let url = a.url();
-    ledger_testkit::wait_for("the first projector to recreate its consumer", Duration::from_secs(60), || async {
-        let m = reqwest::get(format!("{url}/metrics")).await.ok()?.text().await.ok()?;
-        m.lines()
-            .any(|l| l.starts_with("projector_consumer_restarts_total") && !l.ends_with(" 0"))
-            .then_some(())
-    })
+    ledger_testkit::wait_for(
+        "the first projector to recreate its consumer",
+        Duration::from_secs(60),
+        || async {
+            let m = reqwest::get(format!("{url}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            m.lines()
+                .any(|l| l.starts_with("projector_consumer_restarts_total") && !l.ends_with(" 0"))
+                .then_some(())
+        },
+    )
     .await;
     b.kill9();
 
@@ -39,7 +48,11 @@ async fn a_fenced_consumer_is_recreated_and_resumes() {
     all.extend(produce(&brokers, &topic, &workload(4, 20, 500, "f2")).await);
     wait_applied(&a.url(), &ends_of(&all), Duration::from_secs(90)).await;
     a.signal(Signal::SIGTERM);
-    assert!(a.wait_exit(Duration::from_secs(30)).success(), "{}", a.log_text());
+    assert!(
+        a.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        a.log_text()
+    );
     let store = ledger_store::Store::open(&dir.path().join("a"), 8 << 20).unwrap();
     assert_store_matches(&store, &model_of(&all));
 }
