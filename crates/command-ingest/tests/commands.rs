@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{
     accepted, assert_error_body, assert_record, blocking, config, end_offsets, get, http,
-    java_partition, post_json, post_raw, read_at, wait_ready, Accepted, Ingest, PARTITIONS,
+    post_json, post_raw, read_at, wait_ready, Accepted, Ingest, PARTITIONS,
 };
 use ledger_domain::{Amount, CommandId, EventBody};
 use ledger_testkit::{brokers, unique_topic, wait_for};
@@ -145,7 +145,7 @@ async fn every_command_kind_is_acknowledged_and_lands_in_the_log() {
         }
         assert_eq!(
             acc.partition,
-            java_partition(account.as_bytes(), PARTITIONS),
+            ledger_testkit::java_partition(account.as_bytes(), PARTITIONS),
             "{what}: partitioned by murmur2 of the account id, as Java clients do"
         );
     }

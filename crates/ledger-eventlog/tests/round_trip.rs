@@ -139,48 +139,7 @@ async fn produce_then_consume_keeps_per_account_order() {
     assert_eq!(received, by_account, "same events, same order per account");
 
     // murmur2 partitioning, as Java clients do: "acc-0" must land where Java puts it.
-    let expected = java_partition(b"acc-0", PARTITIONS);
+    let expected = ledger_testkit::java_partition(b"acc-0", PARTITIONS);
     assert_eq!(partition_of["acc-0"], expected);
     drop(tpl);
-}
-
-/// Java's `Utils.murmur2` and `toPositive(hash) % partitions`.
-fn java_partition(key: &[u8], partitions: i32) -> i32 {
-    let seed: u32 = 0x9747_b28c;
-    let m: u32 = 0x5bd1_e995;
-    let r = 24;
-    let len = key.len();
-    let mut h: u32 = seed ^ (len as u32);
-    let chunks = key.chunks_exact(4);
-    let tail = chunks.remainder();
-    for c in chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(m);
-        k ^= k >> r;
-        k = k.wrapping_mul(m);
-        h = h.wrapping_mul(m);
-        h ^= k;
-    }
-    match tail.len() {
-        3 => {
-            h ^= (tail[2] as u32) << 16;
-            h ^= (tail[1] as u32) << 8;
-            h ^= tail[0] as u32;
-            h = h.wrapping_mul(m);
-        }
-        2 => {
-            h ^= (tail[1] as u32) << 8;
-            h ^= tail[0] as u32;
-            h = h.wrapping_mul(m);
-        }
-        1 => {
-            h ^= tail[0] as u32;
-            h = h.wrapping_mul(m);
-        }
-        _ => {}
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(m);
-    h ^= h >> 15;
-    ((h & 0x7fff_ffff) % partitions as u32) as i32
 }

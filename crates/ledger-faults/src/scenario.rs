@@ -162,7 +162,7 @@ pub async fn run(
             disk.grow(256)?;
             // No offset was committed past the durable state.
             let stored = ledger_store::Store::open(&data, 8 << 20)?.offsets(topic)?;
-            let committed = committed_offsets(&brokers, &stack.group, topic, 6)?;
+            let committed = ledger_testkit::committed_offsets(&brokers, &stack.group, topic, 6)?;
             for (p, c) in &committed {
                 let s = stored.get(p).copied().unwrap_or(0);
                 ensure!(*c <= s, "partition {p}: committed {c} past the durable {s}");

@@ -5,6 +5,7 @@
 //! [`HEADER_READ_TIMEOUT`] instead of holding a connection and a task forever.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -97,6 +98,31 @@ pub async fn serve_with(
         }
     }
     Ok(())
+}
+
+/// The body of a service's `main`: runs `service` with a token that SIGTERM or SIGINT
+/// cancels, and turns its result into the exit code (and a one-line error on stderr).
+pub async fn run_until_signal<F, Fut, E>(name: &str, service: F) -> std::process::ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        termination_signal().await;
+        info!("termination signal received; shutting down");
+        signal.cancel();
+    });
+    match service(shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{name} failed");
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. For binaries only: libraries take a token instead.

@@ -1,11 +1,13 @@
 //! Test support shared by the crates' black-box tests: where the real broker is, unique
 //! topic names, and waiting on a condition with a deadline instead of sleeping.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The one variable that tells tests where the real broker is. `scripts/test.sh` starts
 /// a broker with `scripts/kafka-local.sh` and sets it.
@@ -71,4 +73,63 @@ pub fn wait_for_blocking<T>(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Kafka's committed offsets of a group for partitions `0..partitions` of a topic, read
+/// without joining the group.
+pub fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let out = committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect();
+    // Drop the list before the consumer: the other order can hang (rust-rdkafka #509).
+    drop(committed);
+    Ok(out)
+}
+
+/// Java's `Utils.murmur2` and `toPositive(hash) % partitions`: the partition a Java
+/// producer (or Kafka Streams) picks for this key.
+pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = SEED ^ (key.len() as u32);
+    let chunks = key.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    ((h & 0x7fff_ffff) % partitions as u32) as i32
 }

@@ -340,27 +340,5 @@ pub async fn wait_ready(base: &str, timeout: Duration) {
 
 /// Kafka's committed offsets for a group (read without joining it).
 pub fn committed_offsets(brokers: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    let out = committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect();
-    // Drop the list before the consumer (dropping in the other order can hang).
-    drop(committed);
-    out
+    ledger_testkit::committed_offsets(brokers, group, topic, PARTITIONS).expect("committed offsets")
 }
