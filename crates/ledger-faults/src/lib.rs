@@ -420,19 +420,7 @@ where
 
 /// Events the projector at `base` has applied (sum of its applied offsets).
 pub async fn applied_total(base: &str) -> Option<i64> {
-    let v: Value = reqwest::get(format!("{base}/v1/progress"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(
-        v["partitions"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| p["applied_offset"].as_i64())
-            .sum(),
-    )
+    Some(ledger_testkit::applied_offsets(base).await?.values().sum())
 }
 
 /// Waits until the projector has applied `more` events beyond what it had, or the load

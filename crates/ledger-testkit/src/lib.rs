@@ -133,3 +133,24 @@ pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
     h ^= h >> 15;
     ((h & 0x7fff_ffff) % partitions as u32) as i32
 }
+
+/// A projector's applied offsets (the next offset to apply, per partition), from its
+/// `/v1/progress`; `None` while it does not answer.
+pub async fn applied_offsets(base: &str) -> Option<BTreeMap<i32, i64>> {
+    let v: serde_json::Value = reqwest::get(format!("{base}/v1/progress"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["partitions"]
+        .as_array()?
+        .iter()
+        .map(|p| {
+            Some((
+                i32::try_from(p["partition"].as_i64()?).ok()?,
+                p["applied_offset"].as_i64()?,
+            ))
+        })
+        .collect()
+}

@@ -296,27 +296,7 @@ impl Drop for ProjectorProcess {
     }
 }
 
-/// The projector's applied offsets, from `/v1/progress`.
-pub async fn applied_offsets(base: &str) -> Option<BTreeMap<i32, i64>> {
-    let v: Value = reqwest::get(format!("{base}/v1/progress"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    Some(
-        v["partitions"]
-            .as_array()?
-            .iter()
-            .map(|p| {
-                (
-                    p["partition"].as_i64().unwrap() as i32,
-                    p["applied_offset"].as_i64().unwrap(),
-                )
-            })
-            .collect(),
-    )
-}
+pub use ledger_testkit::applied_offsets;
 
 /// Waits until the projector at `base` has applied everything below `ends`.
 pub async fn wait_applied(base: &str, ends: &BTreeMap<i32, i64>, timeout: Duration) {
