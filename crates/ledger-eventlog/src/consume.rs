@@ -487,13 +487,21 @@ fn poll_loop<S: BatchSink>(
             None => idle_poll,
             Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
         };
-        if batch_started.is_some() && (batch_len >= settings.batch_max_events || wait.is_zero()) {
+        if batch_started.is_some() && batch_len >= settings.batch_max_events {
             ctx.flush(consumer, None, CommitMode::Async)?;
             batch_started = None;
             batch_len = 0;
             continue;
         }
         let msg = match consumer.poll(wait) {
+            // Past the wait, events already fetched still join the batch (a backlog makes
+            // full batches, which cost far less per event); the first empty poll ends it.
+            None if batch_started.is_some() && wait.is_zero() => {
+                ctx.flush(consumer, None, CommitMode::Async)?;
+                batch_started = None;
+                batch_len = 0;
+                continue;
+            }
             // Also returned for rebalances and other events: not a sign of an empty queue.
             None => continue,
             Some(Err(e)) => match e {

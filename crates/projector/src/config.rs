@@ -53,7 +53,9 @@ pub struct Config {
     /// Most events applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH_MAX_EVENTS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_max_events: u64,
-    /// Longest a batch waits for more events once it has one, in ms.
+    /// Longest a batch waits for more events once it has one, in ms. Events already
+    /// fetched still join it past that, up to --batch-max-events, so a backlog is applied
+    /// in full batches.
     #[arg(long, env = "PROJECTOR_BATCH_MAX_MS", default_value_t = 5)]
     pub batch_max_ms: u64,
     /// What to do with an event that does not decode.
