@@ -15,6 +15,7 @@ use ledger_domain::{Command, CommandId, Event};
 use ledger_eventlog::producer::ProduceError;
 use ledger_http::body::{body_bytes, require_json, MAX_COMMAND_BODY};
 use ledger_http::ApiError;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::SemaphorePermit;
@@ -27,6 +28,31 @@ use crate::AppState;
 pub const MAX_BATCH_ITEMS: usize = 10_000;
 /// Largest batch body: room for 10 000 commands with long ids.
 pub const MAX_BATCH_BODY: usize = 8 * 1024 * 1024;
+
+/// The 202 body of one accepted command. Typed rather than a `json!` tree: a batch of
+/// 1000 builds 1000 of these, and the maps were a visible share of the ingest's CPU.
+#[derive(Debug, Serialize)]
+pub(crate) struct Accepted {
+    command_id: CommandId,
+    event_id: Uuid,
+    partition: i32,
+    offset: i64,
+    token: String,
+}
+
+/// One item of a batch's `results`: the accepted body, or the error body.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum BatchItem {
+    Accepted(Accepted),
+    Refused(Value),
+}
+
+/// A batch's 202 body.
+#[derive(Debug, Serialize)]
+struct BatchResults {
+    results: Vec<BatchItem>,
+}
 
 /// `POST /v1/commands`.
 pub(crate) async fn submit_one(
@@ -47,7 +73,7 @@ async fn submit_one_inner(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
+) -> Result<Accepted, ApiError> {
     require_json(headers)?;
     let body = body_bytes(body, MAX_COMMAND_BODY)?;
     let command = Command::from_json_slice(&body)?;
@@ -74,7 +100,7 @@ async fn submit_batch_inner(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
+) -> Result<BatchResults, ApiError> {
     require_json(headers)?;
     let body = body_bytes(body, MAX_BATCH_BODY)?;
     // Items stay raw text until each is validated on its own, so that one bad item
@@ -130,17 +156,17 @@ async fn submit_batch_inner(
         }
     }))
     .await;
-    let results: Vec<Value> = results
+    let results = results
         .into_iter()
         .map(|r| match r {
-            Ok(v) => v,
+            Ok(v) => BatchItem::Accepted(v),
             Err(e) => {
                 state.metrics.reject(e.code);
-                e.body()
+                BatchItem::Refused(e.body())
             }
         })
         .collect();
-    Ok(json!({ "results": results }))
+    Ok(BatchResults { results })
 }
 
 /// Takes `n` in-flight slots, or refuses with 503 `overloaded` so memory stays bounded.
@@ -167,7 +193,7 @@ fn acquire(state: &AppState, n: usize) -> Result<Option<SemaphorePermit<'_>>, Ap
 }
 
 /// Writes one command's event and waits for the acknowledgement.
-async fn produce(state: &AppState, command: &Command) -> Result<Value, ApiError> {
+async fn produce(state: &AppState, command: &Command) -> Result<Accepted, ApiError> {
     let command_id = match &command.command_id {
         Some(id) => id.clone(),
         None => CommandId::parse(&Uuid::new_v4().to_string())
@@ -192,19 +218,15 @@ async fn produce(state: &AppState, command: &Command) -> Result<Value, ApiError>
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(pos) => {
-            state
-                .metrics
-                .accepted
-                .get_or_create(&vec![("type", command.kind.type_name())])
-                .inc();
+            state.metrics.accepted(&command.kind).inc();
             debug!(command_id = %event.command_id, partition = pos.partition, offset = pos.offset, "accepted");
-            Ok(json!({
-                "command_id": event.command_id.as_str(),
-                "event_id": event_id.to_string(),
-                "partition": pos.partition,
-                "offset": pos.offset,
-                "token": pos.token(),
-            }))
+            Ok(Accepted {
+                token: pos.token(),
+                command_id: event.command_id,
+                event_id,
+                partition: pos.partition,
+                offset: pos.offset,
+            })
         }
         Err(e) => {
             warn!(command_id = %event.command_id, error = %e, "not acknowledged by the broker");
