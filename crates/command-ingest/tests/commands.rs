@@ -142,6 +142,13 @@ async fn every_command_kind_is_acknowledged_and_lands_in_the_log() {
                 "{what}: the generated command id {:?} is a valid command id",
                 acc.command_id
             );
+            let version = uuid::Uuid::parse_str(&acc.command_id).map(|u| u.get_version_num());
+            assert_eq!(
+                version,
+                Ok(7),
+                "{what}: generated command ids are time-ordered UUIDv7, which keeps the projector's index local: {:?}",
+                acc.command_id
+            );
         }
         assert_eq!(
             acc.partition,

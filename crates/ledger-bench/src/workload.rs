@@ -40,7 +40,7 @@ fn money_body(rng: &mut StdRng) -> EventBody {
 pub fn typical_event() -> Event {
     Event {
         event_id: Uuid::now_v7().as_u128(),
-        command_id: CommandId::parse(&Uuid::new_v4().to_string())
+        command_id: CommandId::parse(&Uuid::now_v7().to_string())
             .expect("a hyphenated UUID is a valid command id"),
         account_id: AccountId::parse(&account_id(1234)).expect("a valid account id"),
         time_ms: now_ms(),
@@ -156,7 +156,8 @@ impl Iterator for ReplayEvents {
         };
         Some(Event {
             event_id: Uuid::now_v7().as_u128(),
-            command_id: CommandId::parse(&Uuid::new_v4().to_string())
+            // Generated as the ingest does when a client sends none: time-ordered v7.
+            command_id: CommandId::parse(&Uuid::now_v7().to_string())
                 .expect("a hyphenated UUID is a valid command id"),
             account_id: AccountId::parse(&account_id(account)).expect("a valid account id"),
             time_ms: self.time_ms,

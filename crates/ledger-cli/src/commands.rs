@@ -119,8 +119,9 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
 }
 
 /// A fresh command id: a UUID, so that a retry of this very command is recognised.
+/// Time-ordered (v7), like the ingest's own, so the projector's index stays local.
 fn new_command_id() -> CommandId {
-    CommandId::parse(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid command id")
+    CommandId::parse(&uuid::Uuid::now_v7().to_string()).expect("a UUID is a valid command id")
 }
 
 /// What `--wait` prints: the ingest's answer, the outcome, and the balance after it
