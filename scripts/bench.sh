@@ -16,7 +16,9 @@
 #      filled with N events (2 000 000; --quick 300 000) over 10 000 accounts;
 #   4. replay: a fresh projector over that same topic, from process start until all is
 #      applied: events/s, peak RSS, size of the sled directory;
-#   5. end-to-end visibility lag at 2000 commands/s offered for 30 s (--quick 10 s).
+#   5. end-to-end visibility lag at 2000 commands/s offered for 30 s (--quick 10 s);
+#   6. the store's ceiling, no Kafka: the same number of replay events through the
+#      projector's own Store::apply_batch, then the same keys as plain sled inserts.
 # Writes target/bench/summary.json (plus every step's JSON and the services' logs in
 # target/bench/) and prints a table.
 #
@@ -302,6 +304,10 @@ PROJECTOR_PID=$LAST_PID
 stop_pid "$PROJECTOR_PID"
 stop_pid "$INGEST_PID"
 
+step "the store's ceiling, no Kafka: $REPLAY_EVENTS events through Store::apply_batch, then as plain sled inserts"
+"$BENCH" store-ceiling --dir "$TMP/store-ceiling" --events "$REPLAY_EVENTS" \
+    --accounts "$ACCOUNTS" >"$STEPS/store_ceiling.json"
+
 "$BENCH" machine-info >"$STEPS/machine_end.json"
 ELAPSED=$((SECONDS - BEGIN))
 
@@ -340,6 +346,8 @@ summary = {
     "replay_apply_flush_share": rp["apply_flush_share_of_wall"],
     "replay_projector_cpu_cores": rp["projector_cpu_cores"],
     "sled_dir_mb": rp["sled_dir_mb"],
+    "store_apply_per_s": s["store_ceiling"]["store_apply_per_s"],
+    "sled_plain_insert_per_s": s["store_ceiling"]["sled_plain_insert_per_s"],
     "fill_per_s": s["fill"]["fill_per_s"],
     "e2e_lag_p50_ms": lag.get("p50_ms"),
     "e2e_lag_p99_ms": lag.get("p99_ms"),
@@ -361,6 +369,8 @@ summary["loadgen_cpu_share"] = max(summary[k] for k in
     ("ingest_single_loadgen_cpu_share", "ingest_batch_loadgen_cpu_share", "e2e_loadgen_cpu_share"))
 summary["ingest_batch_vs_raw"] = ratio(summary["ingest_batch_per_s"], summary["raw_produce_per_s"])
 summary["replay_vs_raw_consume"] = ratio(summary["replay_per_s"], summary["raw_consume_per_s"])
+summary["store_apply_vs_raw_consume"] = ratio(summary["store_apply_per_s"], summary["raw_consume_per_s"])
+summary["sled_plain_vs_raw_consume"] = ratio(summary["sled_plain_insert_per_s"], summary["raw_consume_per_s"])
 targets = {
     "ingest_batch_vs_raw": (">=", 0.7),
     "replay_vs_raw_consume": (">=", 0.5),
@@ -414,6 +424,8 @@ rows = [
     ("replay_peak_rss_mb", fmt(summary["replay_peak_rss_mb"], " MB"), "<= 256", "VmHWM"),
     ("sled_dir_mb", fmt(summary["sled_dir_mb"], " MB"), "", "du of the data directory after stop"),
     ("replay batches", fmt(summary["replay_mean_batch_size"]), "", f"mean events per batch; apply+flush {fmt(summary['replay_apply_flush_share'])} of wall time; projector {fmt(summary['replay_projector_cpu_cores'])} cores"),
+    ("store alone (no Kafka)", fmt(summary["store_apply_per_s"], "/s"), "", f"Store::apply_batch, same events, batches of 5000: {fmt(summary['store_apply_vs_raw_consume'])} of raw consume"),
+    ("sled plain inserts", fmt(summary["sled_plain_insert_per_s"], "/s"), "", f"same keys, no transaction (the floor of any sled layout): {fmt(summary['sled_plain_vs_raw_consume'])} of raw consume"),
     ("End to end", None, None, None),
     ("e2e_lag_p50_ms", fmt(summary["e2e_lag_p50_ms"], " ms"), "", f"202 -> visible, {fmt(summary['e2e_offered_per_s'])}/s offered, {fmt(summary['e2e_accepted_per_s'])}/s accepted"),
     ("e2e_lag_p99_ms", fmt(summary["e2e_lag_p99_ms"], " ms"), "<= 50", ""),

@@ -14,6 +14,7 @@ mod procfs;
 mod prom;
 mod replay;
 mod stats;
+mod store;
 mod workload;
 
 use std::net::{SocketAddr, TcpListener};
@@ -25,6 +26,11 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 use crate::procfs::{parse_watched, Watched};
+
+// The services' allocator, so that the store-ceiling step measures what the projector
+// runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Benchmarks of the ledger services, side by side with raw Kafka.
 #[derive(Parser, Debug)]
@@ -110,6 +116,31 @@ enum Cmd {
     },
     /// Times a fresh projector replaying a topic until everything is applied.
     Replay(ReplayArgs),
+    /// The projector's store alone, no Kafka: replay events through the real
+    /// `Store::apply_batch`, then the same keys as plain sled inserts (the ceiling).
+    StoreCeiling {
+        /// A fresh directory (removed afterwards).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Events.
+        #[arg(long, default_value_t = 300_000)]
+        events: u64,
+        /// Accounts.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u64,
+        /// Events per batch, as the projector's --batch-max-events.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+        /// sled's cache in MiB, as the projector's --cache-mb.
+        #[arg(long, default_value_t = 64)]
+        cache_mb: u64,
+        /// Random v4 command ids (clients' own) instead of the ingest's time-ordered v7.
+        #[arg(long)]
+        random_ids: bool,
+        /// Workload seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Visibility lag at a fixed offered rate: from each 202 until the projector has it.
     E2eLag {
         /// The ingest.
@@ -356,6 +387,26 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
             .await?
         }
         Cmd::Replay(a) => replay(a).await?,
+        Cmd::StoreCeiling {
+            dir,
+            events,
+            accounts,
+            batch,
+            cache_mb,
+            random_ids,
+            seed,
+        } => {
+            let spec = store::StoreSpec {
+                dir,
+                events,
+                accounts,
+                batch: batch.max(1),
+                cache_mb,
+                random_ids,
+                seed,
+            };
+            tokio::task::spawn_blocking(move || store::run(&spec)).await??
+        }
         Cmd::E2eLag {
             ingest_url,
             projector_url,

@@ -1,7 +1,7 @@
 //! What the benchmark sends: commands as clients write them, and events as the ingest
 //! would have written them, over a fixed set of accounts.
 //!
-//! Ids look like the real ones (a UUID v4 command id, as the ingest generates when the
+//! Ids look like the real ones (a UUID v7 command id, as the ingest generates when the
 //! client gives none; a UUID v7 event id), so that record sizes, and everything that
 //! scales with them, match production rather than a toy.
 
@@ -118,6 +118,9 @@ pub fn random_money(rng: &mut StdRng) -> EventBody {
 /// funds, as in real traffic).
 pub struct ReplayEvents {
     rng: StdRng,
+    /// Random (v4) command ids, as clients that bring their own may send, instead of
+    /// the ingest's time-ordered v7.
+    random_ids: bool,
     accounts: u64,
     total: u64,
     next: u64,
@@ -129,11 +132,20 @@ impl ReplayEvents {
     pub fn new(total: u64, accounts: u64, seed: u64) -> Self {
         Self {
             rng: StdRng::seed_from_u64(seed),
+            random_ids: false,
             accounts,
             total,
             next: 0,
             time_ms: now_ms(),
         }
+    }
+}
+
+impl ReplayEvents {
+    /// Random (v4) command ids instead of time-ordered v7 ones.
+    pub fn with_random_ids(mut self) -> Self {
+        self.random_ids = true;
+        self
     }
 }
 
@@ -157,8 +169,15 @@ impl Iterator for ReplayEvents {
         Some(Event {
             event_id: Uuid::now_v7().as_u128(),
             // Generated as the ingest does when a client sends none: time-ordered v7.
-            command_id: CommandId::parse(&Uuid::now_v7().to_string())
-                .expect("a hyphenated UUID is a valid command id"),
+            command_id: CommandId::parse(
+                &if self.random_ids {
+                    Uuid::new_v4()
+                } else {
+                    Uuid::now_v7()
+                }
+                .to_string(),
+            )
+            .expect("a hyphenated UUID is a valid command id"),
             account_id: AccountId::parse(&account_id(account)).expect("a valid account id"),
             time_ms: self.time_ms,
             body,
