@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use command_ingest::Config;
 
-// Per-event allocations (sled nodes, rdkafka messages, JSON) are a visible share of
-// the profile; mimalloc serves them faster than glibc malloc.
+// Per-command allocations (JSON items, events, rdkafka messages, delivery futures) are a
+// visible share of the batch endpoint's profile; mimalloc serves them faster than glibc.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
