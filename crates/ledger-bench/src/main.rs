@@ -27,8 +27,9 @@ use serde_json::{json, Value};
 
 use crate::procfs::{parse_watched, Watched};
 
-// The services' allocator, so that the store-ceiling step measures what the projector
-// runs.
+// The ingest's allocator. For the store-ceiling step it is the faster of the two
+// measured (the projector itself stays on glibc malloc for its memory: see README,
+// Performance), so that step is a ceiling in this respect too.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
