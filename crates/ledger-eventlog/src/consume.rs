@@ -126,7 +126,8 @@ pub struct ConsumerSettings {
     pub instance_id: Option<String>,
     /// Most events in one batch.
     pub batch_max_events: usize,
-    /// Longest a batch waits for more events once it has one.
+    /// Longest a batch waits for more events once it has one. Events already fetched
+    /// still join it past that, up to `batch_max_events`.
     pub batch_max_wait: Duration,
     /// What to do with undecodable events.
     pub on_poison: PoisonPolicy,
@@ -487,21 +488,18 @@ fn poll_loop<S: BatchSink>(
             None => idle_poll,
             Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
         };
-        if batch_started.is_some() && batch_len >= settings.batch_max_events {
+        let full = batch_started.is_some() && batch_len >= settings.batch_max_events;
+        let polled = if full { None } else { consumer.poll(wait) };
+        // A batch ends when full, or past the wait at the first empty poll: events already
+        // fetched still join it, so a backlog makes full batches, which cost far less per
+        // event.
+        if full || (polled.is_none() && batch_started.is_some() && wait.is_zero()) {
             ctx.flush(consumer, None, CommitMode::Async)?;
             batch_started = None;
             batch_len = 0;
             continue;
         }
-        let msg = match consumer.poll(wait) {
-            // Past the wait, events already fetched still join the batch (a backlog makes
-            // full batches, which cost far less per event); the first empty poll ends it.
-            None if batch_started.is_some() && wait.is_zero() => {
-                ctx.flush(consumer, None, CommitMode::Async)?;
-                batch_started = None;
-                batch_len = 0;
-                continue;
-            }
+        let msg = match polled {
             // Also returned for rebalances and other events: not a sign of an empty queue.
             None => continue,
             Some(Err(e)) => match e {
