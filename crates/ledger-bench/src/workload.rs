@@ -139,9 +139,7 @@ impl ReplayEvents {
             time_ms: now_ms(),
         }
     }
-}
 
-impl ReplayEvents {
     /// Random (v4) command ids instead of time-ordered v7 ones.
     pub fn with_random_ids(mut self) -> Self {
         self.random_ids = true;
@@ -168,7 +166,8 @@ impl Iterator for ReplayEvents {
         };
         Some(Event {
             event_id: Uuid::now_v7().as_u128(),
-            // Generated as the ingest does when a client sends none: time-ordered v7.
+            // Time-ordered v7, as the ingest generates them when a client sends none;
+            // random v4 for clients that bring their own.
             command_id: CommandId::parse(
                 &if self.random_ids {
                     Uuid::new_v4()
