@@ -164,27 +164,17 @@ async fn consistency_tokens() {
         );
         let (pos, _) = produce(&brokers, &topic, &[dep]).await.remove(0);
         // With the token, the very next read reflects the deposit.
-        let v: Value = http
-            .get(format!("{}/v1/accounts/tok?after={}", p.url, pos.token()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(
+            &http,
+            &format!("{}/v1/accounts/tok?after={}", p.url, pos.token()),
+        )
+        .await;
         assert_eq!(v["balance"], 10 * (i + 1), "{v}");
-        let c: Value = http
-            .get(format!(
-                "{}/v1/commands/t-dep-{i}?after={}",
-                p.url,
-                pos.token()
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let c = get_json(
+            &http,
+            &format!("{}/v1/commands/t-dep-{i}?after={}", p.url, pos.token()),
+        )
+        .await;
         assert_eq!(
             (
                 c["status"].as_str(),
@@ -289,16 +279,11 @@ async fn poison_goes_to_the_dead_letter_topic_and_later_events_apply() {
         "same key, same partition"
     );
 
-    let v: Value = reqwest::get(format!(
-        "{}/v1/accounts/pois?after={}",
-        p.url,
-        after.token()
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let v = get_json(
+        &reqwest::Client::new(),
+        &format!("{}/v1/accounts/pois?after={}", p.url, after.token()),
+    )
+    .await;
     assert_eq!(
         v["balance"], 77,
         "the event after the poison is applied: {v}"

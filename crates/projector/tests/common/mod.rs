@@ -176,18 +176,24 @@ pub fn assert_store_matches(store: &Store, model: &Model) {
     }
 }
 
+/// GETs `url` and decodes the JSON body, whatever the status (tests assert on it).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: the body is not JSON: {e}"))
+}
+
 /// Every account and command served over HTTP equals the model.
 pub async fn assert_http_matches(base: &str, model: &Model) {
     let http = reqwest::Client::new();
     for (id, want) in &model.accounts {
-        let v: Value = http
-            .get(format!("{base}/v1/accounts/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&http, &format!("{base}/v1/accounts/{id}")).await;
         assert_eq!(v["balance"], want.balance, "balance of {id}: {v}");
         assert_eq!(
             v["applied_events"], want.applied_events,
@@ -196,14 +202,7 @@ pub async fn assert_http_matches(base: &str, model: &Model) {
         assert_eq!(v["open"], want.open, "{id}: {v}");
     }
     for (id, want) in &model.commands {
-        let v: Value = http
-            .get(format!("{base}/v1/commands/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&http, &format!("{base}/v1/commands/{id}")).await;
         assert_eq!(v["status"], want.status.label(), "status of {id}: {v}");
         assert_eq!(
             v["reason"].as_str(),
