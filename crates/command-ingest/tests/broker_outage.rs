@@ -83,6 +83,14 @@ async fn readyz(http: &reqwest::Client, base: &str) -> Option<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingest_survives_a_broker_outage_without_a_restart() {
+    // The ingest's own log (readiness checks, delivery errors) goes into the test's
+    // captured output, so a failure shows why /readyz stayed 503: this test once timed
+    // out waiting for it after the restart, and nothing said why.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .with_env_filter("info,librdkafka=warn")
+        .try_init();
     // Requires the test environment like every broker test, although it uses its own.
     let _ = ledger_testkit::brokers();
     let brokers = format!("127.0.0.1:{PORT}");
