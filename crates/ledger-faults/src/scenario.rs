@@ -177,7 +177,15 @@ pub async fn run(
             }
         }
     }
-    let result = load.finish(Duration::from_secs(240)).await?;
+    // A failed load names its symptom (a 503, a mismatch); the services' logs name the
+    // cause, e.g. a producer that never reconnected after a broker restart.
+    let result = load.finish(Duration::from_secs(240)).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\ningest log (last lines):\n{}\nprojector log (last lines):\n{}",
+            stack.ingest.log_tail(),
+            stack.projector.log_tail()
+        )
+    })?;
     if let Fault::Poison(n) = fault {
         let dlq = format!("{topic}.dlq");
         let url = stack.projector.url();
