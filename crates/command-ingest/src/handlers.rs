@@ -10,9 +10,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::future::join_all;
+use ledger_domain::command::CommandKind;
 use ledger_domain::{Command, CommandId, Event};
 use ledger_eventlog::producer::ProduceError;
+use ledger_eventlog::Position;
 use ledger_http::body::{body_bytes, require_json, MAX_COMMAND_BODY};
 use ledger_http::ApiError;
 use serde::Serialize;
@@ -149,20 +150,46 @@ async fn submit_batch_inner(
     }
     // All or nothing for capacity, so that an overloaded batch writes nothing.
     let _permit = acquire(state, valid)?;
-    let results = join_all(parsed.into_iter().map(|r| async move {
-        match r {
-            Ok(cmd) => produce(state, &cmd).await,
-            Err(e) => Err(e),
-        }
-    }))
-    .await;
-    let results = results
+    // One event per valid item, all handed to the producer at once and waited for
+    // together: one waiter for the batch, not a future and a timer per item.
+    let mut events = Vec::with_capacity(valid);
+    let mut kinds = Vec::with_capacity(valid);
+    let mut slots: Vec<Result<(), ApiError>> = Vec::with_capacity(parsed.len());
+    for item in parsed {
+        slots.push(item.map(|cmd| {
+            events.push(new_event(&cmd));
+            kinds.push(cmd.kind);
+        }));
+    }
+    let started = Instant::now();
+    let outcomes = {
+        let _in_flight = InFlight::enter(&state.metrics.in_flight, events.len() as i64);
+        state.producer.send_many(&state.topic, &events).await
+    };
+    let took = started.elapsed().as_secs_f64();
+    let mut answers =
+        events
+            .into_iter()
+            .zip(kinds)
+            .zip(outcomes)
+            .map(|((event, kind), outcome)| {
+                state.metrics.produce_latency.observe(took);
+                answer(state, &kind, event, outcome)
+            });
+    let results = slots
         .into_iter()
-        .map(|r| match r {
-            Ok(v) => BatchItem::Accepted(v),
-            Err(e) => {
-                state.metrics.reject(e.code);
-                BatchItem::Refused(e.body())
+        .map(|slot| {
+            let answered = slot.and_then(|()| {
+                answers
+                    .next()
+                    .expect("the producer returns one outcome per event it was given")
+            });
+            match answered {
+                Ok(v) => BatchItem::Accepted(v),
+                Err(e) => {
+                    state.metrics.reject(e.code);
+                    BatchItem::Refused(e.body())
+                }
             }
         })
         .collect();
@@ -192,8 +219,9 @@ fn acquire(state: &AppState, n: usize) -> Result<Option<SemaphorePermit<'_>>, Ap
         })
 }
 
-/// Writes one command's event and waits for the acknowledgement.
-async fn produce(state: &AppState, command: &Command) -> Result<Accepted, ApiError> {
+/// The event of one command, with a fresh event id and, when the client sent none, a
+/// fresh command id.
+fn new_event(command: &Command) -> Event {
     let command_id = match &command.command_id {
         Some(id) => id.clone(),
         // Time-ordered (UUIDv7), so the projector's command index grows at its right
@@ -202,31 +230,44 @@ async fn produce(state: &AppState, command: &Command) -> Result<Accepted, ApiErr
         None => CommandId::parse(&Uuid::now_v7().to_string())
             .expect("a hyphenated UUID is a valid command id"),
     };
-    let event_id = Uuid::now_v7();
     let time_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default();
-    let event = Event::from_command(command, command_id, event_id.as_u128(), time_ms);
+    Event::from_command(command, command_id, Uuid::now_v7().as_u128(), time_ms)
+}
 
+/// Writes one command's event and waits for the acknowledgement.
+async fn produce(state: &AppState, command: &Command) -> Result<Accepted, ApiError> {
+    let event = new_event(command);
     let started = Instant::now();
-    let result = {
+    let outcome = {
         // A guard, so that a client hanging up mid-request still brings the gauge down.
-        let _in_flight = InFlight::enter(&state.metrics.in_flight);
+        let _in_flight = InFlight::enter(&state.metrics.in_flight, 1);
         state.producer.send(&state.topic, &event).await
     };
     state
         .metrics
         .produce_latency
         .observe(started.elapsed().as_secs_f64());
-    match result {
+    answer(state, &command.kind, event, outcome)
+}
+
+/// The answer for one event: its 202 body once acknowledged, else 503.
+fn answer(
+    state: &AppState,
+    kind: &CommandKind,
+    event: Event,
+    outcome: Result<Position, ProduceError>,
+) -> Result<Accepted, ApiError> {
+    match outcome {
         Ok(pos) => {
-            state.metrics.accepted(&command.kind).inc();
+            state.metrics.accepted(kind).inc();
             debug!(command_id = %event.command_id, partition = pos.partition, offset = pos.offset, "accepted");
             Ok(Accepted {
                 token: pos.token(),
                 command_id: event.command_id,
-                event_id,
+                event_id: Uuid::from_u128(event.event_id),
                 partition: pos.partition,
                 offset: pos.offset,
             })
@@ -253,19 +294,19 @@ async fn produce(state: &AppState, command: &Command) -> Result<Accepted, ApiErr
     }
 }
 
-/// Counts a command in the in-flight gauge for as long as it lives.
-struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+/// Counts commands in the in-flight gauge for as long as it lives.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge, i64);
 
 impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge, n: i64) -> Self {
+        gauge.inc_by(n);
+        Self(gauge, n)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.dec_by(self.1);
     }
 }
 
@@ -274,16 +315,26 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 once the topic is reachable.
+/// `GET /readyz`: 200 while the topic is reachable and the producer delivers.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
-        Json(json!({"status": "ready", "topic": &*state.topic})).into_response()
-    } else {
+    if !state.reachable.load(Ordering::Acquire) {
         ApiError::unavailable(
             "not_ready",
-            format!("topic {} is not reachable yet", state.topic),
+            format!("topic {} is not reachable", state.topic),
             1,
         )
         .into_response()
+    } else if state.producer.is_stuck() {
+        ApiError::unavailable(
+            "not_ready",
+            format!(
+                "the brokers answer but the producer has stopped delivering to {}; it is being replaced",
+                state.topic
+            ),
+            1,
+        )
+        .into_response()
+    } else {
+        Json(json!({"status": "ready", "topic": &*state.topic})).into_response()
     }
 }

@@ -17,7 +17,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings};
+use ledger_eventlog::admin::AdminError;
+use ledger_eventlog::probe::MetadataProbe;
+use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings, Supervision};
 use ledger_http::auth::{require_bearer, BearerAuth};
 use ledger_http::metrics::MetricsRegistry;
 use prometheus_client::registry::Registry;
@@ -36,6 +38,9 @@ pub enum IngestError {
     /// The producer configuration is invalid.
     #[error(transparent)]
     Producer(#[from] ProducerBuildError),
+    /// The metadata client for readiness could not be built.
+    #[error("readiness probe: {0}")]
+    Probe(#[from] AdminError),
     /// The listen address could not be bound, or serving failed.
     #[error("HTTP server: {0}")]
     Io(#[from] std::io::Error),
@@ -46,7 +51,8 @@ pub enum IngestError {
 pub(crate) struct AppState {
     pub producer: EventProducer,
     pub topic: Arc<str>,
-    pub ready: Arc<AtomicBool>,
+    /// True while the brokers answer for the topic (the readiness probe's verdict).
+    pub reachable: Arc<AtomicBool>,
     pub permits: Arc<Semaphore>,
     pub max_in_flight: usize,
     pub metrics: metrics::IngestMetrics,
@@ -80,20 +86,33 @@ pub async fn serve(
     let state = AppState {
         producer: producer.clone(),
         topic: config.topic.clone().into(),
-        ready: Arc::new(AtomicBool::new(false)),
+        reachable: Arc::new(AtomicBool::new(false)),
         permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
         max_in_flight: config.max_in_flight as usize,
         metrics: metrics.clone(),
     };
 
     let tracker = TaskTracker::new();
+    let probe = MetadataProbe::new(&kafka, metrics.probe_rebuilds.clone())?;
     tracker.spawn(readiness::watch(
         kafka,
+        probe,
         config.topic_spec(),
-        state.ready.clone(),
+        state.reachable.clone(),
+        producer.clone(),
         metrics.clone(),
         shutdown.clone(),
     ));
+    // Heal, don't stall: a producer that stops delivering while the brokers answer is
+    // replaced, never the process.
+    tracker.spawn({
+        let (producer, shutdown) = (producer.clone(), shutdown.clone());
+        let supervision = Supervision {
+            reachable: state.reachable.clone(),
+            restarts: metrics.producer_restarts.clone(),
+        };
+        async move { producer.supervise(supervision, shutdown).await }
+    });
 
     let auth = BearerAuth(config.auth_token.clone().map(Into::into));
     let v1 = Router::new()

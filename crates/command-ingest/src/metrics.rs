@@ -34,8 +34,12 @@ pub(crate) struct IngestMetrics {
     pub produce_latency: Histogram,
     /// Commands waiting for an acknowledgement.
     pub in_flight: Gauge,
-    /// 1 when the topic is reachable.
+    /// 1 while the topic is reachable and the producer delivers (what `/readyz` says).
     pub ready: Gauge,
+    /// Producers replaced because they had stopped delivering, by signal.
+    pub producer_restarts: Family<Labels, Counter>,
+    /// Rebuilds of the readiness probe's metadata client after failures in a row.
+    pub probe_rebuilds: Counter,
 }
 
 impl IngestMetrics {
@@ -50,6 +54,8 @@ impl IngestMetrics {
             produce_latency: Histogram::new(ledger_http::metrics::latency_buckets()),
             in_flight: Gauge::default(),
             ready: Gauge::default(),
+            producer_restarts: Family::default(),
+            probe_rebuilds: Counter::default(),
         };
         registry.register(
             "ingest_commands_accepted",
@@ -73,8 +79,18 @@ impl IngestMetrics {
         );
         registry.register(
             "ingest_ready",
-            "1 when the topic is reachable",
+            "1 while the topic is reachable and the producer delivers",
             m.ready.clone(),
+        );
+        registry.register(
+            "ingest_producer_restarts",
+            "Kafka producers replaced because they had stopped delivering, by signal",
+            m.producer_restarts.clone(),
+        );
+        registry.register(
+            "ingest_metadata_probe_rebuilds",
+            "Rebuilds of the readiness probe's Kafka client after failures in a row",
+            m.probe_rebuilds.clone(),
         );
         m
     }

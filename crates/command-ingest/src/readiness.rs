@@ -1,55 +1,55 @@
 //! Start-up and readiness: the ingest starts even while the broker is unreachable, keeps
 //! trying to create the topic, and then keeps checking that it is reachable, so that
-//! `/readyz` tells the truth without a restart.
+//! `/readyz` tells the truth without a restart. The check's metadata client rebuilds
+//! itself after failures in a row ([`MetadataProbe`]), and `/readyz` is 503 as well
+//! while the producer's supervisor finds the producer stuck.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger_eventlog::admin::{ensure_topic, topic_partitions, TopicSpec, TopicStatus};
+use ledger_eventlog::admin::{ensure_topic, AdminError, TopicSpec, TopicStatus};
+use ledger_eventlog::probe::{MetadataProbe, PROBE_EVERY};
+use ledger_eventlog::producer::EventProducer;
 use ledger_eventlog::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::IngestMetrics;
 
-const CHECK_EVERY: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) async fn watch(
     kafka: KafkaConfig,
+    mut probe: MetadataProbe,
     spec: TopicSpec,
-    ready: Arc<AtomicBool>,
+    reachable: Arc<AtomicBool>,
+    producer: EventProducer,
     metrics: IngestMetrics,
     shutdown: CancellationToken,
 ) {
-    let metadata = match ledger_eventlog::admin::metadata_client(&kafka) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            warn!(error = %e, "cannot build a metadata client; /readyz stays 503");
-            return;
-        }
-    };
     let mut topic_known = false;
+    let mut was_ready = false;
     loop {
         let ok = if topic_known {
-            let client = metadata.clone();
             let topic = spec.name.clone();
-            match tokio::task::spawn_blocking(move || {
-                topic_partitions(&client, &topic, REQUEST_TIMEOUT)
+            let (returned, result) = tokio::task::spawn_blocking(move || {
+                let r = probe.topic_partitions(&topic, REQUEST_TIMEOUT);
+                (probe, r)
             })
             .await
-            {
-                Ok(Ok(_)) => true,
-                Ok(Err(ledger_eventlog::admin::AdminError::NoSuchTopic(_))) => {
+            .expect("a metadata request does not panic");
+            probe = returned;
+            match result {
+                Ok(_) => true,
+                Err(AdminError::NoSuchTopic(_)) => {
                     topic_known = false;
                     false
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     warn!(error = %e, topic = %spec.name, "topic not reachable");
                     false
                 }
-                Err(_) => false,
             }
         } else {
             match ensure_topic(&kafka, &spec, REQUEST_TIMEOUT).await {
@@ -66,13 +66,21 @@ pub(crate) async fn watch(
                 }
             }
         };
-        if ready.swap(ok, Ordering::SeqCst) != ok {
-            info!(ready = ok, "readiness changed");
+        reachable.store(ok, Ordering::Release);
+        let ready = ok && !producer.is_stuck();
+        if ready != was_ready {
+            info!(
+                ready,
+                reachable = ok,
+                producer_stuck = producer.is_stuck(),
+                "readiness changed"
+            );
+            was_ready = ready;
         }
-        metrics.ready.set(i64::from(ok));
+        metrics.ready.set(i64::from(ready));
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(CHECK_EVERY) => {}
+            () = tokio::time::sleep(PROBE_EVERY) => {}
         }
     }
 }

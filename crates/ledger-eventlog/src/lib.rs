@@ -2,7 +2,10 @@
 //!
 //! - [`codec`]: the versioned binary envelope, the one place that knows the wire format;
 //! - [`config`]: broker address and pass-through librdkafka properties;
-//! - [`producer`]: the acks=all, idempotent producer that writes events;
+//! - [`producer`]: the acks=all, idempotent producer that writes events, and the
+//!   supervisor that replaces it when it stops delivering;
+//! - [`probe`]: whether the topic is reachable, from a metadata client that rebuilds
+//!   itself;
 //! - [`admin`]: topic creation with the contract's settings;
 //! - [`position`]: a place in the log, and the consistency token that names it;
 //! - [`consume`]: the commit-after-apply consumer loop, with its dead-letter path.
@@ -12,6 +15,7 @@ pub mod codec;
 pub mod config;
 pub mod consume;
 pub mod position;
+pub mod probe;
 pub mod producer;
 
 pub use codec::{decode, encode, DecodeError};

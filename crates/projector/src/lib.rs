@@ -13,6 +13,7 @@ mod metrics;
 mod sink;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ use ledger_eventlog::admin::{
     ensure_topic, high_watermarks, metadata_client, topic_partitions, AdminError, TopicSpec,
 };
 use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings};
-use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings};
+use ledger_eventlog::probe::{watch_reachability, MetadataProbe};
+use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings, Supervision};
 use ledger_http::auth::{require_bearer, BearerAuth};
 use ledger_http::metrics::MetricsRegistry;
 use ledger_store::{Store, StoreError};
@@ -128,6 +130,23 @@ pub async fn serve(
         },
         stop.clone(),
     ));
+    // The dead-letter producer heals like the ingest's: replaced when it stops
+    // delivering while the brokers answer for the dead-letter topic.
+    let dlq_reachable = Arc::new(AtomicBool::new(false));
+    tracker.spawn(watch_reachability(
+        MetadataProbe::new(&kafka, metrics.probe_rebuilds.clone())?,
+        config.dlq_topic(),
+        dlq_reachable.clone(),
+        stop.clone(),
+    ));
+    tracker.spawn({
+        let (producer, stop) = (dead_letters.clone(), stop.clone());
+        let supervision = Supervision {
+            reachable: dlq_reachable,
+            restarts: metrics.dlq_producer_restarts.clone(),
+        };
+        async move { producer.supervise(supervision, stop).await }
+    });
     tracker.spawn(track_lag(
         metadata.clone(),
         config.topic.clone(),

@@ -21,6 +21,10 @@ pub(crate) struct ProjectorMetrics {
     pub lag: Family<Labels, Gauge>,
     pub assigned_partitions: Gauge,
     pub consumer: ConsumerMetrics,
+    /// Dead-letter producers replaced because they had stopped delivering, by signal.
+    pub dlq_producer_restarts: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Rebuilds of the dead-letter probe's metadata client after failures in a row.
+    pub probe_rebuilds: Counter,
 }
 
 impl ProjectorMetrics {
@@ -35,6 +39,8 @@ impl ProjectorMetrics {
             lag: Family::default(),
             assigned_partitions: Gauge::default(),
             consumer: ConsumerMetrics::default(),
+            dlq_producer_restarts: Family::default(),
+            probe_rebuilds: Counter::default(),
         };
         registry.register(
             "projector_events_applied",
@@ -75,6 +81,16 @@ impl ProjectorMetrics {
             "projector_assigned_partitions",
             "Partitions assigned to this instance",
             m.assigned_partitions.clone(),
+        );
+        registry.register(
+            "projector_dlq_producer_restarts",
+            "Dead-letter Kafka producers replaced because they had stopped delivering, by signal",
+            m.dlq_producer_restarts.clone(),
+        );
+        registry.register(
+            "projector_metadata_probe_rebuilds",
+            "Rebuilds of the dead-letter probe's Kafka client after failures in a row",
+            m.probe_rebuilds.clone(),
         );
         m.consumer.register(registry);
         m

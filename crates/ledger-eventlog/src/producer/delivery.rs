@@ -1,0 +1,307 @@
+//! The delivery path: one librdkafka client context per producer generation, whose
+//! delivery callback completes the waiting request directly, and which records what the
+//! supervisor needs to tell a working producer from a stuck one.
+//!
+//! librdkafka's own `message.timeout.ms` is the only timer: every message gets exactly
+//! one delivery report (acknowledged, failed, timed out, or purged when its producer is
+//! replaced), so a request never waits on a second clock. A batch request shares one
+//! waiter for all its events instead of a future, a oneshot and a timer per event.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::ProducerContext;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use tokio::sync::{oneshot, Notify};
+use tracing::{error, warn};
+
+use super::ProduceError;
+use crate::position::Position;
+
+/// What one event's delivery came to.
+pub(crate) type Outcome = Result<Position, ProduceError>;
+
+/// Who is waiting for a delivery report: one request, or one slot of a batch.
+pub(crate) enum Completion {
+    One(oneshot::Sender<Outcome>),
+    Slot { batch: Arc<BatchWait>, index: usize },
+}
+
+impl Completion {
+    pub(crate) fn complete(self, outcome: Outcome) {
+        match self {
+            // The request may have gone (the client hung up): nobody to tell.
+            Completion::One(tx) => drop(tx.send(outcome)),
+            Completion::Slot { batch, index } => batch.complete(index, outcome),
+        }
+    }
+}
+
+/// The one waiter of a batch request: the last delivery report wakes it.
+pub(crate) struct BatchWait {
+    outcomes: Mutex<Vec<Option<Outcome>>>,
+    remaining: AtomicUsize,
+    done: Notify,
+}
+
+impl BatchWait {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            outcomes: Mutex::new((0..n).map(|_| None).collect()),
+            remaining: AtomicUsize::new(n),
+            done: Notify::new(),
+        }
+    }
+
+    pub(crate) fn complete(&self, index: usize, outcome: Outcome) {
+        self.outcomes
+            .lock()
+            .expect("the batch lock is never held across a panic")[index] = Some(outcome);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // notify_one keeps the permit if the request is not waiting yet.
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits until every slot has its outcome, then hands them over in order.
+    pub(crate) async fn wait(&self) -> Vec<Outcome> {
+        if self.remaining.load(Ordering::Acquire) > 0 {
+            self.done.notified().await;
+        }
+        self.outcomes
+            .lock()
+            .expect("the batch lock is never held across a panic")
+            .drain(..)
+            .map(|o| o.expect("every slot is completed before remaining reaches zero"))
+            .collect()
+    }
+}
+
+/// What one producer generation has seen, for the supervisor. Times are milliseconds
+/// since the generation was built; 0 means never.
+#[derive(Debug)]
+pub(crate) struct GenerationHealth {
+    born: Instant,
+    /// Deliveries acknowledged by the broker.
+    pub acks: AtomicU64,
+    /// Deliveries that failed (timed out or refused), not counting purges.
+    pub failures: AtomicU64,
+    last_failure_ms: AtomicU64,
+    /// librdkafka reported a fatal error: this client instance can never produce again.
+    pub fatal: AtomicBool,
+    /// Since when the idempotent producer has had no producer id (from librdkafka's
+    /// statistics; 0 while it has one).
+    idempotence_lost_ms: AtomicU64,
+    /// Whether librdkafka's statistics have reported an idempotence state at all.
+    pub idempotence_known: AtomicBool,
+    /// The idempotence state last reported, for log lines.
+    pub idempotence_state: Mutex<String>,
+}
+
+impl GenerationHealth {
+    pub(crate) fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            acks: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            fatal: AtomicBool::new(false),
+            idempotence_lost_ms: AtomicU64::new(0),
+            idempotence_known: AtomicBool::new(false),
+            idempotence_state: Mutex::new(String::new()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that a time is never the 0 that means "never".
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+
+    fn at(&self, ms: u64) -> Option<Instant> {
+        (ms > 0).then(|| self.born + Duration::from_millis(ms - 1))
+    }
+
+    /// When the last delivery failed.
+    pub(crate) fn last_failure(&self) -> Option<Instant> {
+        self.at(self.last_failure_ms.load(Ordering::Acquire))
+    }
+
+    /// Since when the producer has had no producer id, if it has none now.
+    pub(crate) fn idempotence_lost_since(&self) -> Option<Instant> {
+        self.at(self.idempotence_lost_ms.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn idempotence_state(&self) -> String {
+        self.idempotence_state
+            .lock()
+            .expect("the state lock is never held across a panic")
+            .clone()
+    }
+
+    fn record(&self, outcome: &Outcome) {
+        match outcome {
+            Ok(_) => {
+                self.acks.fetch_add(1, Ordering::AcqRel);
+            }
+            // Purged on purpose, when this generation was replaced: not a symptom.
+            Err(ProduceError::Replaced) => {}
+            Err(_) => {
+                self.failures.fetch_add(1, Ordering::AcqRel);
+                self.last_failure_ms.store(self.now_ms(), Ordering::Release);
+            }
+        }
+    }
+}
+
+/// The client context of one producer generation.
+pub(crate) struct DeliveryContext {
+    pub health: Arc<GenerationHealth>,
+    pub delivery_timeout: Duration,
+}
+
+/// The part of librdkafka's statistics the supervisor reads.
+#[derive(serde::Deserialize)]
+struct Stats {
+    eos: Option<Eos>,
+}
+
+#[derive(serde::Deserialize)]
+struct Eos {
+    idemp_state: String,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            // The supervisor reads the underlying error with rd_kafka_fatal_error and
+            // replaces this client.
+            error!(%reason, "the producer hit a fatal error");
+            self.health.fatal.store(true, Ordering::Release);
+        } else {
+            warn!(target: "librdkafka", error = %error, %reason, "producer error");
+        }
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(Stats { eos: Some(eos) }) = serde_json::from_slice::<Stats>(statistics) else {
+            return;
+        };
+        let h = &self.health;
+        h.idempotence_known.store(true, Ordering::Release);
+        // "Assigned": it has a producer id and can produce.
+        if eos.idemp_state == "Assigned" {
+            h.idempotence_lost_ms.store(0, Ordering::Release);
+        } else if h.idempotence_lost_ms.load(Ordering::Acquire) == 0 {
+            h.idempotence_lost_ms.store(h.now_ms(), Ordering::Release);
+        }
+        *h.idempotence_state
+            .lock()
+            .expect("the state lock is never held across a panic") = eos.idemp_state;
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Completion>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, completion: Box<Completion>) {
+        let outcome = match result {
+            Ok(m) => Ok(Position {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(classify(e, self.delivery_timeout)),
+        };
+        self.health.record(&outcome);
+        completion.complete(outcome);
+    }
+}
+
+/// Maps librdkafka's delivery error to ours.
+pub(crate) fn classify(e: &KafkaError, delivery_timeout: Duration) -> ProduceError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => ProduceError::Timeout(delivery_timeout),
+        Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => {
+            ProduceError::Replaced
+        }
+        _ => ProduceError::Kafka(e.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_wakes_once_every_slot_is_complete_and_keeps_input_order() {
+        let batch = Arc::new(BatchWait::new(3));
+        let waiter = tokio::spawn({
+            let batch = batch.clone();
+            async move { batch.wait().await }
+        });
+        for index in [2, 0, 1] {
+            Completion::Slot {
+                batch: batch.clone(),
+                index,
+            }
+            .complete(if index == 1 {
+                Err(ProduceError::Replaced)
+            } else {
+                Ok(Position {
+                    partition: 0,
+                    offset: index as i64,
+                })
+            });
+        }
+        let outcomes = waiter.await.unwrap();
+        assert_eq!(outcomes.len(), 3);
+        assert_eq!(outcomes[0].as_ref().unwrap().offset, 0);
+        assert!(matches!(outcomes[1], Err(ProduceError::Replaced)));
+        assert_eq!(outcomes[2].as_ref().unwrap().offset, 2);
+    }
+
+    #[tokio::test]
+    async fn a_batch_completed_before_anyone_waits_does_not_hang() {
+        let batch = BatchWait::new(1);
+        batch.complete(
+            0,
+            Ok(Position {
+                partition: 1,
+                offset: 7,
+            }),
+        );
+        let outcomes = batch.wait().await;
+        assert_eq!(outcomes[0].as_ref().unwrap().partition, 1);
+    }
+
+    #[test]
+    fn health_counts_failures_but_not_purges() {
+        let h = GenerationHealth::new();
+        h.record(&Err(ProduceError::Replaced));
+        assert_eq!(h.failures.load(Ordering::Acquire), 0);
+        assert!(h.last_failure().is_none());
+        h.record(&Err(ProduceError::Timeout(Duration::from_secs(1))));
+        assert_eq!(h.failures.load(Ordering::Acquire), 1);
+        assert!(h.last_failure().is_some());
+        h.record(&Ok(Position {
+            partition: 0,
+            offset: 0,
+        }));
+        assert_eq!(h.acks.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn purges_mean_replaced_and_timeouts_mean_timeout() {
+        let t = Duration::from_secs(2);
+        let purged = KafkaError::MessageProduction(RDKafkaErrorCode::PurgeInflight);
+        assert!(matches!(classify(&purged, t), ProduceError::Replaced));
+        let late = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        assert!(matches!(classify(&late, t), ProduceError::Timeout(d) if d == t));
+        let refused = KafkaError::MessageProduction(RDKafkaErrorCode::NotEnoughReplicas);
+        assert!(matches!(classify(&refused, t), ProduceError::Kafka(_)));
+    }
+}
