@@ -159,6 +159,11 @@ pub enum ConsumeError {
         /// The last error.
         error: String,
     },
+    /// The consumer's group membership has not been steady for [`GROUP_STALL`]: a
+    /// client wedged after a broker froze or restarted (its coordinator requests queue
+    /// and never leave), which only a new client ends.
+    #[error("the consumer group membership has not been steady for {0:?} (last state {1}); the client is wedged")]
+    GroupStalled(Duration, String),
     /// The consumer thread panicked; nothing past the store's durable state was committed.
     #[error("the consumer thread panicked: {0}")]
     Panicked(String),
@@ -181,6 +186,7 @@ impl ConsumeError {
         matches!(
             self,
             ConsumeError::Kafka(KafkaError::MessageConsumptionFatal(_))
+                | ConsumeError::GroupStalled(..)
         )
     }
 }
@@ -196,7 +202,7 @@ pub struct ConsumerMetrics {
     pub commit_failures: Counter,
     /// Rebalances, by kind.
     pub rebalances: Family<Vec<(String, String)>, Counter>,
-    /// Consumers recreated after a fatal client error.
+    /// Consumers recreated after a fatal client error or a wedged group membership.
     pub restarts: Counter,
 }
 
@@ -225,7 +231,7 @@ impl ConsumerMetrics {
         );
         registry.register(
             "projector_consumer_restarts",
-            "Kafka consumers recreated after a fatal client error",
+            "Kafka consumers recreated after a fatal client error or a wedged group membership",
             self.restarts.clone(),
         );
     }
@@ -245,6 +251,40 @@ struct LoopContext<S: BatchSink> {
     topic: String,
     metrics: ConsumerMetrics,
     state: Mutex<LoopState>,
+    group: Mutex<GroupHealth>,
+}
+
+/// How long the group membership may be other than steady before the client is taken
+/// for wedged: three session timeouts, far longer than any rebalance of this group takes.
+pub const GROUP_STALL: Duration = Duration::from_secs(30);
+
+/// The group membership as librdkafka's statistics report it, once a second.
+#[derive(Debug)]
+struct GroupHealth {
+    /// Since when it has not been `up` and `steady` (from this client's creation at first).
+    not_steady_since: Option<Instant>,
+    last_state: String,
+}
+
+impl GroupHealth {
+    fn new() -> Self {
+        Self {
+            not_steady_since: Some(Instant::now()),
+            last_state: "not reported yet".into(),
+        }
+    }
+}
+
+/// The part of librdkafka's statistics the loop reads.
+#[derive(serde::Deserialize)]
+struct Stats {
+    cgrp: Option<GroupStats>,
+}
+
+#[derive(serde::Deserialize)]
+struct GroupStats {
+    state: String,
+    join_state: String,
 }
 
 impl<S: BatchSink> LoopContext<S> {
@@ -288,7 +328,39 @@ impl<S: BatchSink> LoopContext<S> {
     }
 }
 
-impl<S: BatchSink> ClientContext for LoopContext<S> {}
+impl<S: BatchSink> ClientContext for LoopContext<S> {
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(Stats { cgrp: Some(g) }) = serde_json::from_slice::<Stats>(statistics) else {
+            return;
+        };
+        // An idle member (more instances than partitions) is steady with nothing
+        // assigned: steadiness, not an assignment, is the sign of health.
+        let steady = g.state == "up" && g.join_state == "steady";
+        let mut h = self
+            .group
+            .lock()
+            .expect("the group health lock is never held across a panic");
+        if steady {
+            h.not_steady_since = None;
+        } else if h.not_steady_since.is_none() {
+            h.not_steady_since = Some(Instant::now());
+        }
+        h.last_state = format!("{}/{}", g.state, g.join_state);
+    }
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    /// The wedge, if the membership has not been steady for [`GROUP_STALL`].
+    fn group_stalled(&self) -> Option<ConsumeError> {
+        let h = self
+            .group
+            .lock()
+            .expect("the group health lock is never held across a panic");
+        let since = h.not_steady_since?;
+        (since.elapsed() >= GROUP_STALL)
+            .then(|| ConsumeError::GroupStalled(since.elapsed(), h.last_state.clone()))
+    }
+}
 
 impl<S: BatchSink> ConsumerContext for LoopContext<S> {
     fn rebalance(
@@ -411,6 +483,8 @@ pub fn run<S: BatchSink>(
         // projector's memory stays bounded; batches of a few thousand need little.
         ("queued.min.messages", "20000"),
         ("queued.max.messages.kbytes", "8192"),
+        // The group state in the statistics tells a wedged client (see GROUP_STALL).
+        ("statistics.interval.ms", "1000"),
     ];
     if let Some(id) = &settings.instance_id {
         defaults.push(("group.instance.id", id));
@@ -445,6 +519,7 @@ pub fn run<S: BatchSink>(
             positions: HashMap::new(),
             fatal: None,
         }),
+        group: Mutex::new(GroupHealth::new()),
     };
     let consumer: BaseConsumer<LoopContext<S>> = cfg.create_with_context(ctx)?;
     consumer.subscribe(&[&settings.topic])?;
@@ -479,6 +554,9 @@ fn poll_loop<S: BatchSink>(
     let mut batch_len = 0usize;
     loop {
         if let Some(e) = ctx.state().fatal.take() {
+            return Err(e);
+        }
+        if let Some(e) = ctx.group_stalled() {
             return Err(e);
         }
         if shutdown.is_cancelled() {

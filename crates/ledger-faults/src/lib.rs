@@ -212,16 +212,18 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts an ingest and a projector (data in `dir/projector`) and waits until both
-    /// are ready.
+    /// Starts an ingest and a projector (data in `dir/projector`), creating topics with
+    /// `replication` replicas, and waits until both are ready.
     pub async fn start(
         bins: &Bins,
         brokers: &str,
         topic: &str,
         dir: &Path,
         projector_data: &Path,
+        replication: u8,
     ) -> Result<Self> {
         let group = format!("{topic}.projector");
+        let replication = replication.to_string();
         let ingest = Service::start(
             "command-ingest",
             &bins.ingest,
@@ -232,13 +234,18 @@ impl Stack {
                 topic,
                 "--delivery-timeout-ms",
                 "3000",
+                "--replication-factor",
+                &replication,
             ]),
             dir.join("ingest.log"),
         )?;
+        let mut p_args =
+            projector_args(brokers, topic, &group, projector_data, Some("projector-a"));
+        p_args.extend(args(&["--replication-factor", &replication]));
         let projector = Service::start(
             "projector",
             &bins.projector,
-            projector_args(brokers, topic, &group, projector_data, Some("projector-a")),
+            p_args,
             dir.join("projector.log"),
         )?;
         let stack = Self {
@@ -339,6 +346,12 @@ pub struct LoadResult {
     pub mismatches: u64,
     /// The whole JSON report.
     pub report: Value,
+    /// For the broker faults: seconds from the brokers being back to the ingest
+    /// accepting again (the longest, where the fault struck more than once).
+    pub recovery_s: Option<f64>,
+    /// Kafka clients the services replaced by themselves: the ingest's producers, the
+    /// projector's consumers.
+    pub client_restarts: (u64, u64),
 }
 
 impl Load {
@@ -371,6 +384,8 @@ impl Load {
             applied_twice: n(&verify["applied_twice"]),
             mismatches: n(&verify["mismatch_count"]),
             report: report.clone(),
+            recovery_s: None,
+            client_restarts: (0, 0),
         };
         if !status.success() || verify.is_null() {
             let err = std::fs::read_to_string(&self.err).unwrap_or_default();
@@ -386,8 +401,8 @@ impl Load {
 /// One line about a load's result.
 pub fn summary(r: &LoadResult) -> String {
     format!(
-        "accepted {}, lost {}, applied twice {}, mismatches {}",
-        r.accepted, r.lost, r.applied_twice, r.mismatches
+        "accepted {}, lost {}, applied twice {}, mismatches {}, producers replaced {}, consumers recreated {}",
+        r.accepted, r.lost, r.applied_twice, r.mismatches, r.client_restarts.0, r.client_restarts.1
     )
 }
 
@@ -444,59 +459,152 @@ pub async fn wait_progress(
     }
 }
 
-/// A broker this harness starts and stops itself, through `scripts/kafka-local.sh`.
+/// A broker, or a cluster of brokers, that this harness starts and stops itself,
+/// through `scripts/kafka-local.sh` (`KAFKA_NODES` brokers on consecutive ports).
 pub struct OwnBroker {
-    /// Its port.
+    /// Its (first) port.
     pub port: u16,
+    /// How many brokers: 1, or a cluster with its own controller.
+    pub nodes: u8,
     script: PathBuf,
 }
 
 impl OwnBroker {
     /// Starts (or adopts) the broker on `port`.
     pub fn start(repo: &Path, port: u16) -> Result<Self> {
+        Self::start_cluster(repo, port, 1)
+    }
+
+    /// Starts (or adopts) `nodes` brokers on `port`, `port + 1`, …
+    pub fn start_cluster(repo: &Path, port: u16, nodes: u8) -> Result<Self> {
         let b = Self {
             port,
+            nodes,
             script: repo.join("scripts/kafka-local.sh"),
         };
-        b.run("start")?;
+        b.run(&["start"])?;
         Ok(b)
     }
 
-    /// Its address.
+    /// Its bootstrap address list.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        (0..u16::from(self.nodes))
+            .map(|i| format!("127.0.0.1:{}", self.port + i))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Stops it (its data stays).
     pub fn stop(&self) -> Result<()> {
-        self.run("stop")
+        self.run(&["stop"])?;
+        Ok(())
     }
 
     /// Starts it again.
     pub fn restart(&self) -> Result<()> {
-        self.run("start")
+        self.run(&["start"])?;
+        Ok(())
     }
 
-    fn run(&self, verb: &str) -> Result<()> {
+    /// SIGKILLs broker `node` (1-based, its `node.id`).
+    pub fn kill_node(&self, node: i32) -> Result<()> {
+        self.run(&["kill", &node.to_string()])?;
+        Ok(())
+    }
+
+    /// Stops broker `node` cleanly.
+    pub fn stop_node(&self, node: i32) -> Result<()> {
+        self.run(&["stop-node", &node.to_string()])?;
+        Ok(())
+    }
+
+    /// Starts broker `node` again and waits until it answers.
+    pub fn start_node(&self, node: i32) -> Result<()> {
+        self.run(&["start-node", &node.to_string()])?;
+        Ok(())
+    }
+
+    /// Sends `sig` to broker `node`'s JVM (SIGSTOP freezes it: connections stay open
+    /// and nothing answers, which is what a long GC pause or a hung disk looks like).
+    pub fn signal_node(&self, node: i32, sig: Signal) -> Result<()> {
+        let pid = self.run(&["pid", &node.to_string()])?;
+        let pid: i32 = pid
+            .trim()
+            .parse()
+            .with_context(|| format!("kafka-local.sh pid {node} printed {pid:?}"))?;
+        kill(Pid::from_raw(pid), sig)?;
+        Ok(())
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String> {
         let out = Command::new("bash")
             .arg(&self.script)
-            .arg(verb)
+            .args(args)
             .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_NODES", self.nodes.to_string())
             .output()?;
         if !out.status.success() {
             bail!(
-                "kafka-local.sh {verb} failed: {}",
+                "kafka-local.sh {} failed: {}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
 impl Drop for OwnBroker {
     fn drop(&mut self) {
-        let _ = self.run("stop");
+        // A frozen broker would not stop.
+        for node in 1..=i32::from(self.nodes) {
+            let _ = self.signal_node(node, Signal::SIGCONT);
+        }
+        let _ = self.run(&["stop"]);
     }
+}
+
+/// The sum of a counter's samples (every label set) on a service's `/metrics`.
+pub async fn counter_sum(base: &str, name: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// The ingest's count of accepted commands, all types together.
+pub async fn ingest_accepted(base: &str) -> Option<u64> {
+    counter_sum(base, "ingest_commands_accepted_total").await
+}
+
+/// Waits until the ingest at `base` is ready and accepts commands again (its accepted
+/// count grows), and says how long that took.
+pub async fn wait_accepting(base: &str, bound: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let before = ingest_accepted(base).await.unwrap_or(0);
+    wait_until(
+        &format!("{base} to accept commands again within {bound:?}"),
+        bound,
+        || async {
+            ingest_accepted(base).await.unwrap_or(0) > before
+                && reqwest::get(format!("{base}/readyz"))
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await?;
+    Ok(started.elapsed())
 }
 
 /// A small tmpfs mounted at a directory, to fill the projector's disk.

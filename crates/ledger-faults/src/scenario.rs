@@ -19,6 +19,15 @@ pub enum Fault {
     KillIngest(u32),
     /// Stop the broker for this many seconds (needs an [`OwnBroker`]).
     BrokerOutage(u64),
+    /// Freeze the broker (SIGSTOP) for this many seconds, longer than the ingest's
+    /// delivery timeout, with commands in flight; then SIGCONT.
+    BrokerFrozen(u64),
+    /// Restart the broker this many times in a row, under load.
+    BrokerRestartStorm(u32),
+    /// On three brokers (replication 3, `min.insync.replicas` 2): SIGKILL the leader of
+    /// a busy partition; then stop a second broker, so that writes must be refused;
+    /// then bring both back.
+    LeaderKilled,
     /// A second projector with its own store joins the group, works, and leaves.
     SecondProjector,
     /// The projector's disk fills up; then the space comes back.
@@ -33,6 +42,11 @@ impl fmt::Display for Fault {
             Fault::KillProjector(n) => write!(f, "projector SIGKILL x{n}"),
             Fault::KillIngest(n) => write!(f, "ingest SIGKILL x{n}"),
             Fault::BrokerOutage(s) => write!(f, "broker stopped {s} s"),
+            Fault::BrokerFrozen(s) => write!(f, "broker frozen (SIGSTOP) {s} s"),
+            Fault::BrokerRestartStorm(n) => write!(f, "broker restarted x{n}"),
+            Fault::LeaderKilled => {
+                write!(f, "leader SIGKILL, then a second broker down, on 3 brokers")
+            }
             Fault::SecondProjector => write!(f, "second projector joins and leaves"),
             Fault::DiskFull => write!(f, "projector disk full"),
             Fault::Poison(n) => write!(f, "{n} poison events"),
@@ -66,12 +80,17 @@ pub async fn run(
     spec: LoadSpec,
 ) -> Result<LoadResult> {
     let brokers = match (fault, own) {
-        (Fault::BrokerOutage(_), Some(b)) => b.brokers(),
-        (Fault::BrokerOutage(_), None) => {
-            bail!("a broker outage needs a broker of the harness's own")
+        (Fault::LeaderKilled, Some(b)) if b.nodes >= 3 => b.brokers(),
+        (Fault::LeaderKilled, _) => {
+            bail!("killing a leader needs a cluster of three brokers of the harness's own")
+        }
+        (f, Some(b)) if f.needs_own_broker() => b.brokers(),
+        (f, None) if f.needs_own_broker() => {
+            bail!("{f} needs a broker of the harness's own")
         }
         _ => brokers.to_string(),
     };
+    let replication = if fault == Fault::LeaderKilled { 3 } else { 1 };
     let disk = match fault {
         Fault::DiskFull => Some(SmallDisk::mount(&dir.join("disk"), 2)?),
         _ => None,
@@ -79,7 +98,8 @@ pub async fn run(
     let data = disk
         .as_ref()
         .map_or_else(|| dir.join("p"), |d| d.path.join("p"));
-    let mut stack = Stack::start(bins, &brokers, topic, dir, &data).await?;
+    let mut stack = Stack::start(bins, &brokers, topic, dir, &data, replication).await?;
+    let mut recovery: Option<Duration> = None;
     let mut load = stack.load(spec.accounts, spec.commands, spec.rate, spec.seed)?;
     let step = i64::from(spec.commands / 8).max(100);
     let progress = Duration::from_secs(60);
@@ -116,6 +136,64 @@ pub async fn run(
             broker.stop()?;
             hold_fault(Duration::from_secs(secs)).await;
             broker.restart()?;
+            recovery = Some(wait_accepting(&stack.ingest.url(), RECOVERY_BOUND).await?);
+        }
+        Fault::BrokerFrozen(secs) => {
+            let broker = own.expect("checked above");
+            wait_progress(&stack.projector.url(), step * 2, &mut load, progress).await?;
+            ensure!(load.running(), "the freeze must strike during the load");
+            broker.signal_node(1, nix::sys::signal::Signal::SIGSTOP)?;
+            hold_fault(Duration::from_secs(secs)).await;
+            broker.signal_node(1, nix::sys::signal::Signal::SIGCONT)?;
+            recovery = Some(
+                wait_accepting(&stack.ingest.url(), RECOVERY_BOUND)
+                    .await
+                    .with_context(|| stack.ingest.log_tail())?,
+            );
+        }
+        Fault::BrokerRestartStorm(n) => {
+            let broker = own.expect("checked above");
+            wait_progress(&stack.projector.url(), step, &mut load, progress).await?;
+            ensure!(load.running(), "the storm must strike during the load");
+            for _ in 0..n {
+                broker.stop()?;
+                broker.restart()?;
+            }
+            recovery = Some(
+                wait_accepting(&stack.ingest.url(), RECOVERY_BOUND)
+                    .await
+                    .with_context(|| stack.ingest.log_tail())?,
+            );
+        }
+        Fault::LeaderKilled => {
+            let cluster = own.expect("checked above");
+            wait_progress(&stack.projector.url(), step, &mut load, progress).await?;
+            ensure!(load.running(), "the kill must strike during the load");
+            let leader = partition_leader(&brokers, topic, 0)?;
+            cluster.kill_node(leader)?;
+            // Back once the controller has fenced it and moved its leaderships.
+            let first = wait_accepting(&stack.ingest.url(), FAILOVER_BOUND)
+                .await
+                .with_context(|| stack.ingest.log_tail())?;
+            let second = (1..=3).find(|n| *n != leader).expect("three brokers");
+            cluster.stop_node(second)?;
+            // What was in flight settles within the delivery timeout; after that, with
+            // one broker left of three, nothing may be acknowledged.
+            hold_fault(Duration::from_secs(4)).await;
+            let before = ingest_accepted(&stack.ingest.url()).await.unwrap_or(0);
+            hold_fault(Duration::from_secs(5)).await;
+            let after = ingest_accepted(&stack.ingest.url()).await.unwrap_or(0);
+            ensure!(
+                after == before,
+                "{} commands were acknowledged with one broker of three (min.insync.replicas=2)",
+                after - before
+            );
+            cluster.start_node(leader)?;
+            cluster.start_node(second)?;
+            let back = wait_accepting(&stack.ingest.url(), RECOVERY_BOUND)
+                .await
+                .with_context(|| stack.ingest.log_tail())?;
+            recovery = Some(first.max(back));
         }
         Fault::SecondProjector => {
             wait_progress(&stack.projector.url(), step * 2, &mut load, progress).await?;
@@ -201,16 +279,71 @@ pub async fn run(
             "{n} poison events, {end} dead letters in {dlq}"
         );
     }
-    if let Fault::BrokerOutage(_) | Fault::KillIngest(_) = fault {
+    if matches!(
+        fault,
+        Fault::BrokerOutage(_) | Fault::KillIngest(_) | Fault::LeaderKilled
+    ) {
         ensure!(
             result.report["retried"].as_u64().unwrap_or(0) > 0,
             "the fault was not felt by the load: {}",
             result.report
         );
     }
+    let client_restarts = (
+        counter_sum(&stack.ingest.url(), "ingest_producer_restarts_total")
+            .await
+            .unwrap_or(0),
+        counter_sum(&stack.projector.url(), "projector_consumer_restarts_total")
+            .await
+            .unwrap_or(0),
+    );
     drop(stack);
     drop(disk);
-    Ok(result)
+    Ok(LoadResult {
+        recovery_s: recovery.map(|d| d.as_secs_f64()),
+        client_restarts,
+        ..result
+    })
+}
+
+/// How soon after the brokers are back the ingest must accept commands again.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(15);
+/// How soon after a leader is SIGKILLed: the controller fences it after its session
+/// timeout (6 s in kafka-local.sh's cluster), and the followers leave the ISR after
+/// `replica.lag.time.max.ms` (5 s).
+pub const FAILOVER_BOUND: Duration = Duration::from_secs(25);
+
+impl Fault {
+    fn needs_own_broker(self) -> bool {
+        matches!(
+            self,
+            Fault::BrokerOutage(_)
+                | Fault::BrokerFrozen(_)
+                | Fault::BrokerRestartStorm(_)
+                | Fault::LeaderKilled
+        )
+    }
+}
+
+/// The `node.id` of the broker that leads `partition`.
+fn partition_leader(brokers: &str, topic: &str, partition: i32) -> Result<i32> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let leader = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
+        .map(|p| p.leader())
+        .context("the partition's metadata")?;
+    ensure!(
+        leader >= 1,
+        "partition {partition} of {topic} has no leader"
+    );
+    Ok(leader)
 }
 
 /// Writes bytes that are no envelope under `key`.

@@ -9,13 +9,17 @@ use ledger_faults::{repo_root, summary, Bins, OwnBroker};
 /// The cases run one at a time: each already runs several processes on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn case(fault: Fault, spec: LoadSpec, own_broker_port: Option<u16>) {
+/// A broker (or cluster) of the case's own: its first port and how many brokers.
+type Own = Option<(u16, u8)>;
+
+async fn case(fault: Fault, spec: LoadSpec, own_broker: Own) {
     let _serial = SERIAL.lock().await;
     let brokers = ledger_testkit::brokers();
     let bins = Bins::locate().expect("the service binaries are built");
     let topic = ledger_testkit::unique_topic("fault");
     let dir = tempfile::tempdir().unwrap();
-    let own = own_broker_port.map(|port| OwnBroker::start(&repo_root(), port).unwrap());
+    let own = own_broker
+        .map(|(port, nodes)| OwnBroker::start_cluster(&repo_root(), port, nodes).unwrap());
     let r = run(
         fault,
         &bins,
@@ -38,6 +42,13 @@ async fn case(fault: Fault, spec: LoadSpec, own_broker_port: Option<u16>) {
         (0, 0, 0),
         "{fault}: {}",
         summary(&r)
+    );
+    eprintln!(
+        "{fault}: {}{}",
+        summary(&r),
+        r.recovery_s
+            .map(|s| format!("; the ingest accepted again {s:.1} s after the brokers were back"))
+            .unwrap_or_default()
     );
 }
 
@@ -66,7 +77,7 @@ async fn broker_stopped_for_seconds_during_the_load() {
             rate: 800,
             seed: 12,
         },
-        Some(19592),
+        Some((19592, 1)),
     )
     .await;
 }
@@ -127,6 +138,51 @@ async fn poison_events_mixed_into_a_live_load() {
             seed: 16,
         },
         None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_frozen_longer_than_the_delivery_timeout_with_commands_in_flight() {
+    case(
+        Fault::BrokerFrozen(8),
+        LoadSpec {
+            accounts: 30,
+            commands: 6000,
+            rate: 600,
+            seed: 17,
+        },
+        Some((19492, 1)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_ten_broker_restarts_under_load() {
+    case(
+        Fault::BrokerRestartStorm(10),
+        LoadSpec {
+            accounts: 30,
+            commands: 12000,
+            rate: 300,
+            seed: 18,
+        },
+        Some((19592, 1)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_of_a_busy_partition_killed_then_a_second_broker_down_on_three_brokers() {
+    case(
+        Fault::LeaderKilled,
+        LoadSpec {
+            accounts: 30,
+            commands: 12000,
+            rate: 400,
+            seed: 19,
+        },
+        Some((19792, 3)),
     )
     .await;
 }

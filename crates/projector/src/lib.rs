@@ -199,7 +199,7 @@ pub async fn serve(
                         } =>
                     {
                         recent_restarts.push(std::time::Instant::now());
-                        warn!(error = %e, "the Kafka consumer hit a fatal error; recreating it");
+                        warn!(error = %e, "the Kafka consumer is unusable (a fatal error, or wedged); recreating it");
                         metrics.restarts.inc();
                         std::thread::sleep(Duration::from_secs(1));
                     }

@@ -23,6 +23,10 @@ struct Args {
     /// Port of the broker the soak starts (and stops) for itself.
     #[arg(long, default_value_t = 19692)]
     kafka_port: u16,
+    /// First port of the three-broker cluster the soak starts for the leader kill
+    /// (three brokers and their controller on four consecutive ports).
+    #[arg(long, default_value_t = 19792)]
+    cluster_port: u16,
     /// Seed of the fault sequence; random when absent.
     #[arg(long)]
     seed: Option<u64>,
@@ -44,6 +48,7 @@ async fn main() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let bins = Bins::locate()?;
     let broker = OwnBroker::start(&repo_root(), args.kafka_port)?;
+    let cluster = OwnBroker::start_cluster(&repo_root(), args.cluster_port, 3)?;
     let brokers = broker.brokers();
     let deadline = Instant::now() + Duration::from_secs(args.minutes * 60);
     let mut tally: BTreeMap<String, Tally> = BTreeMap::new();
@@ -53,13 +58,21 @@ async fn main() -> Result<()> {
     let mut round = 0u64;
     while Instant::now() < deadline {
         round += 1;
-        let fault = match rng.random_range(0..6) {
+        let fault = match rng.random_range(0..9) {
             5 => Fault::Poison(rng.random_range(1..=50)),
             0 => Fault::KillProjector(rng.random_range(1..=5)),
             1 => Fault::KillIngest(rng.random_range(1..=3)),
             2 => Fault::BrokerOutage(rng.random_range(3..=10)),
             3 => Fault::SecondProjector,
+            6 => Fault::BrokerFrozen(rng.random_range(4..=12)),
+            7 => Fault::BrokerRestartStorm(rng.random_range(2..=10)),
+            8 => Fault::LeaderKilled,
             _ => Fault::DiskFull,
+        };
+        let own = if fault == Fault::LeaderKilled {
+            &cluster
+        } else {
+            &broker
         };
         let spec = LoadSpec {
             accounts: rng.random_range(20..=80),
@@ -72,24 +85,15 @@ async fn main() -> Result<()> {
         let started = Instant::now();
         let t = tally.entry(kind(fault).to_string()).or_default();
         t.rounds += 1;
-        match run(
-            fault,
-            &bins,
-            &brokers,
-            Some(&broker),
-            &topic,
-            dir.path(),
-            spec,
-        )
-        .await
-        {
+        match run(fault, &bins, &brokers, Some(own), &topic, dir.path(), spec).await {
             Ok(r) => {
                 t.accepted += r.accepted;
                 t.lost += r.lost;
                 t.applied_twice += r.applied_twice;
                 eprintln!(
-                    "round {round}: {fault}, {} commands at {}/s: accepted {}, lost {}, applied twice {} ({:.0} s)",
+                    "round {round}: {fault}, {} commands at {}/s: accepted {}, lost {}, applied twice {}{} ({:.0} s)",
                     spec.accounts + spec.commands, spec.rate, r.accepted, r.lost, r.applied_twice,
+                    r.recovery_s.map(|s| format!(", accepting again {s:.1} s after the brokers were back")).unwrap_or_default(),
                     started.elapsed().as_secs_f64()
                 );
             }
@@ -138,6 +142,9 @@ fn kind(f: Fault) -> &'static str {
         Fault::KillProjector(_) => "projector SIGKILL",
         Fault::KillIngest(_) => "ingest SIGKILL",
         Fault::BrokerOutage(_) => "broker outage",
+        Fault::BrokerFrozen(_) => "broker frozen",
+        Fault::BrokerRestartStorm(_) => "broker restart storm",
+        Fault::LeaderKilled => "leader killed (3 brokers)",
         Fault::SecondProjector => "second projector",
         Fault::DiskFull => "disk full",
         Fault::Poison(_) => "poison events",
