@@ -12,6 +12,7 @@ mod http;
 mod ingest;
 mod procfs;
 mod prom;
+mod recovery;
 mod replay;
 mod stats;
 mod store;
@@ -114,6 +115,25 @@ enum Cmd {
         /// Commands per batch.
         #[arg(long, default_value_t = 1000)]
         batch_size: usize,
+    },
+    /// Freezes the broker (SIGSTOP) past the ingest's delivery timeout under a load of
+    /// single commands, thaws it, and times the ingest's recovery.
+    Recovery {
+        /// `http://IP:PORT` of the ingest.
+        #[arg(long)]
+        url: String,
+        /// The broker JVM's pid.
+        #[arg(long)]
+        broker_pid: i32,
+        /// Seconds the broker stays frozen.
+        #[arg(long, default_value_t = 8)]
+        freeze_s: u64,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Accounts the commands touch.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: u64,
     },
     /// Times a fresh projector replaying a topic until everything is applied.
     Replay(ReplayArgs),
@@ -385,6 +405,22 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
                 bodies,
                 batch_size,
             )
+            .await?
+        }
+        Cmd::Recovery {
+            url,
+            broker_pid,
+            freeze_s,
+            connections,
+            accounts,
+        } => {
+            recovery::run(recovery::RecoverySpec {
+                url,
+                broker_pid,
+                connections,
+                freeze: Duration::from_secs(freeze_s),
+                accounts,
+            })
             .await?
         }
         Cmd::Replay(a) => replay(a).await?,

@@ -21,8 +21,6 @@ use ledger_eventlog::producer::{EventProducer, ProduceError, ProducerSettings, S
 use ledger_eventlog::KafkaConfig;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
 use tokio_util::sync::CancellationToken;
 
 type Restarts = Family<Vec<(&'static str, &'static str)>, Counter>;
@@ -90,20 +88,9 @@ fn count(restarts: &Restarts, signal: &'static str) -> u64 {
     restarts.get_or_create(&vec![("signal", signal)]).get()
 }
 
+/// Sets the topic's `max.message.bytes`: below any event's size, every write is refused.
 async fn set_max_message_bytes(kafka: &KafkaConfig, topic: &str, n: &str) {
-    let admin: AdminClient<DefaultClientContext> =
-        kafka.client_config(&[], &[]).unwrap().create().unwrap();
-    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", n);
-    let results = admin
-        .alter_configs(
-            [&change],
-            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    for r in results {
-        r.unwrap_or_else(|e| panic!("setting max.message.bytes={n} on {topic}: {e:?}"));
-    }
+    ledger_testkit::set_topic_config(&kafka.brokers, topic, "max.message.bytes", n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,26 @@ pub fn committed_offsets(
     Ok(out)
 }
 
+/// Sets one of a topic's configs (legacy AlterConfigs: the topic's other overrides go
+/// back to the broker's defaults), to make the broker refuse or accept writes on demand.
+pub async fn set_topic_config(brokers: &str, topic: &str, key: &str, value: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("an admin client over a valid bootstrap list builds");
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .alter_configs([&change], &opts)
+        .await
+        .unwrap_or_else(|e| panic!("setting {key}={value} on {topic}: {e}"));
+    for r in results {
+        r.unwrap_or_else(|e| panic!("setting {key}={value} on {topic}: {e:?}"));
+    }
+}
+
 /// Java's `Utils.murmur2` and `toPositive(hash) % partitions`: the partition a Java
 /// producer (or Kafka Streams) picks for this key.
 pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
