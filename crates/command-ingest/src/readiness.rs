@@ -6,18 +6,15 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use ledger_eventlog::admin::{ensure_topic, AdminError, TopicSpec, TopicStatus};
-use ledger_eventlog::probe::{MetadataProbe, PROBE_EVERY};
+use ledger_eventlog::probe::{MetadataProbe, PROBE_EVERY, PROBE_TIMEOUT};
 use ledger_eventlog::producer::EventProducer;
 use ledger_eventlog::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::metrics::IngestMetrics;
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) async fn watch(
     kafka: KafkaConfig,
@@ -32,13 +29,7 @@ pub(crate) async fn watch(
     let mut was_ready = false;
     loop {
         let ok = if topic_known {
-            let topic = spec.name.clone();
-            let (returned, result) = tokio::task::spawn_blocking(move || {
-                let r = probe.topic_partitions(&topic, REQUEST_TIMEOUT);
-                (probe, r)
-            })
-            .await
-            .expect("a metadata request does not panic");
+            let (returned, result) = probe.ask(&spec.name, PROBE_TIMEOUT).await;
             probe = returned;
             match result {
                 Ok(_) => true,
@@ -52,7 +43,7 @@ pub(crate) async fn watch(
                 }
             }
         } else {
-            match ensure_topic(&kafka, &spec, REQUEST_TIMEOUT).await {
+            match ensure_topic(&kafka, &spec, PROBE_TIMEOUT).await {
                 Ok(status) => {
                     if status == TopicStatus::Created {
                         info!(topic = %spec.name, partitions = spec.partitions, replication_factor = spec.replication_factor, "created topic with retention.ms=-1");

@@ -51,6 +51,9 @@ pub enum AdminError {
     /// The topic does not exist.
     #[error("topic {0} does not exist")]
     NoSuchTopic(String),
+    /// The request's thread panicked.
+    #[error("the metadata request panicked: {0}")]
+    Panicked(String),
 }
 
 /// Creates the topic with `retention.ms=-1` (the log is the system of record and is

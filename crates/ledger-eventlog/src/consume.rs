@@ -15,6 +15,7 @@
 //! contention.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ use tracing::{debug, error, info, warn};
 use crate::codec::{self, DecodeError};
 use crate::config::{ConflictingProperty, KafkaConfig};
 use crate::producer::{DeadLetter, EventProducer, ProduceError};
+use crate::stats::Stats;
 
 /// One decoded event and where it was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,7 +164,7 @@ pub enum ConsumeError {
     /// The consumer's group membership has not been steady for [`GROUP_STALL`]: a
     /// client wedged after a broker froze or restarted (its coordinator requests queue
     /// and never leave), which only a new client ends.
-    #[error("the consumer group membership has not been steady for {0:?} (last state {1}); the client is wedged")]
+    #[error("the consumer group membership has not been steady for {0:?} (now {1}); the client is wedged")]
     GroupStalled(Duration, String),
     /// The consumer thread panicked; nothing past the store's durable state was committed.
     #[error("the consumer thread panicked: {0}")]
@@ -252,39 +254,52 @@ struct LoopContext<S: BatchSink> {
     metrics: ConsumerMetrics,
     state: Mutex<LoopState>,
     group: Mutex<GroupHealth>,
+    /// Set once this client is being replaced: its callbacks must not touch the store.
+    retired: AtomicBool,
 }
 
-/// How long the group membership may be other than steady before the client is taken
-/// for wedged: three session timeouts, far longer than any rebalance of this group takes.
-pub const GROUP_STALL: Duration = Duration::from_secs(30);
+/// How long the group membership may stay other than steady, with statistics arriving
+/// all along, before the client is taken for wedged. A rebalance is over within
+/// seconds; a JoinGroup that waits for a slow member can take longer, which is why this
+/// is a minute and not a session timeout. (A wedged client was seen to cycle through
+/// states, so a change of state does not restart the clock.)
+pub const GROUP_STALL: Duration = Duration::from_secs(60);
+
+/// A gap between two statistics reports longer than this means the loop was not
+/// polling (a long apply, a dead letter being retried): what the group did meanwhile
+/// is unknown, so the clock starts again.
+const STATS_GAP: Duration = Duration::from_secs(5);
 
 /// The group membership as librdkafka's statistics report it, once a second.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct GroupHealth {
-    /// Since when it has not been `up` and `steady` (from this client's creation at first).
-    not_steady_since: Option<Instant>,
+    /// Since when it has not been `up`/`steady`. None until the first report: without
+    /// statistics nothing is judged.
+    stuck_since: Option<Instant>,
     last_state: String,
+    last_report: Option<Instant>,
 }
 
 impl GroupHealth {
-    fn new() -> Self {
-        Self {
-            not_steady_since: Some(Instant::now()),
-            last_state: "not reported yet".into(),
-        }
+    fn report(&mut self, state: &str, join_state: &str, now: Instant) {
+        let steady = state == "up" && join_state == "steady";
+        let gap = self.last_report.is_none_or(|t| now - t > STATS_GAP);
+        self.stuck_since = if steady {
+            None
+        } else if gap {
+            Some(now)
+        } else {
+            self.stuck_since.or(Some(now))
+        };
+        self.last_state = format!("{state}/{join_state}");
+        self.last_report = Some(now);
     }
-}
 
-/// The part of librdkafka's statistics the loop reads.
-#[derive(serde::Deserialize)]
-struct Stats {
-    cgrp: Option<GroupStats>,
-}
-
-#[derive(serde::Deserialize)]
-struct GroupStats {
-    state: String,
-    join_state: String,
+    /// How long it has not been steady, once that is past [`GROUP_STALL`].
+    fn stalled(&self, now: Instant) -> Option<Duration> {
+        let since = self.stuck_since?;
+        (now - since >= GROUP_STALL).then(|| now - since)
+    }
 }
 
 impl<S: BatchSink> LoopContext<S> {
@@ -330,22 +345,15 @@ impl<S: BatchSink> LoopContext<S> {
 
 impl<S: BatchSink> ClientContext for LoopContext<S> {
     fn stats_raw(&self, statistics: &[u8]) {
-        let Ok(Stats { cgrp: Some(g) }) = serde_json::from_slice::<Stats>(statistics) else {
+        let Some(Stats { cgrp: Some(g), .. }) = Stats::parse(statistics) else {
             return;
         };
         // An idle member (more instances than partitions) is steady with nothing
         // assigned: steadiness, not an assignment, is the sign of health.
-        let steady = g.state == "up" && g.join_state == "steady";
-        let mut h = self
-            .group
+        self.group
             .lock()
-            .expect("the group health lock is never held across a panic");
-        if steady {
-            h.not_steady_since = None;
-        } else if h.not_steady_since.is_none() {
-            h.not_steady_since = Some(Instant::now());
-        }
-        h.last_state = format!("{}/{}", g.state, g.join_state);
+            .expect("the group health lock is never held across a panic")
+            .report(&g.state, &g.join_state, Instant::now());
     }
 }
 
@@ -356,9 +364,8 @@ impl<S: BatchSink> LoopContext<S> {
             .group
             .lock()
             .expect("the group health lock is never held across a panic");
-        let since = h.not_steady_since?;
-        (since.elapsed() >= GROUP_STALL)
-            .then(|| ConsumeError::GroupStalled(since.elapsed(), h.last_state.clone()))
+        h.stalled(Instant::now())
+            .map(|d| ConsumeError::GroupStalled(d, h.last_state.clone()))
     }
 }
 
@@ -373,6 +380,19 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
+        if self.retired.load(Ordering::Acquire) {
+            // Being replaced: give everything up, apply nothing.
+            let res = if cooperative && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
+            {
+                consumer.incremental_unassign(tpl)
+            } else {
+                consumer.unassign()
+            };
+            if let Err(e) = res {
+                debug!(error = %e, "unassign by a retired consumer failed");
+            }
+            return;
+        }
         let parts: Vec<i32> = tpl
             .elements()
             .iter()
@@ -519,19 +539,19 @@ pub fn run<S: BatchSink>(
             positions: HashMap::new(),
             fatal: None,
         }),
-        group: Mutex::new(GroupHealth::new()),
+        group: Mutex::new(GroupHealth::default()),
+        retired: AtomicBool::new(false),
     };
     let consumer: BaseConsumer<LoopContext<S>> = cfg.create_with_context(ctx)?;
     consumer.subscribe(&[&settings.topic])?;
     info!(topic = %settings.topic, group = %settings.group_id, "consuming");
 
     let result = poll_loop(&consumer, settings, dead_letters, &shutdown);
-    let ctx = consumer.context();
     if result.as_ref().is_err_and(ConsumeError::is_client_fatal) {
-        // This client is done: its partitions are no longer served by it.
-        let all: Vec<i32> = ctx.state().positions.drain().map(|(p, _)| p).collect();
-        ctx.sink.on_revoked(&all);
+        retire(consumer);
+        return result;
     }
+    let ctx = consumer.context();
     let result = result.and_then(|()| ctx.flush(&consumer, None, CommitMode::Sync));
     if result.is_ok() {
         // Leave the group now, so the partitions move to another instance at once.
@@ -540,6 +560,44 @@ pub fn run<S: BatchSink>(
     // Dropping the consumer closes it, serving the final revoke through our callback.
     drop(consumer);
     result
+}
+
+/// How long a retired consumer may take to close before it is left to close alone.
+const RETIRE_WAIT: Duration = Duration::from_secs(10);
+
+/// Ends a client that is fenced or wedged, so that a new one can take over from the
+/// store. What it fetched and did not apply is dropped (the new client reads it again
+/// from the stored offsets), and it applies nothing more: its rebalance callback only
+/// unassigns. Closing a wedged client can wait on a coordinator that never answers
+/// (rdkafka's drop polls until closed), so it closes on a thread of its own, and after
+/// [`RETIRE_WAIT`] it is left to finish there.
+fn retire<S: BatchSink>(consumer: BaseConsumer<LoopContext<S>>) {
+    let ctx = consumer.context();
+    ctx.retired.store(true, Ordering::Release);
+    let all: Vec<i32> = {
+        let mut st = ctx.state();
+        st.pending = Batch::default();
+        st.positions.drain().map(|(p, _)| p).collect()
+    };
+    // This client is done: its partitions are no longer served by it.
+    ctx.sink.on_revoked(&all);
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("retired-consumer".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if closed_rx.recv_timeout(RETIRE_WAIT).is_err() {
+                warn!(wait = ?RETIRE_WAIT, "the retired consumer has not closed; leaving it to close in the background");
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot start a thread to close the retired consumer; it is leaked")
+        }
+    }
 }
 
 fn poll_loop<S: BatchSink>(
@@ -750,6 +808,34 @@ mod tests {
                 body: EventBody::OpenAccount,
             },
         }
+    }
+
+    #[test]
+    fn the_group_is_stalled_only_after_a_minute_unsteady_with_reports_flowing() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = GroupHealth::default();
+        assert_eq!(h.stalled(at(1000)), None, "no statistics, no verdict");
+        // A rebalance passes through states and ends steady.
+        h.report("up", "wait-join", at(0));
+        h.report("up", "wait-sync", at(1));
+        h.report("up", "steady", at(2));
+        assert_eq!(h.stalled(at(100)), None);
+        // Wedged, cycling through states, reports every second.
+        for s in 10..=70 {
+            let state = if s % 3 == 0 { "wait-coord" } else { "up" };
+            h.report(state, "wait-join", at(s));
+        }
+        assert_eq!(h.stalled(at(69)), None);
+        assert_eq!(h.stalled(at(70)), Some(Duration::from_secs(60)));
+        // Steady again: healthy.
+        h.report("up", "steady", at(71));
+        assert_eq!(h.stalled(at(200)), None);
+        // So does a gap in the reports (the loop was not polling).
+        let mut h = GroupHealth::default();
+        h.report("up", "wait-join", at(0));
+        h.report("up", "wait-join", at(100));
+        assert_eq!(h.stalled(at(101)), None);
     }
 
     #[test]

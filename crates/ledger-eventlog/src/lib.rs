@@ -17,6 +17,7 @@ pub mod consume;
 pub mod position;
 pub mod probe;
 pub mod producer;
+mod stats;
 
 pub use codec::{decode, encode, DecodeError};
 pub use config::KafkaConfig;

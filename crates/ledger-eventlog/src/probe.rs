@@ -61,6 +61,31 @@ impl MetadataProbe {
         result
     }
 
+    /// [`Self::topic_partitions`] on a blocking thread, handing the probe back for the
+    /// next call. Should the request's thread panic, a fresh probe takes over and the
+    /// answer is an error, so that "reachable" never outlives the probe.
+    pub async fn ask(self, topic: &str, timeout: Duration) -> (Self, Result<Vec<i32>, AdminError>) {
+        let (kafka, rebuilds) = (self.kafka.clone(), self.rebuilds.clone());
+        let topic = topic.to_owned();
+        let mut probe = self;
+        match tokio::task::spawn_blocking(move || {
+            let r = probe.topic_partitions(&topic, timeout);
+            (probe, r)
+        })
+        .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                warn!(error = %e, "the metadata probe panicked; starting a fresh one");
+                rebuilds.inc();
+                match Self::new(&kafka, rebuilds) {
+                    Ok(fresh) => (fresh, Err(AdminError::Panicked(e.to_string()))),
+                    Err(build) => panic!("a metadata client for a configuration that built before cannot be rebuilt: {build}"),
+                }
+            }
+        }
+    }
+
     fn rebuild(&mut self) {
         match metadata_client(&self.kafka) {
             Ok(fresh) => {
@@ -77,9 +102,10 @@ impl MetadataProbe {
     }
 }
 
-/// How often [`watch_reachability`] asks.
+/// How often [`watch_reachability`] and the ingest's readiness check ask.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one metadata request may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Keeps `reachable` true while the brokers answer a metadata request for `topic`, until
 /// `shutdown`. For services that need only the flag (the projector's dead-letter
@@ -91,21 +117,9 @@ pub async fn watch_reachability(
     shutdown: CancellationToken,
 ) {
     loop {
-        let t = topic.clone();
-        let (returned, ok) = match tokio::task::spawn_blocking(move || {
-            let ok = probe.topic_partitions(&t, PROBE_TIMEOUT).is_ok();
-            (probe, ok)
-        })
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "the metadata probe panicked; reachability is no longer tracked");
-                reachable.store(false, Ordering::Release);
-                return;
-            }
-        };
+        let (returned, answer) = probe.ask(&topic, PROBE_TIMEOUT).await;
         probe = returned;
+        let ok = answer.is_ok();
         if reachable.swap(ok, Ordering::AcqRel) != ok {
             info!(topic, reachable = ok, "topic reachability changed");
         }

@@ -21,22 +21,52 @@ use tracing::{error, warn};
 
 use super::ProduceError;
 use crate::position::Position;
+use crate::stats::Stats;
 
 /// What one event's delivery came to.
 pub(crate) type Outcome = Result<Position, ProduceError>;
 
-/// Who is waiting for a delivery report: one request, or one slot of a batch.
-pub(crate) enum Completion {
+/// Who is waiting for a delivery report: one request, or one slot of a batch. It is
+/// completed exactly once: by the delivery report, or, if it is dropped without one
+/// (a send refused after all, a client torn down with reports unserved), with
+/// [`ProduceError::Canceled`], so that no request waits on a report that will not come.
+pub(crate) struct Completion(Option<Waiter>);
+
+enum Waiter {
     One(oneshot::Sender<Outcome>),
     Slot { batch: Arc<BatchWait>, index: usize },
 }
 
 impl Completion {
-    pub(crate) fn complete(self, outcome: Outcome) {
+    pub(crate) fn one(tx: oneshot::Sender<Outcome>) -> Box<Self> {
+        Box::new(Self(Some(Waiter::One(tx))))
+    }
+
+    pub(crate) fn slot(batch: Arc<BatchWait>, index: usize) -> Box<Self> {
+        Box::new(Self(Some(Waiter::Slot { batch, index })))
+    }
+
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        if let Some(w) = self.0.take() {
+            w.complete(outcome);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.complete(Err(ProduceError::Canceled));
+        }
+    }
+}
+
+impl Waiter {
+    fn complete(self, outcome: Outcome) {
         match self {
             // The request may have gone (the client hung up): nobody to tell.
-            Completion::One(tx) => drop(tx.send(outcome)),
-            Completion::Slot { batch, index } => batch.complete(index, outcome),
+            Waiter::One(tx) => drop(tx.send(outcome)),
+            Waiter::Slot { batch, index } => batch.complete(index, outcome),
         }
     }
 }
@@ -58,25 +88,41 @@ impl BatchWait {
     }
 
     pub(crate) fn complete(&self, index: usize, outcome: Outcome) {
-        self.outcomes
+        // A report after the request gave up lands in a slot nobody reads.
+        if let Some(slot) = self
+            .outcomes
             .lock()
-            .expect("the batch lock is never held across a panic")[index] = Some(outcome);
+            .expect("the batch lock is never held across a panic")
+            .get_mut(index)
+        {
+            *slot = Some(outcome);
+        }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             // notify_one keeps the permit if the request is not waiting yet.
             self.done.notify_one();
         }
     }
 
-    /// Waits until every slot has its outcome, then hands them over in order.
-    pub(crate) async fn wait(&self) -> Vec<Outcome> {
+    /// Waits until every slot has its outcome, or `limit` passes, then hands them over
+    /// in order; a slot still open at the limit gets [`ProduceError::Timeout`] with
+    /// `delivery_timeout`. Bounded only inside a tokio runtime.
+    pub(crate) async fn wait(&self, limit: Duration, delivery_timeout: Duration) -> Vec<Outcome> {
         if self.remaining.load(Ordering::Acquire) > 0 {
-            self.done.notified().await;
+            let done = self.done.notified();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = tokio::time::timeout(limit, done).await;
+            } else {
+                done.await;
+            }
         }
         self.outcomes
             .lock()
             .expect("the batch lock is never held across a panic")
-            .drain(..)
-            .map(|o| o.expect("every slot is completed before remaining reaches zero"))
+            .iter_mut()
+            .map(|o| {
+                o.take()
+                    .unwrap_or(Err(ProduceError::Timeout(delivery_timeout)))
+            })
             .collect()
     }
 }
@@ -163,17 +209,6 @@ pub(crate) struct DeliveryContext {
     pub delivery_timeout: Duration,
 }
 
-/// The part of librdkafka's statistics the supervisor reads.
-#[derive(serde::Deserialize)]
-struct Stats {
-    eos: Option<Eos>,
-}
-
-#[derive(serde::Deserialize)]
-struct Eos {
-    idemp_state: String,
-}
-
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
@@ -187,7 +222,7 @@ impl ClientContext for DeliveryContext {
     }
 
     fn stats_raw(&self, statistics: &[u8]) {
-        let Ok(Stats { eos: Some(eos) }) = serde_json::from_slice::<Stats>(statistics) else {
+        let Some(Stats { eos: Some(eos), .. }) = Stats::parse(statistics) else {
             return;
         };
         let h = &self.health;
@@ -236,19 +271,33 @@ pub(crate) fn classify(e: &KafkaError, delivery_timeout: Duration) -> ProduceErr
 mod tests {
     use super::*;
 
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_batch_whose_reports_never_come_ends_at_its_limit() {
+        let batch = Arc::new(BatchWait::new(2));
+        Completion::slot(batch.clone(), 0).complete(Ok(Position {
+            partition: 0,
+            offset: 1,
+        }));
+        // Slot 1's completion is leaked, as a torn-down client would leak it.
+        std::mem::forget(Completion::slot(batch.clone(), 1));
+        let outcomes = batch.wait(Duration::from_millis(50), T).await;
+        assert!(outcomes[0].is_ok());
+        assert!(matches!(outcomes[1], Err(ProduceError::Timeout(d)) if d == T));
+        // A late report does not panic.
+        batch.complete(1, Err(ProduceError::Canceled));
+    }
+
     #[tokio::test]
     async fn a_batch_wakes_once_every_slot_is_complete_and_keeps_input_order() {
         let batch = Arc::new(BatchWait::new(3));
         let waiter = tokio::spawn({
             let batch = batch.clone();
-            async move { batch.wait().await }
+            async move { batch.wait(T, T).await }
         });
         for index in [2, 0, 1] {
-            Completion::Slot {
-                batch: batch.clone(),
-                index,
-            }
-            .complete(if index == 1 {
+            Completion::slot(batch.clone(), index).complete(if index == 1 {
                 Err(ProduceError::Replaced)
             } else {
                 Ok(Position {
@@ -258,6 +307,7 @@ mod tests {
             });
         }
         let outcomes = waiter.await.unwrap();
+        assert_eq!(batch.remaining.load(Ordering::Acquire), 0);
         assert_eq!(outcomes.len(), 3);
         assert_eq!(outcomes[0].as_ref().unwrap().offset, 0);
         assert!(matches!(outcomes[1], Err(ProduceError::Replaced)));
@@ -274,8 +324,24 @@ mod tests {
                 offset: 7,
             }),
         );
-        let outcomes = batch.wait().await;
+        let outcomes = batch.wait(T, T).await;
         assert_eq!(outcomes[0].as_ref().unwrap().partition, 1);
+    }
+
+    #[tokio::test]
+    async fn a_completion_dropped_without_a_report_cancels_its_waiter() {
+        let (tx, rx) = oneshot::channel();
+        drop(Completion::one(tx));
+        assert!(matches!(rx.await, Ok(Err(ProduceError::Canceled))));
+        let batch = Arc::new(BatchWait::new(2));
+        Completion::slot(batch.clone(), 0).complete(Ok(Position {
+            partition: 0,
+            offset: 3,
+        }));
+        drop(Completion::slot(batch.clone(), 1));
+        let outcomes = batch.wait(T, T).await;
+        assert!(outcomes[0].is_ok());
+        assert!(matches!(outcomes[1], Err(ProduceError::Canceled)));
     }
 
     #[test]

@@ -180,12 +180,12 @@ impl EventProducer {
     pub async fn send(&self, topic: &str, event: &Event) -> Result<Position, ProduceError> {
         let payload = codec::encode(event);
         let (tx, rx) = oneshot::channel();
-        let record = BaseRecord::with_opaque_to(topic, Box::new(Completion::One(tx)))
+        let record = BaseRecord::with_opaque_to(topic, Completion::one(tx))
             .key(event.account_id.as_str())
             .payload(&payload)
             .timestamp(event.time_ms);
         self.enqueue(record)?;
-        rx.await.unwrap_or(Err(ProduceError::Canceled))
+        self.await_report(rx).await
     }
 
     /// Writes many events and waits, once, until the broker has acknowledged or failed
@@ -203,10 +203,7 @@ impl EventProducer {
             let generation = self.current();
             for (index, event) in events.iter().enumerate() {
                 let payload = codec::encode(event);
-                let completion = Box::new(Completion::Slot {
-                    batch: batch.clone(),
-                    index,
-                });
+                let completion = Completion::slot(batch.clone(), index);
                 let record = BaseRecord::with_opaque_to(topic, completion)
                     .key(event.account_id.as_str())
                     .payload(&payload)
@@ -219,7 +216,9 @@ impl EventProducer {
                 }
             }
         }
-        batch.wait().await
+        batch
+            .wait(self.report_limit(), self.shared.settings.delivery_timeout)
+            .await
     }
 
     /// Writes a message that could not be decoded to the dead-letter topic, with headers
@@ -249,11 +248,9 @@ impl EventProducer {
                 value: Some(dead.error_kind),
             });
         let (tx, rx) = oneshot::channel();
-        let mut record = BaseRecord::<[u8], [u8], _>::with_opaque_to(
-            dead.dlq_topic,
-            Box::new(Completion::One(tx)),
-        )
-        .headers(headers);
+        let mut record =
+            BaseRecord::<[u8], [u8], _>::with_opaque_to(dead.dlq_topic, Completion::one(tx))
+                .headers(headers);
         if let Some(k) = dead.key {
             record = record.key(k);
         }
@@ -261,7 +258,31 @@ impl EventProducer {
             record = record.payload(p);
         }
         self.enqueue(record)?;
-        rx.await.unwrap_or(Err(ProduceError::Canceled))
+        self.await_report(rx).await
+    }
+
+    /// How long a request waits for its reports at most: librdkafka ends every message
+    /// at `message.timeout.ms`, and the margin only covers a report lost with a client
+    /// torn down while it still held messages.
+    fn report_limit(&self) -> Duration {
+        self.shared.settings.delivery_timeout + Duration::from_secs(5)
+    }
+
+    /// Waits for one delivery report, bounded by [`Self::report_limit`] inside a tokio
+    /// runtime.
+    async fn await_report(
+        &self,
+        rx: oneshot::Receiver<delivery::Outcome>,
+    ) -> Result<Position, ProduceError> {
+        let report = if tokio::runtime::Handle::try_current().is_ok() {
+            match tokio::time::timeout(self.report_limit(), rx).await {
+                Ok(r) => r,
+                Err(_) => return Err(ProduceError::Timeout(self.shared.settings.delivery_timeout)),
+            }
+        } else {
+            rx.await
+        };
+        report.unwrap_or(Err(ProduceError::Canceled))
     }
 
     /// Hands a record to the current generation. The handle to the generation is not

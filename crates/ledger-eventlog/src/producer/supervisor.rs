@@ -8,18 +8,24 @@
 //!
 //! - **`fatal_error`**: librdkafka raised a fatal error; that instance can never
 //!   produce again. Replaced at once.
-//! - **`deliveries_failing`**: the brokers have answered metadata requests for the topic
-//!   for two delivery timeouts in a row, no delivery was acknowledged in that time, and
-//!   an event sent inside that window failed (so it had a reachable broker for its whole
-//!   timeout).
+//! - **`deliveries_failing`**: while the brokers answer metadata requests for the topic,
+//!   deliveries kept failing for a whole delivery timeout after the first failure (so
+//!   events sent after it, to answering brokers, failed too), and nothing was
+//!   acknowledged for two delivery timeouts from that first failure. A lone timeout (a
+//!   leader failing over after an idle spell) is not enough.
 //! - **`no_producer_id`**: for two delivery timeouts in a row the brokers answered and
 //!   the idempotent producer had no producer id (librdkafka's statistics), so it could
 //!   not have sent anything even with traffic.
+//!
+//! A replacement counts as stuck (`/readyz` 503) until it acknowledges something, or for
+//! two delivery timeouts if nothing is sent meanwhile.
 //!
 //! A broker that is down is not a stall: nothing is replaced while the metadata probe
 //! fails. A cluster that refuses writes while answering metadata (fewer in-sync
 //! replicas than `min.insync.replicas`) does look like one; replacing the producer then
 //! is harmless, and a backoff (doubling, at most a minute) keeps it from churning.
+//! Detection is for the producer as a whole: one partition that stops delivering while
+//! the others acknowledge is not a stall of the client.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -112,7 +118,13 @@ impl EventProducer {
                 .fatal_error()
                 .map(|(code, reason)| format!("{code}: {reason}"));
             let next = generation.number + 1;
-            let fresh = match build_generation(&self.shared.config, &self.shared.settings, next) {
+            // rd_kafka_new starts threads and may resolve names: not on a runtime worker.
+            let (config, settings) = (self.shared.config.clone(), self.shared.settings.clone());
+            let built =
+                tokio::task::spawn_blocking(move || build_generation(&config, &settings, next))
+                    .await
+                    .expect("building a producer does not panic");
+            let fresh = match built {
                 Ok(g) => Arc::new(g),
                 Err(e) => {
                     error!(error = %e, signal = signal.as_str(), "cannot build a replacement producer; retrying");
@@ -174,9 +186,15 @@ pub(crate) struct Verdict {
 #[derive(Debug)]
 pub(crate) struct Watch {
     delivery_timeout: Duration,
-    /// Since when the brokers have answered with no acknowledgement (None: they do not
-    /// answer, or something was just acknowledged).
+    /// Since when the brokers have answered with nothing acknowledged (None: they do
+    /// not answer, or something was just acknowledged).
     window_start: Option<Instant>,
+    /// The first delivery failure inside the window.
+    first_failure: Option<Instant>,
+    /// A replacement counts as stuck until it delivers, or until this time passes with
+    /// no new signal (a producer with no traffic cannot prove itself).
+    stuck_until: Option<Instant>,
+    last_replaced: Option<Instant>,
     acks: u64,
     generation: u64,
     /// Replacements since the last acknowledgement.
@@ -188,6 +206,9 @@ impl Watch {
         Self {
             delivery_timeout,
             window_start: None,
+            first_failure: None,
+            stuck_until: None,
+            last_replaced: None,
             acks: 0,
             generation: 1,
             consecutive: 0,
@@ -204,17 +225,18 @@ impl Watch {
     pub(crate) fn observe(&mut self, now: Instant, seen: &Observation) -> Verdict {
         if seen.generation != self.generation {
             // Another handle replaced it; start over with the new one.
-            self.generation = seen.generation;
-            self.acks = 0;
-            self.window_start = Some(now);
+            self.replaced(now, seen.generation);
         }
         if seen.acks != self.acks {
             self.acks = seen.acks;
             self.window_start = None;
+            self.first_failure = None;
+            self.stuck_until = None;
             self.consecutive = 0;
         }
+        let replacing = self.stuck_until.is_some_and(|u| now < u);
         if seen.fatal {
-            let since_replaced = self.window_start.map_or(Duration::MAX, |s| now - s);
+            let since_replaced = self.last_replaced.map_or(Duration::MAX, |r| now - r);
             return Verdict {
                 stuck: true,
                 replace: (self.consecutive == 0 || since_replaced >= self.required_window())
@@ -224,37 +246,45 @@ impl Watch {
         if !seen.reachable {
             // A broker that is down is not a stuck producer; /readyz already says 503.
             self.window_start = None;
+            self.first_failure = None;
             return Verdict {
                 stuck: false,
                 replace: None,
             };
         }
         let start = *self.window_start.get_or_insert(now);
-        let elapsed = now - start;
-        let failing = seen
-            .last_failure
-            .is_some_and(|t| t >= start + self.delivery_timeout);
-        let no_producer_id = seen.no_producer_id_since.is_some_and(|t| t <= start)
-            && elapsed >= self.delivery_timeout;
-        let signal = if failing {
-            Some(StallSignal::DeliveriesFailing)
-        } else if no_producer_id {
-            Some(StallSignal::NoProducerId)
+        if self.first_failure.is_none() {
+            self.first_failure = seen.last_failure.filter(|t| *t >= start);
+        }
+        let t = self.delivery_timeout;
+        // Failures went on for a whole delivery timeout after the first one: events sent
+        // after it, with the brokers answering, failed too.
+        let failing_since = self
+            .first_failure
+            .filter(|f| seen.last_failure.is_some_and(|last| last >= *f + t));
+        let lost_since = seen.no_producer_id_since.map(|l| l.max(start));
+        let (signal, since) = if let Some(f) = failing_since {
+            (Some(StallSignal::DeliveriesFailing), f)
+        } else if let Some(l) = lost_since.filter(|l| now - *l >= t) {
+            (Some(StallSignal::NoProducerId), l)
         } else {
-            None
+            (None, now)
         };
         Verdict {
-            stuck: signal.is_some(),
-            replace: signal.filter(|_| elapsed >= self.required_window()),
+            stuck: signal.is_some() || replacing,
+            replace: signal.filter(|_| now - since >= self.required_window()),
         }
     }
 
-    /// A new generation is in place: its window starts now, and the next replacement
-    /// waits longer unless it delivers.
+    /// A new generation is in place: its window starts now, it counts as stuck until it
+    /// proves itself, and the next replacement waits longer unless it delivers.
     pub(crate) fn replaced(&mut self, now: Instant, generation: u64) {
         self.generation = generation;
         self.acks = 0;
         self.window_start = Some(now);
+        self.first_failure = None;
+        self.stuck_until = Some(now + self.delivery_timeout * 2);
+        self.last_replaced = Some(now);
         self.consecutive += 1;
     }
 }
@@ -276,34 +306,39 @@ mod tests {
         }
     }
 
+    fn ms(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    const CALM: Verdict = Verdict {
+        stuck: false,
+        replace: None,
+    };
+
     #[test]
     fn a_broker_that_is_down_is_never_a_stall() {
         let t0 = Instant::now();
         let mut w = Watch::new(T);
         let mut s = seen(false);
         for i in 0..100 {
-            s.last_failure = Some(t0 + Duration::from_millis(i * 250));
-            let v = w.observe(t0 + Duration::from_millis(i * 250), &s);
-            assert_eq!(
-                v,
-                Verdict {
-                    stuck: false,
-                    replace: None
-                },
-                "tick {i}"
-            );
+            s.last_failure = Some(ms(t0, i * 250));
+            assert_eq!(w.observe(ms(t0, i * 250), &s), CALM, "tick {i}");
         }
     }
 
     #[test]
-    fn deliveries_failing_while_the_brokers_answer_replace_after_two_timeouts() {
+    fn failures_for_a_whole_timeout_while_the_brokers_answer_replace_two_timeouts_after_the_first()
+    {
         let t0 = Instant::now();
         let mut w = Watch::new(T);
         let mut s = seen(true);
-        assert_eq!(w.observe(t0, &s).replace, None);
-        // Sent after the window opened, failed at its timeout.
-        s.last_failure = Some(t0 + T + Duration::from_millis(10));
-        let v = w.observe(t0 + T + Duration::from_millis(20), &s);
+        assert_eq!(w.observe(t0, &s), CALM);
+        s.last_failure = Some(ms(t0, 500));
+        // One failure is not yet a stall.
+        assert_eq!(w.observe(ms(t0, 600), &s), CALM);
+        // Failures go on: what was sent after the first failed too.
+        s.last_failure = Some(ms(t0, 2600));
+        let v = w.observe(ms(t0, 2700), &s);
         assert_eq!(
             v,
             Verdict {
@@ -311,8 +346,26 @@ mod tests {
                 replace: None
             }
         );
-        let v = w.observe(t0 + 2 * T, &s);
-        assert_eq!(v.replace, Some(StallSignal::DeliveriesFailing));
+        assert_eq!(w.observe(ms(t0, 4400), &s).replace, None);
+        assert_eq!(
+            w.observe(ms(t0, 4500), &s).replace,
+            Some(StallSignal::DeliveriesFailing)
+        );
+    }
+
+    #[test]
+    fn a_lone_failure_after_an_idle_spell_is_not_a_stall() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(T);
+        let mut s = seen(true);
+        w.observe(t0, &s);
+        // A minute with no traffic, then one timeout (a leader failing over), then acks.
+        s.last_failure = Some(ms(t0, 60_000));
+        for at in (60_000..62_000).step_by(250) {
+            assert_eq!(w.observe(ms(t0, at), &s), CALM, "at {at} ms");
+        }
+        s.acks = 1;
+        assert_eq!(w.observe(ms(t0, 62_100), &s), CALM);
     }
 
     #[test]
@@ -321,20 +374,13 @@ mod tests {
         let mut w = Watch::new(T);
         let mut s = seen(false);
         w.observe(t0, &s);
-        // The broker is back at t0+1s; what was sent before times out just after.
+        // The broker is back at 1 s; what was sent before fails just after, then the
+        // producer delivers again.
         s.reachable = true;
-        w.observe(t0 + Duration::from_secs(1), &s);
-        s.last_failure = Some(t0 + Duration::from_millis(1500));
-        for ms in (1500..6000).step_by(250) {
-            let v = w.observe(t0 + Duration::from_millis(ms), &s);
-            assert_eq!(
-                v,
-                Verdict {
-                    stuck: false,
-                    replace: None
-                },
-                "at {ms} ms"
-            );
+        w.observe(ms(t0, 1000), &s);
+        s.last_failure = Some(ms(t0, 1500));
+        for at in (1500..6000).step_by(250) {
+            assert_eq!(w.observe(ms(t0, at), &s), CALM, "at {at} ms");
         }
     }
 
@@ -344,36 +390,29 @@ mod tests {
         let mut w = Watch::new(T);
         let mut s = seen(true);
         w.observe(t0, &s);
-        s.last_failure = Some(t0 + T + Duration::from_millis(1));
-        assert!(w.observe(t0 + T + Duration::from_millis(2), &s).stuck);
+        s.last_failure = Some(ms(t0, 100));
+        w.observe(ms(t0, 200), &s);
+        s.last_failure = Some(ms(t0, 2200));
+        assert!(w.observe(ms(t0, 2300), &s).stuck);
         s.acks = 1;
-        let v = w.observe(t0 + 2 * T, &s);
-        assert_eq!(
-            v,
-            Verdict {
-                stuck: false,
-                replace: None
-            }
-        );
+        assert_eq!(w.observe(ms(t0, 4200), &s), CALM);
     }
 
     #[test]
-    fn no_producer_id_for_the_whole_window_is_a_stall() {
+    fn no_producer_id_is_a_stall_even_when_lost_inside_the_window() {
         let t0 = Instant::now();
         let mut w = Watch::new(T);
         let mut s = seen(true);
-        s.no_producer_id_since = Some(t0);
-        assert!(!w.observe(t0, &s).stuck);
-        assert!(w.observe(t0 + T, &s).stuck);
+        w.observe(t0, &s);
+        // Idle and healthy for a while, then the producer id is lost.
+        s.no_producer_id_since = Some(ms(t0, 30_000));
+        assert!(!w.observe(ms(t0, 31_000), &s).stuck);
+        assert!(w.observe(ms(t0, 32_000), &s).stuck);
+        assert_eq!(w.observe(ms(t0, 33_900), &s).replace, None);
         assert_eq!(
-            w.observe(t0 + 2 * T, &s).replace,
+            w.observe(ms(t0, 34_000), &s).replace,
             Some(StallSignal::NoProducerId)
         );
-        // Lost only after the window opened: not yet.
-        let mut w = Watch::new(T);
-        s.no_producer_id_since = Some(t0 + Duration::from_millis(500));
-        w.observe(t0, &s);
-        assert_eq!(w.observe(t0 + 2 * T, &s).replace, None);
     }
 
     #[test]
@@ -392,34 +431,51 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_counts_as_stuck_until_it_delivers_or_two_timeouts_pass() {
+        let t0 = Instant::now();
+        let mut w = Watch::new(T);
+        let mut s = seen(true);
+        w.replaced(t0, 2);
+        s.generation = 2;
+        assert!(w.observe(ms(t0, 250), &s).stuck);
+        assert!(w.observe(ms(t0, 3900), &s).stuck);
+        assert_eq!(w.observe(ms(t0, 4000), &s), CALM);
+        let mut w = Watch::new(T);
+        w.replaced(t0, 2);
+        s.acks = 1;
+        assert_eq!(w.observe(ms(t0, 250), &s), CALM);
+    }
+
+    #[test]
     fn replacements_back_off_until_something_is_acknowledged() {
         let t0 = Instant::now();
         let mut w = Watch::new(T);
         let mut s = seen(true);
         w.observe(t0, &s);
-        s.last_failure = Some(t0 + T + Duration::from_millis(1));
-        assert!(w.observe(t0 + 2 * T, &s).replace.is_some());
-        w.replaced(t0 + 2 * T, 2);
+        s.last_failure = Some(ms(t0, 100));
+        w.observe(ms(t0, 200), &s);
+        s.last_failure = Some(ms(t0, 2100));
+        assert!(w.observe(ms(t0, 4100), &s).replace.is_some());
+        w.replaced(ms(t0, 4100), 2);
         s.generation = 2;
-        // The new generation fails too: now it takes four timeouts.
-        let t1 = t0 + 2 * T;
-        s.last_failure = Some(t1 + T + Duration::from_millis(1));
-        assert_eq!(w.observe(t1 + 2 * T, &s).replace, None);
-        assert!(w.observe(t1 + 2 * T, &s).stuck);
+        // The new generation fails too: now it takes four timeouts from its first failure.
+        s.last_failure = Some(ms(t0, 4200));
+        w.observe(ms(t0, 4300), &s);
+        s.last_failure = Some(ms(t0, 6200));
+        assert_eq!(w.observe(ms(t0, 8200), &s).replace, None);
+        assert!(w.observe(ms(t0, 8200), &s).stuck);
         assert_eq!(
-            w.observe(t1 + 4 * T, &s).replace,
+            w.observe(ms(t0, 12_200), &s).replace,
             Some(StallSignal::DeliveriesFailing)
         );
-        w.replaced(t1 + 4 * T, 3);
+        w.replaced(ms(t0, 12_200), 3);
         // Capped at a minute.
-        for _ in 0..20 {
-            w.consecutive += 1;
-        }
+        w.consecutive += 20;
         assert_eq!(w.required_window(), MAX_BACKOFF);
         // An acknowledgement resets the backoff.
         s.generation = 3;
         s.acks = 5;
-        w.observe(t1 + 5 * T, &s);
+        w.observe(ms(t0, 13_000), &s);
         assert_eq!(w.required_window(), 2 * T);
     }
 }
