@@ -224,12 +224,7 @@ cmdline_of() {
 # True if pid $1 is a live Java process running kafka.Kafka with our config.
 # (A zombie has an empty command line, so it counts as gone.)
 is_our_broker() {
-    local pid="$1" args
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    args="$(cmdline_of "$pid")"
-    grep -q 'java' <<<"$args" &&
-        grep -qx 'kafka.Kafka' <<<"$args" &&
-        grep -qxF "$PROPS" <<<"$args"
+    is_our_node "$1" "$PROPS"
 }
 
 # True if process $1 exists and is not a zombie.

@@ -84,6 +84,19 @@ fn log() {
         .try_init();
 }
 
+/// Waits until the supervisor no longer counts the producer as stuck.
+async fn wait_not_stuck(producer: &EventProducer) {
+    ledger_testkit::wait_for(
+        "the producer no longer stuck",
+        Duration::from_secs(10),
+        || {
+            let p = producer.clone();
+            async move { (!p.is_stuck()).then_some(()) }
+        },
+    )
+    .await;
+}
+
 fn count(restarts: &Restarts, signal: &'static str) -> u64 {
     restarts.get_or_create(&vec![("signal", signal)]).get()
 }
@@ -124,15 +137,7 @@ async fn a_fatal_error_is_healed_by_a_new_producer() {
     assert_eq!(producer.replacements(), 1);
     assert_eq!(count(&restarts, "fatal_error"), 1);
     assert_eq!(count(&restarts, "deliveries_failing"), 0);
-    ledger_testkit::wait_for(
-        "the producer no longer stuck",
-        Duration::from_secs(5),
-        || {
-            let p = producer.clone();
-            async move { (!p.is_stuck()).then_some(()) }
-        },
-    )
-    .await;
+    wait_not_stuck(&producer).await;
     stop.cancel();
 }
 
@@ -185,14 +190,6 @@ async fn deliveries_refused_while_the_broker_answers_replace_the_producer() {
         .expect("deliveries resume once the topic accepts writes")
         .unwrap();
     assert!(failed >= 1, "the refused writes failed: {failed}");
-    ledger_testkit::wait_for(
-        "the producer no longer stuck",
-        Duration::from_secs(5),
-        || {
-            let p = producer.clone();
-            async move { (!p.is_stuck()).then_some(()) }
-        },
-    )
-    .await;
+    wait_not_stuck(&producer).await;
     stop.cancel();
 }
