@@ -588,23 +588,50 @@ pub async fn ingest_accepted(base: &str) -> Option<u64> {
     counter_sum(base, "ingest_commands_accepted_total").await
 }
 
-/// Waits until the ingest at `base` is ready and accepts commands again (its accepted
-/// count grows), and says how long that took.
+/// Commands in a row that must each get a `202` for the ingest to count as recovered.
+pub const RECOVERED_STREAK: u32 = 20;
+
+/// Waits until every new command the ingest at `base` receives gets a `202`: a streak
+/// of [`RECOVERED_STREAK`] probe commands (opens of an account outside any load's
+/// model), each answered `202` at its first attempt. Returns when the streak began,
+/// counted from the call; fails past `bound`.
 pub async fn wait_accepting(base: &str, bound: Duration) -> Result<Duration> {
+    let http = reqwest::Client::new();
     let started = Instant::now();
-    let before = ingest_accepted(base).await.unwrap_or(0);
-    wait_until(
-        &format!("{base} to accept commands again within {bound:?}"),
-        bound,
-        || async {
-            ingest_accepted(base).await.unwrap_or(0) > before
-                && reqwest::get(format!("{base}/readyz"))
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await?;
-    Ok(started.elapsed())
+    let mut streak = 0;
+    let mut streak_began = None;
+    let mut last = String::new();
+    while streak < RECOVERED_STREAK {
+        if started.elapsed() > bound {
+            bail!(
+                "{base} did not accept every new command within {bound:?} \
+                 ({streak} in a row at the end; last refusal: {last})"
+            );
+        }
+        let sent = Instant::now();
+        let answer = http
+            .post(format!("{base}/v1/commands"))
+            .json(&serde_json::json!({"type": "open_account", "account_id": "recovery-probe"}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().as_u16() == 202 => {
+                streak_began.get_or_insert(sent);
+                streak += 1;
+            }
+            other => {
+                last = match other {
+                    Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                    Err(e) => e.to_string(),
+                };
+                streak = 0;
+                streak_began = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Ok(streak_began.expect("set with the first 202 of the streak") - started)
 }
 
 /// A small tmpfs mounted at a directory, to fill the projector's disk.
