@@ -47,7 +47,9 @@ async fn case(fault: Fault, spec: LoadSpec, own_broker: Own) {
         "{fault}: {}{}",
         summary(&r),
         r.recovery_s
-            .map(|s| format!("; the ingest accepted again {s:.1} s after the brokers were back"))
+            .map(|s| format!(
+                "; every new command got a 202 from {s:.1} s after the brokers were back"
+            ))
             .unwrap_or_default()
     );
 }

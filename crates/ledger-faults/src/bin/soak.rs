@@ -93,7 +93,7 @@ async fn main() -> Result<()> {
                 eprintln!(
                     "round {round}: {fault}, {} commands at {}/s: accepted {}, lost {}, applied twice {}{} ({:.0} s)",
                     spec.accounts + spec.commands, spec.rate, r.accepted, r.lost, r.applied_twice,
-                    r.recovery_s.map(|s| format!(", accepting again {s:.1} s after the brokers were back")).unwrap_or_default(),
+                    r.recovery_s.map(|s| format!(", every new command got a 202 from {s:.1} s after the brokers were back")).unwrap_or_default(),
                     started.elapsed().as_secs_f64()
                 );
             }
