@@ -31,8 +31,12 @@ pub struct Config {
     /// log_unavailable.
     #[arg(long, env = "INGEST_DELIVERY_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub delivery_timeout_ms: u64,
-    /// How long the producer waits to fill a batch (librdkafka linger.ms).
-    #[arg(long, env = "INGEST_LINGER_MS", default_value_t = 5)]
+    /// How long the producer waits to fill a batch (librdkafka linger.ms). Every
+    /// request waits for its acknowledgement, so this is latency each client pays; at 2
+    /// rather than librdkafka's 5, single commands at 64 connections measured p99 5.7 ms
+    /// against 8.5, and batches 699k against 620k items/s (closed-loop clients wait for
+    /// each batch).
+    #[arg(long, env = "INGEST_LINGER_MS", default_value_t = 2)]
     pub linger_ms: u32,
     /// Most commands in flight (a batch counts each item); past it, 503 overloaded.
     #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

@@ -71,6 +71,22 @@ impl CommandId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The hyphenated lower-case text of a UUID given as its 128 bits
+    /// (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`), always a valid command id: the id a
+    /// service generates for a command that came without one, with no validation pass.
+    pub fn from_uuid_bits(bits: u128) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(36);
+        for i in 0..32 {
+            if matches!(i, 8 | 12 | 16 | 20) {
+                text.push('-');
+            }
+            let nibble = (bits >> (124 - 4 * i)) & 0xf;
+            text.push(char::from(HEX[nibble as usize]));
+        }
+        Self(text)
+    }
 }
 
 impl Amount {
@@ -149,6 +165,21 @@ impl fmt::Display for Amount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uuid_makes_its_hyphenated_text_a_valid_command_id() {
+        let id = CommandId::from_uuid_bits(0x0192_3d4e_5f60_7a8b_9cad_bedf_0011_2233);
+        assert_eq!(id.as_str(), "01923d4e-5f60-7a8b-9cad-bedf00112233");
+        assert_eq!(CommandId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(
+            CommandId::from_uuid_bits(u128::MAX).as_str(),
+            "ffffffff-ffff-ffff-ffff-ffffffffffff"
+        );
+        assert_eq!(
+            CommandId::from_uuid_bits(0).as_str(),
+            "00000000-0000-0000-0000-000000000000"
+        );
+    }
 
     #[test]
     fn account_ids() {
