@@ -828,10 +828,27 @@ node_answers() {
         --list >/dev/null 2>&1
 }
 
+# True once every node of the caller's ids/pids arrays has exited and closed
+# its port; false after $1 seconds.
+nodes_gone() {
+    local deadline=$((SECONDS + $1)) i left
+    while :; do
+        left=0
+        for i in "${!ids[@]}"; do
+            if pid_alive "${pids[$i]}" || port_open "$(node_port "${ids[$i]}")"; then
+                left=1
+            fi
+        done
+        ((left == 0)) && return 0
+        ((SECONDS >= deadline)) && return 1
+        sleep 0.2
+    done
+}
+
 # Stop nodes "$@" together: SIGTERM, SIGKILL after $STOP_TIMEOUT s, wait until
 # each pid is gone and its port closed. With KILL=1, SIGKILL at once.
 stop_nodes() {
-    local i pid ids=() pids=() deadline left
+    local i pid ids=() pids=() left
     for i in "$@"; do
         if pid="$(node_pid "$i")"; then
             ids+=("$i")
@@ -854,36 +871,17 @@ stop_nodes() {
             kill -CONT "${pids[$i]}" 2>/dev/null || true # in case it was suspended
         fi
     done
-    deadline=$((SECONDS + STOP_TIMEOUT))
-    [[ "${KILL:-0}" == 1 ]] && deadline=$((SECONDS + 15))
-    while :; do
-        left=0
-        for i in "${!ids[@]}"; do
-            if pid_alive "${pids[$i]}" || port_open "$(node_port "${ids[$i]}")"; then
-                left=1
-            fi
-        done
-        ((left == 0 || SECONDS >= deadline)) && break
-        sleep 0.2
-    done
-    if ((left == 1)) && [[ "${KILL:-0}" != 1 ]]; then
+    left=0
+    if [[ "${KILL:-0}" == 1 ]]; then
+        nodes_gone 15 || left=1
+    elif ! nodes_gone "$STOP_TIMEOUT"; then
         for i in "${!ids[@]}"; do
             if pid_alive "${pids[$i]}"; then
                 log "$(node_name "${ids[$i]}") still running after ${STOP_TIMEOUT}s, sending SIGKILL"
                 kill -KILL "${pids[$i]}" 2>/dev/null || true
             fi
         done
-        deadline=$((SECONDS + 15))
-        while :; do
-            left=0
-            for i in "${!ids[@]}"; do
-                if pid_alive "${pids[$i]}" || port_open "$(node_port "${ids[$i]}")"; then
-                    left=1
-                fi
-            done
-            ((left == 0 || SECONDS >= deadline)) && break
-            sleep 0.2
-        done
+        nodes_gone 15 || left=1
     fi
     for i in "${ids[@]}"; do
         rm -f "$(node_pidfile "$i")"

@@ -20,11 +20,10 @@ use serde_json::json;
 
 const DELIVERY_TIMEOUT_MS: u64 = 1500;
 
-async fn restarts(http: &reqwest::Client, ingest: &Ingest, signal: &str) -> u64 {
-    let text = get(http, &ingest.url("/metrics")).await.text;
-    let line = format!("ingest_producer_restarts_total{{signal=\"{signal}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+async fn restarts(ingest: &Ingest, signal: &str) -> u64 {
+    let series = format!("ingest_producer_restarts_total{{signal=\"{signal}\"}}");
+    ledger_testkit::metric_sum(&ingest.base, &series)
+        .await
         .unwrap_or(0)
 }
 
@@ -43,7 +42,7 @@ async fn a_producer_that_stops_delivering_is_replaced_and_readyz_says_so() {
         async move { (post_json(&http, &url, &open).await.status == 202).then_some(()) }
     })
     .await;
-    assert_eq!(restarts(&http, &ingest, "deliveries_failing").await, 0);
+    assert_eq!(restarts(&ingest, "deliveries_failing").await, 0);
 
     set_topic_config(&brokers, &topic, "max.message.bytes", "16").await;
     // Commands keep coming, as they would from clients; each is refused.
@@ -72,13 +71,12 @@ async fn a_producer_that_stops_delivering_is_replaced_and_readyz_says_so() {
         "the producer replaced with signal deliveries_failing",
         Duration::from_secs(30),
         || {
-            let http = http.clone();
             let ingest = &ingest;
-            async move { (restarts(&http, ingest, "deliveries_failing").await >= 1).then_some(()) }
+            async move { (restarts(ingest, "deliveries_failing").await >= 1).then_some(()) }
         },
     )
     .await;
-    assert_eq!(restarts(&http, &ingest, "fatal_error").await, 0);
+    assert_eq!(restarts(&ingest, "fatal_error").await, 0);
 
     // The topic accepts writes again: so does the ingest, with no restart.
     set_topic_config(&brokers, &topic, "max.message.bytes", "1048588").await;

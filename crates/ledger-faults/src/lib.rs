@@ -564,28 +564,9 @@ impl Drop for OwnBroker {
     }
 }
 
-/// The sum of a counter's samples (every label set) on a service's `/metrics`.
-pub async fn counter_sum(base: &str, name: &str) -> Option<u64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    Some(
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum(),
-    )
-}
-
 /// The ingest's count of accepted commands, all types together.
 pub async fn ingest_accepted(base: &str) -> Option<u64> {
-    counter_sum(base, "ingest_commands_accepted_total").await
+    ledger_testkit::metric_sum(base, "ingest_commands_accepted_total").await
 }
 
 /// Commands in a row that must each get a `202` for the ingest to count as recovered.

@@ -290,10 +290,10 @@ pub async fn run(
         );
     }
     let client_restarts = (
-        counter_sum(&stack.ingest.url(), "ingest_producer_restarts_total")
+        ledger_testkit::metric_sum(&stack.ingest.url(), "ingest_producer_restarts_total")
             .await
             .unwrap_or(0),
-        counter_sum(&stack.projector.url(), "projector_consumer_restarts_total")
+        ledger_testkit::metric_sum(&stack.projector.url(), "projector_consumer_restarts_total")
             .await
             .unwrap_or(0),
     );
@@ -365,15 +365,12 @@ async fn produce_garbage(brokers: &str, topic: &str, key: &str, i: u32) -> Resul
 
 /// The projector's count of dead-lettered events.
 async fn dead_lettered(base: &str) -> u64 {
-    let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
-        return 0;
-    };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines()
-        .find(|l| l.starts_with("projector_poison_events_total{action=\"dead_lettered\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    ledger_testkit::metric_sum(
+        base,
+        "projector_poison_events_total{action=\"dead_lettered\"}",
+    )
+    .await
+    .unwrap_or(0)
 }
 
 /// The number of messages in a one-partition topic.

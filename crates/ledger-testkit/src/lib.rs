@@ -154,6 +154,28 @@ pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
     ((h & 0x7fff_ffff) % partitions as u32) as i32
 }
 
+/// The sum of the samples of one metric on a service's `GET {base}/metrics`: every
+/// label set of `series` when it is a bare name (`ingest_commands_accepted_total`), or
+/// one series when it carries its labels (`…_total{signal="fatal_error"}`). `None`
+/// while the service does not answer.
+pub async fn metric_sum(base: &str, series: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 /// A projector's applied offsets (the next offset to apply, per partition), from its
 /// `/v1/progress`; `None` while it does not answer.
 pub async fn applied_offsets(base: &str) -> Option<BTreeMap<i32, i64>> {

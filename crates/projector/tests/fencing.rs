@@ -29,14 +29,7 @@ async fn a_fenced_consumer_is_recreated_and_resumes() {
         "the first projector to recreate its consumer",
         Duration::from_secs(60),
         || async {
-            let m = reqwest::get(format!("{url}/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            m.lines()
-                .any(|l| l.starts_with("projector_consumer_restarts_total") && !l.ends_with(" 0"))
+            (ledger_testkit::metric_sum(&url, "projector_consumer_restarts_total").await? > 0)
                 .then_some(())
         },
     )
