@@ -105,14 +105,11 @@ pub async fn serve(
     ));
     // Heal, don't stall: a producer that stops delivering while the brokers answer is
     // replaced, never the process.
-    tracker.spawn({
-        let (producer, shutdown) = (producer.clone(), shutdown.clone());
-        let supervision = Supervision {
-            reachable: state.reachable.clone(),
-            restarts: metrics.producer_restarts.clone(),
-        };
-        async move { producer.supervise(supervision, shutdown).await }
-    });
+    let supervision = Supervision {
+        reachable: state.reachable.clone(),
+        restarts: metrics.producer_restarts.clone(),
+    };
+    tracker.spawn(producer.clone().supervise(supervision, shutdown.clone()));
 
     let auth = BearerAuth(config.auth_token.clone().map(Into::into));
     let v1 = Router::new()

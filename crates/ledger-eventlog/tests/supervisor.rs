@@ -68,10 +68,7 @@ fn supervised(
         reachable: Arc::new(AtomicBool::new(true)),
         restarts: restarts.clone(),
     };
-    tokio::spawn({
-        let (p, stop) = (producer.clone(), stop.clone());
-        async move { p.supervise(supervision, stop).await }
-    });
+    tokio::spawn(producer.clone().supervise(supervision, stop.clone()));
     (producer, restarts, stop)
 }
 

@@ -139,14 +139,11 @@ pub async fn serve(
         dlq_reachable.clone(),
         stop.clone(),
     ));
-    tracker.spawn({
-        let (producer, stop) = (dead_letters.clone(), stop.clone());
-        let supervision = Supervision {
-            reachable: dlq_reachable,
-            restarts: metrics.dlq_producer_restarts.clone(),
-        };
-        async move { producer.supervise(supervision, stop).await }
-    });
+    let supervision = Supervision {
+        reachable: dlq_reachable,
+        restarts: metrics.dlq_producer_restarts.clone(),
+    };
+    tracker.spawn(dead_letters.clone().supervise(supervision, stop.clone()));
     tracker.spawn(track_lag(
         metadata.clone(),
         config.topic.clone(),

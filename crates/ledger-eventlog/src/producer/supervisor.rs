@@ -77,8 +77,9 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 impl EventProducer {
-    /// Watches the producer and replaces it when it is stuck, until `shutdown`.
-    pub async fn supervise(&self, supervision: Supervision, shutdown: CancellationToken) {
+    /// Watches the producer and replaces it when it is stuck, until `shutdown`. Takes a
+    /// handle of its own (a clone), so it can be spawned as it is.
+    pub async fn supervise(self, supervision: Supervision, shutdown: CancellationToken) {
         let mut watch = Watch::new(self.delivery_timeout());
         loop {
             tokio::select! {
