@@ -17,7 +17,7 @@ use rdkafka::producer::ProducerContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio::sync::{oneshot, Notify};
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::ProduceError;
 use crate::position::Position;
@@ -137,8 +137,6 @@ pub(crate) struct GenerationHealth {
     /// Deliveries that failed (timed out or refused), not counting purges.
     pub failures: AtomicU64,
     last_failure_ms: AtomicU64,
-    /// librdkafka reported a fatal error: this client instance can never produce again.
-    pub fatal: AtomicBool,
     /// Since when the idempotent producer has had no producer id (from librdkafka's
     /// statistics; 0 while it has one).
     idempotence_lost_ms: AtomicU64,
@@ -155,7 +153,6 @@ impl GenerationHealth {
             acks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_failure_ms: AtomicU64::new(0),
-            fatal: AtomicBool::new(false),
             idempotence_lost_ms: AtomicU64::new(0),
             idempotence_known: AtomicBool::new(false),
             idempotence_state: Mutex::new(String::new()),
@@ -210,15 +207,10 @@ pub(crate) struct DeliveryContext {
 }
 
 impl ClientContext for DeliveryContext {
+    // A fatal error arrives here under its underlying code, not `_FATAL`, so this
+    // callback cannot tell it apart; the supervisor asks rd_kafka_fatal_error instead.
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            // The supervisor reads the underlying error with rd_kafka_fatal_error and
-            // replaces this client.
-            error!(%reason, "the producer hit a fatal error");
-            self.health.fatal.store(true, Ordering::Release);
-        } else {
-            warn!(target: "librdkafka", error = %error, %reason, "producer error");
-        }
+        warn!(target: "librdkafka", error = %error, %reason, "producer error");
     }
 
     fn stats_raw(&self, statistics: &[u8]) {

@@ -90,9 +90,7 @@ impl EventProducer {
             let h = &generation.health;
             let seen = Observation {
                 reachable: supervision.reachable.load(Ordering::Acquire),
-                // The error callback may not have run yet; librdkafka's own flag is the truth.
-                fatal: h.fatal.load(Ordering::Acquire)
-                    || generation.producer.client().fatal_error().is_some(),
+                fatal: generation.producer.client().fatal_error().is_some(),
                 acks: h.acks.load(Ordering::Acquire),
                 last_failure: h.last_failure(),
                 no_producer_id_since: if h.idempotence_known.load(Ordering::Acquire) {
