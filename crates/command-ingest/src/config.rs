@@ -3,27 +3,24 @@
 use std::net::SocketAddr;
 
 use ledger_eventlog::admin::TopicSpec;
-use ledger_eventlog::config::parse_property;
+use ledger_eventlog::config::KafkaArgs;
 use ledger_eventlog::KafkaConfig;
-use ledger_http::telemetry::LogFormat;
+use ledger_http::telemetry::ServiceArgs;
 
 /// `command-ingest` turns each command into one event in Kafka and answers 202 once the
 /// broker has acknowledged it.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(name = "command-ingest", version, about, long_about = None)]
 pub struct Config {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-    /// The event topic; created at start-up when missing.
-    #[arg(long, env = "LEDGER_TOPIC", default_value = "ledger.events")]
-    pub topic: String,
+    /// Brokers, topic (created at start-up when missing) and librdkafka properties.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Authentication and logging.
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// Partitions of the topic when this service creates it.
     #[arg(long, env = "LEDGER_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
-    /// Replication factor of the topic when this service creates it.
-    #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
-    pub replication_factor: i32,
     /// Address to serve HTTP on.
     #[arg(long, env = "INGEST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -41,15 +38,6 @@ pub struct Config {
     /// Most commands in flight (a batch counts each item); past it, 503 overloaded.
     #[arg(long, env = "INGEST_MAX_IN_FLIGHT", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_in_flight: u64,
-    /// Bearer token required on /v1 routes; unset, they are open.
-    #[arg(long, env = "LEDGER_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
-    /// Any librdkafka property, as key=value (repeatable), e.g. for SASL/SSL.
-    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_property)]
-    pub kafka_config: Vec<(String, String)>,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
     /// On SIGTERM, how long to wait for requests and deliveries in flight.
     #[arg(long, env = "INGEST_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -63,17 +51,14 @@ impl Config {
     }
 
     pub(crate) fn kafka(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: self.brokers.clone(),
-            properties: self.kafka_config.clone(),
-        }
+        self.kafka.client()
     }
 
     pub(crate) fn topic_spec(&self) -> TopicSpec {
         TopicSpec {
-            name: self.topic.clone(),
+            name: self.kafka.topic.clone(),
             partitions: self.partitions,
-            replication_factor: self.replication_factor,
+            replication_factor: self.kafka.replication_factor,
         }
     }
 }

@@ -10,15 +10,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ledger_api::{Accepted, BatchItem, BatchResults, ErrorCode, Readiness};
 use ledger_domain::command::CommandKind;
 use ledger_domain::{Command, CommandId, Event};
 use ledger_eventlog::producer::ProduceError;
 use ledger_eventlog::Position;
 use ledger_http::body::{body_bytes, require_json, MAX_COMMAND_BODY};
 use ledger_http::ApiError;
-use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 use tokio::sync::SemaphorePermit;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -29,38 +28,6 @@ use crate::AppState;
 pub const MAX_BATCH_ITEMS: usize = 10_000;
 /// Largest batch body: room for 10 000 commands with long ids.
 pub const MAX_BATCH_BODY: usize = 8 * 1024 * 1024;
-
-/// The 202 body of one accepted command. Typed rather than a `json!` tree: a batch of
-/// 1000 builds 1000 of these, and the maps were a visible share of the ingest's CPU.
-#[derive(Debug, Serialize)]
-pub(crate) struct Accepted {
-    command_id: CommandId,
-    event_id: Uuid,
-    partition: i32,
-    offset: i64,
-    /// Written straight into the body as `Position`'s token text, with no string of
-    /// its own per command.
-    #[serde(serialize_with = "as_token")]
-    token: Position,
-}
-
-fn as_token<S: serde::Serializer>(position: &Position, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(position)
-}
-
-/// One item of a batch's `results`: the accepted body, or the error body.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-enum BatchItem {
-    Accepted(Accepted),
-    Refused(Value),
-}
-
-/// A batch's 202 body.
-#[derive(Debug, Serialize)]
-struct BatchResults {
-    results: Vec<BatchItem>,
-}
 
 /// `POST /v1/commands`.
 pub(crate) async fn submit_one(
@@ -118,11 +85,12 @@ async fn submit_batch_inner(
         Err(e) => {
             return Err(
                 match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                    Ok(_) => {
-                        ApiError::bad_request("invalid_json", "a batch is a JSON array of commands")
-                    }
-                    Err(_) => ApiError::bad_request(
-                        "invalid_json",
+                    Ok(_) => ApiError::new(
+                        ErrorCode::InvalidJson,
+                        "a batch is a JSON array of commands",
+                    ),
+                    Err(_) => ApiError::new(
+                        ErrorCode::InvalidJson,
                         format!("the body is not valid JSON: {e}"),
                     ),
                 },
@@ -131,8 +99,7 @@ async fn submit_batch_inner(
     };
     if items.len() > MAX_BATCH_ITEMS {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!(
                 "the batch has {} commands; at most {MAX_BATCH_ITEMS} are allowed",
                 items.len()
@@ -147,8 +114,7 @@ async fn submit_batch_inner(
     if valid > state.max_in_flight {
         // It could never fit: say so instead of letting it past the bound.
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!(
                 "the batch has {valid} valid commands but this ingest admits at most {} in flight (--max-in-flight): split it",
                 state.max_in_flight
@@ -196,7 +162,9 @@ async fn submit_batch_inner(
                 Ok(v) => BatchItem::Accepted(v),
                 Err(e) => {
                     state.metrics.reject(e.code);
-                    BatchItem::Refused(e.body())
+                    BatchItem::Refused {
+                        error: e.body().error,
+                    }
                 }
             }
         })
@@ -216,14 +184,14 @@ fn acquire(state: &AppState, n: usize) -> Result<Option<SemaphorePermit<'_>>, Ap
         .try_acquire_many(permits)
         .map(Some)
         .map_err(|_| {
-            ApiError::unavailable(
-                "overloaded",
+            ApiError::new(
+                ErrorCode::Overloaded,
                 format!(
                     "more than {} commands are in flight; retry shortly",
                     state.max_in_flight
                 ),
-                1,
             )
+            .retry_after(1)
         })
 }
 
@@ -277,7 +245,7 @@ fn answer(
             state.metrics.accepted(kind).inc();
             debug!(command_id = %event.command_id, partition = pos.partition, offset = pos.offset, "accepted");
             Ok(Accepted {
-                token: pos,
+                token: pos.token(),
                 command_id: event.command_id,
                 event_id: Uuid::from_u128(event.event_id),
                 partition: pos.partition,
@@ -287,20 +255,20 @@ fn answer(
         Err(e) => {
             warn!(command_id = %event.command_id, error = %e, "not acknowledged by the broker");
             Err(match e {
-                ProduceError::QueueFull => ApiError::unavailable(
-                    "overloaded",
+                ProduceError::QueueFull => ApiError::new(
+                    ErrorCode::Overloaded,
                     "the producer queue is full; retry shortly",
-                    1,
-                ),
-                other => ApiError::unavailable(
-                    "log_unavailable",
+                )
+                .retry_after(1),
+                other => ApiError::new(
+                    ErrorCode::LogUnavailable,
                     format!(
                         "the log did not acknowledge the command ({other}); it may or may not be recorded: \
                          retrying with the same command_id {} is safe",
                         event.command_id
                     ),
-                    1,
-                ),
+                )
+                .retry_after(1),
             })
         }
     }
@@ -322,31 +290,26 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// `GET /healthz`: the process is alive.
-pub(crate) async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
-
 /// `GET /readyz`: 200 while the topic is reachable and the producer delivers.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if !state.reachable.load(Ordering::Acquire) {
-        ApiError::unavailable(
-            "not_ready",
+        ApiError::new(
+            ErrorCode::NotReady,
             format!("topic {} is not reachable", state.topic),
-            1,
         )
+        .retry_after(1)
         .into_response()
     } else if state.producer.is_stuck() {
-        ApiError::unavailable(
-            "not_ready",
+        ApiError::new(
+            ErrorCode::NotReady,
             format!(
                 "the brokers answer but the producer has stopped delivering to {}; it is being replaced",
                 state.topic
             ),
-            1,
         )
+        .retry_after(1)
         .into_response()
     } else {
-        Json(json!({"status": "ready", "topic": &*state.topic})).into_response()
+        Json(Readiness::ready(&*state.topic, None)).into_response()
     }
 }

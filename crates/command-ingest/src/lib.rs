@@ -14,20 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use ledger_eventlog::admin::AdminError;
 use ledger_eventlog::probe::MetadataProbe;
 use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings, Supervision};
 use ledger_http::auth::{require_bearer, BearerAuth};
-use ledger_http::metrics::MetricsRegistry;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::timeout::TimeoutLayer;
 use tracing::{info, warn};
 
 pub use config::Config;
@@ -85,7 +82,7 @@ pub async fn serve(
     let metrics = metrics::IngestMetrics::new(&mut registry);
     let state = AppState {
         producer: producer.clone(),
-        topic: config.topic.clone().into(),
+        topic: config.kafka.topic.clone().into(),
         reachable: Arc::new(AtomicBool::new(false)),
         permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
         max_in_flight: config.max_in_flight as usize,
@@ -111,7 +108,7 @@ pub async fn serve(
     };
     tracker.spawn(producer.clone().supervise(supervision, shutdown.clone()));
 
-    let auth = BearerAuth(config.auth_token.clone().map(Into::into));
+    let auth = BearerAuth(config.service.auth_token.clone().map(Into::into));
     let v1 = Router::new()
         .route(
             "/v1/commands",
@@ -124,25 +121,17 @@ pub async fn serve(
         )
         .route_layer(middleware::from_fn_with_state(auth, require_bearer))
         .with_state(state.clone());
-    let ops = Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .with_state(state.clone())
-        .route("/metrics", get(ledger_http::metrics::render))
-        .with_state(MetricsRegistry(Arc::new(registry)));
     let request_timeout =
         Duration::from_millis(config.delivery_timeout_ms) + Duration::from_secs(10);
-    let app = v1
-        .merge(ops)
-        .fallback(ledger_http::error::no_such_route)
-        .method_not_allowed_fallback(|| async { ledger_http::error::method_not_allowed() })
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ));
+    let app = ledger_http::ops::service_router(
+        v1,
+        get(handlers::readyz).with_state(state.clone()),
+        registry,
+        request_timeout,
+    );
 
     let addr = listener.local_addr()?;
-    info!(%addr, topic = %config.topic, "command-ingest listening");
+    info!(%addr, topic = %config.kafka.topic, "command-ingest listening");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let served = ledger_http::serve::serve(listener, app, shutdown.clone(), grace).await;
 

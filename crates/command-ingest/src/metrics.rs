@@ -100,8 +100,10 @@ impl IngestMetrics {
         &self.accepted_by_kind[kind_index(kind)]
     }
 
-    pub fn reject(&self, code: &'static str) {
-        self.rejected.get_or_create(&vec![("code", code)]).inc();
+    pub fn reject(&self, code: ledger_api::ErrorCode) {
+        self.rejected
+            .get_or_create(&vec![("code", code.as_str())])
+            .inc();
     }
 }
 

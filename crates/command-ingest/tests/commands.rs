@@ -446,7 +446,7 @@ async fn auth_token_guards_the_v1_routes_and_leaves_ops_routes_open() {
     let brokers = brokers();
     let topic = unique_topic("ingest.auth");
     let mut cfg = config(&brokers, &topic);
-    cfg.auth_token = Some("s3cret-token".into());
+    cfg.service.auth_token = Some("s3cret-token".into());
     let ingest = Ingest::start(cfg).await;
     let http = http();
     // /readyz is open: waiting on it needs no token.

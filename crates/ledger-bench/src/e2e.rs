@@ -14,9 +14,9 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use hyper::Method;
+use ledger_api::{Accepted, BatchItem, BatchResults};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -47,17 +47,6 @@ pub struct E2eSpec {
     pub seed: u64,
     /// Processes whose CPU use to report.
     pub watched: Vec<Watched>,
-}
-
-#[derive(Deserialize)]
-struct Accepted {
-    command_id: String,
-    token: String,
-}
-
-#[derive(Deserialize)]
-struct BatchAnswer {
-    results: Vec<Value>,
 }
 
 enum Outcome {
@@ -104,15 +93,22 @@ async fn open_accounts(
             String::from_utf8_lossy(&r.body)
         );
     }
-    let answer: BatchAnswer =
+    let answer: BatchResults =
         serde_json::from_slice(&r.body).context("parsing the batch answer")?;
-    let mut last: std::collections::BTreeMap<i64, i64> = Default::default();
-    for item in &answer.results {
-        let (Some(p), Some(o)) = (item["partition"].as_i64(), item["offset"].as_i64()) else {
-            bail!("opening an account failed: {item}");
+    let mut last: std::collections::BTreeMap<i32, i64> = Default::default();
+    for item in answer.results {
+        let a = match item {
+            BatchItem::Accepted(a) => a,
+            BatchItem::Refused { error } => {
+                bail!(
+                    "opening an account failed: {} {}",
+                    error.code,
+                    error.message
+                )
+            }
         };
-        let e = last.entry(p).or_insert(o);
-        *e = (*e).max(o);
+        let e = last.entry(a.partition).or_insert(a.offset);
+        *e = (*e).max(a.offset);
     }
     for (p, o) in last {
         let path = format!("/v1/progress?after=v1.{p}.{o}&timeout_ms=30000");

@@ -172,7 +172,7 @@ pub async fn fill(spec: &FillSpec<'_>) -> anyhow::Result<Value> {
             }
         }
         sent += 1;
-        if sent % 4096 == 0 {
+        if sent.is_multiple_of(4096) {
             producer.poll(Duration::ZERO);
         }
     }

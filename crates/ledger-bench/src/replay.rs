@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ledger_api::Progress;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::http::Pool;
@@ -64,19 +64,6 @@ pub struct ReplaySpec {
     pub watched: Vec<Watched>,
     /// Stop the projector at the end (always for a spawned one).
     pub stop: bool,
-}
-
-#[derive(Deserialize)]
-struct Progress {
-    broker_reachable: bool,
-    partitions: Vec<PartitionProgress>,
-}
-
-#[derive(Deserialize)]
-struct PartitionProgress {
-    partition: i32,
-    applied_offset: i64,
-    high_watermark: Option<i64>,
 }
 
 async fn progress(pool: &Pool, query: &str) -> anyhow::Result<(u16, Option<Progress>)> {

@@ -11,16 +11,18 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ledger_api::{
+    Accepted, AccountView, BatchItem, BatchResults, CommandRequest, CommandView, ConsistencyParams,
+    ErrorBody, ErrorCode, ErrorDetail, Progress,
+};
 use ledger_domain::{AccountId, CommandId};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tracing::debug;
 
-/// Longest wait the projector grants one `?after=` query, in milliseconds.
-const MAX_AFTER_WAIT_MS: u64 = 30_000;
 /// First retry delay; doubles per attempt.
 const BACKOFF_START: Duration = Duration::from_millis(50);
 /// Longest retry delay.
@@ -118,63 +120,6 @@ impl ClientError {
     }
 }
 
-/// The ingest's answer to an accepted command (`202`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Accepted {
-    /// The command id, given or generated.
-    pub command_id: String,
-    /// The event's id.
-    pub event_id: String,
-    /// The partition the event went to.
-    pub partition: i32,
-    /// The event's offset in that partition.
-    pub offset: i64,
-    /// The consistency token naming that position.
-    pub token: String,
-}
-
-/// An account as the projector holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountView {
-    /// The account id.
-    pub account_id: String,
-    /// Whether the account is open.
-    pub open: bool,
-    /// Balance in minor units.
-    pub balance: i64,
-    /// Events that took effect on the account.
-    pub applied_events: u64,
-}
-
-/// A command's outcome as the projector recorded it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandView {
-    /// The command id.
-    pub command_id: String,
-    /// `applied` or `rejected`.
-    pub status: String,
-    /// The rejection reason, if rejected.
-    pub reason: Option<String>,
-    /// The account of the command.
-    pub account_id: String,
-    /// The partition of the event that decided the outcome.
-    pub partition: i32,
-    /// The offset of the event that decided the outcome.
-    pub offset: i64,
-}
-
-/// One item of a batch's answer: accepted, or refused with the contract's error.
-pub type BatchItem = Result<Accepted, ItemError>;
-
-/// The error of one batch item.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ItemError {
-    /// The contract's error code.
-    pub code: String,
-    /// What to fix.
-    pub message: String,
-}
-
 /// A command accepted, with what it took.
 #[derive(Clone, Debug)]
 pub struct Submitted {
@@ -210,9 +155,15 @@ pub struct Client {
 }
 
 struct Response {
-    body: Value,
+    body: bytes::Bytes,
     attempts: u32,
     ambiguous: bool,
+}
+
+impl Response {
+    fn parse<T: DeserializeOwned>(&self, url: &Url, what: &str) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|e| protocol(url, format!("not {what}: {e}")))
+    }
 }
 
 impl Client {
@@ -256,7 +207,7 @@ impl Client {
 
     /// `POST /v1/commands`: one command (a JSON object), retried until accepted or the
     /// deadline. The command should carry a `command_id` so that retries are idempotent.
-    pub async fn submit(&self, command: &Value) -> Result<Submitted, ClientError> {
+    pub async fn submit(&self, command: &CommandRequest) -> Result<Submitted, ClientError> {
         let url = self.url(Service::Ingest, &["v1", "commands"], &[]);
         let r = self
             .call(
@@ -268,10 +219,8 @@ impl Client {
                 self.config.retry_for,
             )
             .await?;
-        let accepted = serde_json::from_value(r.body)
-            .map_err(|e| protocol(&url, format!("not an accepted command: {e}")))?;
         Ok(Submitted {
-            accepted,
+            accepted: r.parse(&url, "an accepted command")?,
             attempts: r.attempts,
             ambiguous: r.ambiguous,
         })
@@ -279,26 +228,23 @@ impl Client {
 
     /// `POST /v1/commands/batch`: the answers in input order. The whole request is
     /// retried on `503` or a lost connection; items that fail on their own are returned
-    /// as [`ItemError`]s for the caller to retry or report.
-    pub async fn submit_batch(&self, commands: &[Value]) -> Result<Vec<BatchItem>, ClientError> {
-        #[derive(Deserialize)]
-        struct Results {
-            results: Vec<Value>,
-        }
+    /// as [`ErrorDetail`]s for the caller to retry or report.
+    pub async fn submit_batch(
+        &self,
+        commands: &[CommandRequest],
+    ) -> Result<Vec<Result<Accepted, ErrorDetail>>, ClientError> {
         let url = self.url(Service::Ingest, &["v1", "commands", "batch"], &[]);
-        let body = Value::Array(commands.to_vec());
         let r = self
             .call(
                 Service::Ingest,
                 Method::POST,
                 url.clone(),
-                Some(&body),
+                Some(commands),
                 REQUEST_TIMEOUT,
                 self.config.retry_for,
             )
             .await?;
-        let results: Results = serde_json::from_value(r.body)
-            .map_err(|e| protocol(&url, format!("not a batch answer: {e}")))?;
+        let results: BatchResults = r.parse(&url, "a batch answer")?;
         if results.results.len() != commands.len() {
             return Err(protocol(
                 &url,
@@ -309,21 +255,11 @@ impl Client {
                 ),
             ));
         }
-        results
+        Ok(results
             .results
             .into_iter()
-            .map(|item| {
-                if let Some(err) = item.get("error") {
-                    serde_json::from_value::<ItemError>(err.clone())
-                        .map(Err)
-                        .map_err(|e| protocol(&url, format!("malformed item error: {e}")))
-                } else {
-                    serde_json::from_value::<Accepted>(item)
-                        .map(Ok)
-                        .map_err(|e| protocol(&url, format!("malformed item: {e}")))
-                }
-            })
-            .collect()
+            .map(BatchItem::into_result)
+            .collect())
     }
 
     /// `GET /v1/accounts/{id}`, optionally `?after=TOKEN` (waiting for the projection,
@@ -358,7 +294,7 @@ impl Client {
     /// `GET /v1/progress?after=TOKEN`: returns once the projector has applied
     /// everything up to the token, retrying for up to `wait`.
     pub async fn wait_for_token(&self, token: &str, wait: Duration) -> Result<(), ClientError> {
-        self.query::<Value>(&["v1", "progress"], Some(token), wait)
+        self.query::<Progress>(&["v1", "progress"], Some(token), wait)
             .await
             .map(|_| ())
     }
@@ -370,7 +306,7 @@ impl Client {
             service,
             Method::GET,
             url,
-            None,
+            None::<&()>,
             REQUEST_TIMEOUT,
             self.config.retry_for,
         )
@@ -378,7 +314,7 @@ impl Client {
         .map(|_| ())
     }
 
-    async fn query<T: serde::de::DeserializeOwned>(
+    async fn query<T: DeserializeOwned>(
         &self,
         path: &[&str],
         after: Option<&str>,
@@ -386,7 +322,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let (query, timeout) = match after {
             Some(token) => {
-                let ms = (wait.as_millis() as u64).min(MAX_AFTER_WAIT_MS);
+                let ms = (wait.as_millis() as u64).min(ConsistencyParams::MAX_WAIT_MS);
                 (
                     vec![("after", token.to_string()), ("timeout_ms", ms.to_string())],
                     Duration::from_millis(ms) + REQUEST_TIMEOUT,
@@ -400,12 +336,12 @@ impl Client {
                 Service::Projector,
                 Method::GET,
                 url.clone(),
-                None,
+                None::<&()>,
                 timeout,
                 wait,
             )
             .await?;
-        serde_json::from_value(r.body).map_err(|e| protocol(&url, e.to_string()))
+        r.parse(&url, "the expected answer")
     }
 
     fn url(&self, service: Service, segments: &[&str], query: &[(&str, String)]) -> Url {
@@ -430,12 +366,12 @@ impl Client {
 
     /// One request with retries of `503` and transport failures until `retry_for` has
     /// passed.
-    async fn call(
+    async fn call<B: Serialize + ?Sized>(
         &self,
         service: Service,
         method: Method,
         url: Url,
-        body: Option<&Value>,
+        body: Option<&B>,
         timeout: Duration,
         retry_for: Duration,
     ) -> Result<Response, ClientError> {
@@ -485,10 +421,7 @@ impl Client {
                                 reason: format!("the answer was cut off: {}", transport_reason(&e)),
                             }
                         }
-                        Ok(bytes) if status.is_success() => {
-                            let body = serde_json::from_slice(&bytes).map_err(|e| {
-                                protocol(&url, format!("the body is not JSON: {e}"))
-                            })?;
+                        Ok(body) if status.is_success() => {
                             return Ok(Response {
                                 body,
                                 attempts,
@@ -496,7 +429,7 @@ impl Client {
                             });
                         }
                         Ok(bytes) => {
-                            let (code, message) = error_body(status, &bytes);
+                            let (known, code, message) = error_body(status, &bytes);
                             if status != StatusCode::SERVICE_UNAVAILABLE {
                                 return Err(ClientError::Api {
                                     url: url.to_string(),
@@ -507,7 +440,8 @@ impl Client {
                             }
                             // `overloaded` writes nothing; anything else (log_unavailable,
                             // a request time-out) may have been written.
-                            ambiguous |= code != "overloaded" && method == Method::POST;
+                            ambiguous |= !known.is_some_and(ErrorCode::wrote_nothing)
+                                && method == Method::POST;
                             ClientError::Unavailable {
                                 url: url.to_string(),
                                 code,
@@ -558,15 +492,15 @@ fn protocol(url: &Url, message: String) -> ClientError {
     }
 }
 
-/// The contract's `{"error":{"code","message"}}`, or the status and body text when the
-/// body is not of that shape.
-fn error_body(status: StatusCode, bytes: &[u8]) -> (String, String) {
-    #[derive(Deserialize)]
-    struct Body {
-        error: ItemError,
-    }
-    match serde_json::from_slice::<Body>(bytes) {
-        Ok(b) => (b.error.code, b.error.message),
+/// The contract's error code and message, or the status and body text when the body is
+/// not of that shape (or has a code this version does not know).
+fn error_body(status: StatusCode, bytes: &[u8]) -> (Option<ErrorCode>, String, String) {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => (
+            Some(b.error.code),
+            b.error.code.to_string(),
+            b.error.message,
+        ),
         Err(_) => {
             let text: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
             let code = status
@@ -579,7 +513,7 @@ fn error_body(status: StatusCode, bytes: &[u8]) -> (String, String) {
             } else {
                 format!("HTTP {status}: {}", text.trim())
             };
-            (code, message)
+            (None, code, message)
         }
     }
 }
@@ -648,12 +582,14 @@ mod tests {
 
     #[test]
     fn error_bodies_are_read_in_the_contract_shape_or_described() {
-        let (code, msg) = error_body(
+        let (known, code, msg) = error_body(
             StatusCode::NOT_FOUND,
             br#"{"error":{"code":"account_not_found","message":"no"}}"#,
         );
+        assert_eq!(known, Some(ErrorCode::AccountNotFound));
         assert_eq!((code.as_str(), msg.as_str()), ("account_not_found", "no"));
-        let (code, msg) = error_body(StatusCode::SERVICE_UNAVAILABLE, b"");
+        let (known, code, msg) = error_body(StatusCode::SERVICE_UNAVAILABLE, b"");
+        assert_eq!(known, None);
         assert_eq!(code, "service_unavailable");
         assert!(msg.contains("503"));
     }

@@ -11,10 +11,11 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::cli::{Cli, Cmd, LoadArgs, SubmitArgs};
-use crate::client::{backoff, Accepted, Client, ClientConfig, ClientError, Service};
+use crate::client::{backoff, Client, ClientConfig, ClientError, Service};
 use crate::load::WorkloadSpec;
 use crate::output::{account_line, command_line, Output};
 use crate::runner::{self, Aborted, LoadOptions, LoadReport};
+use ledger_api::{Accepted, CommandOutcome, CommandRequest, ErrorCode};
 
 /// How a run ended, when it ran to its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +131,7 @@ fn new_command_id() -> CommandId {
 struct Waited {
     #[serde(flatten)]
     accepted: Accepted,
-    status: String,
+    status: CommandOutcome,
     reason: Option<String>,
     account_id: String,
     balance: Option<i64>,
@@ -154,7 +155,7 @@ async fn submit_one(
         CommandKind::Deposit(a) => format!("deposit of {a} into {}", command.account_id),
         CommandKind::Withdraw(a) => format!("withdraw of {a} from {}", command.account_id),
     };
-    let submitted = client.submit(&command.to_json()).await?;
+    let submitted = client.submit(&CommandRequest::from(&command)).await?;
     let a = submitted.accepted;
     let accepted_line = format!(
         "accepted {what}: command {}, partition {}, offset {}, token {}",
@@ -170,10 +171,10 @@ async fn submit_one(
         Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e.into()),
     };
-    let rejected = status.status != "applied";
+    let rejected = status.status != CommandOutcome::Applied;
     let waited = Waited {
         accepted: a,
-        status: status.status.clone(),
+        status: status.status,
         reason: status.reason.clone(),
         account_id: command.account_id.to_string(),
         balance: account.as_ref().filter(|v| v.open).map(|v| v.balance),
@@ -181,7 +182,7 @@ async fn submit_one(
     out.result(&waited, || {
         let outcome = match &status.reason {
             Some(r) => format!("{} ({r})", status.status),
-            None => status.status.clone(),
+            None => status.status.to_string(),
         };
         let balance = match &account {
             Some(v) => account_line(v),
@@ -251,7 +252,7 @@ impl SendSummary {
 
 /// Parses one input line and gives it a command id when it has none, so that
 /// retrying its batch cannot apply it twice.
-fn prepare_line(line: &str) -> Result<Value, (String, String)> {
+fn prepare_line(line: &str) -> Result<CommandRequest, (String, String)> {
     let mut v: Value = serde_json::from_str(line).map_err(|e| {
         (
             "invalid_json".to_string(),
@@ -263,8 +264,9 @@ fn prepare_line(line: &str) -> Result<Value, (String, String)> {
             map.insert("command_id".into(), new_command_id().as_str().into());
         }
     }
-    Command::from_json(&v).map_err(|e| (e.code().to_string(), e.to_string()))?;
-    Ok(v)
+    let command = Command::from_json(&v)
+        .map_err(|e| (ErrorCode::from(&e).as_str().to_string(), e.to_string()))?;
+    Ok(CommandRequest::from(&command))
 }
 
 async fn send(
@@ -286,7 +288,7 @@ async fn send(
     };
     let mut lines = reader.lines();
     let mut summary = SendSummary::default();
-    let mut batch: Vec<(u64, Value)> = Vec::with_capacity(batch_size);
+    let mut batch: Vec<(u64, CommandRequest)> = Vec::with_capacity(batch_size);
     let mut number = 0u64;
     while let Some(line) = lines.next_line().await.map_err(read_error)? {
         number += 1;
@@ -339,25 +341,25 @@ async fn send(
 /// `overloaded`) are sent again, with the same command ids, until the retry window ends.
 async fn send_batch(
     client: &Client,
-    mut pending: Vec<(u64, Value)>,
+    mut pending: Vec<(u64, CommandRequest)>,
     summary: &mut SendSummary,
 ) -> Result<(), CliError> {
     let deadline = Instant::now() + client.retry_for();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let values: Vec<Value> = pending.iter().map(|(_, v)| v.clone()).collect();
+        let values: Vec<CommandRequest> = pending.iter().map(|(_, v)| v.clone()).collect();
         let results = client.submit_batch(&values).await?;
         let mut again = Vec::new();
         let mut last_error = None;
         for ((line, value), result) in pending.into_iter().zip(results) {
             match result {
                 Ok(a) => summary.accepted(a),
-                Err(e) if matches!(e.code.as_str(), "log_unavailable" | "overloaded") => {
+                Err(e) if matches!(e.code, ErrorCode::LogUnavailable | ErrorCode::Overloaded) => {
                     last_error = Some(e);
                     again.push((line, value));
                 }
-                Err(e) => summary.invalid(line, &e.code, &e.message),
+                Err(e) => summary.invalid(line, e.code.as_str(), &e.message),
             }
         }
         let Some(e) = last_error else {
@@ -367,7 +369,7 @@ async fn send_batch(
         if now >= deadline {
             return Err(ClientError::Unavailable {
                 url: client.base_url(Service::Ingest).to_string(),
-                code: e.code,
+                code: e.code.to_string(),
                 message: format!(
                     "{} (for {} commands of a batch; {} accepted so far)",
                     e.message,
@@ -502,15 +504,13 @@ mod tests {
 
     #[test]
     fn lines_without_a_command_id_get_one() {
-        let v = prepare_line(r#"{"type":"deposit","account_id":"a","amount":5}"#).unwrap();
-        let id = v["command_id"].as_str().unwrap();
-        assert!(CommandId::parse(id).is_ok());
-        let v =
-            prepare_line(r#"{"type":"open_account","account_id":"a","command_id":null}"#).unwrap();
-        assert!(v["command_id"].is_string());
-        let v = prepare_line(r#"{"type":"open_account","account_id":"a","command_id":"mine"}"#)
-            .unwrap();
-        assert_eq!(v["command_id"], "mine");
+        let id = |line: &str| Command::from(prepare_line(line).unwrap()).command_id;
+        assert!(id(r#"{"type":"deposit","account_id":"a","amount":5}"#).is_some());
+        assert!(id(r#"{"type":"open_account","account_id":"a","command_id":null}"#).is_some());
+        assert_eq!(
+            id(r#"{"type":"open_account","account_id":"a","command_id":"mine"}"#),
+            Some(CommandId::parse("mine").unwrap())
+        );
     }
 
     #[test]
@@ -532,8 +532,8 @@ mod tests {
     fn the_summary_keeps_the_last_token_per_partition_and_the_first_invalid_lines() {
         let mut s = SendSummary::default();
         let acc = |p, o| Accepted {
-            command_id: "c".into(),
-            event_id: "e".into(),
+            command_id: CommandId::parse("c").unwrap(),
+            event_id: uuid::Uuid::nil(),
             partition: p,
             offset: o,
             token: format!("v1.{p}.{o}"),

@@ -17,11 +17,11 @@
 
 use std::collections::BTreeSet;
 
+use ledger_api::CommandRequest;
 use ledger_domain::{AccountId, Amount, Command, CommandId, CommandKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use serde_json::Value;
 
 /// What to generate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,8 +75,8 @@ impl Op {
     }
 
     /// The request body.
-    pub fn to_json(&self) -> Value {
-        self.command.to_json()
+    pub fn request(&self) -> CommandRequest {
+        CommandRequest::from(&self.command)
     }
 }
 
@@ -358,7 +358,7 @@ mod tests {
     fn every_command_is_valid_json_for_the_ingest() {
         let w = generate(&spec(3, 500, 1), "0123456789abcdef0123456789abcdef");
         for op in w.ops() {
-            assert_eq!(Command::from_json(&op.to_json()).unwrap(), op.command);
+            assert_eq!(Command::from(op.request()), op.command);
         }
     }
 

@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::{AccountView, CommandView};
+use ledger_api::{AccountView, CommandView};
 
 /// Where and how results are printed.
 #[derive(Clone, Copy, Debug)]
@@ -66,7 +66,7 @@ pub fn account_line(a: &AccountView) -> String {
 pub fn command_line(c: &CommandView) -> String {
     let outcome = match &c.reason {
         Some(r) => format!("{} ({r})", c.status),
-        None => c.status.clone(),
+        None => c.status.to_string(),
     };
     format!(
         "{}: {outcome} on {} at partition {}, offset {}",
@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn lines() {
         let a = AccountView {
-            account_id: "acc-1".into(),
+            account_id: ledger_domain::AccountId::parse("acc-1").unwrap(),
             open: true,
             balance: 950,
             applied_events: 3,
@@ -161,10 +161,10 @@ mod tests {
             "acc-1: balance 950 (open, 3 applied events)"
         );
         let c = CommandView {
-            command_id: "c-42".into(),
-            status: "rejected".into(),
+            command_id: ledger_domain::CommandId::parse("c-42").unwrap(),
+            status: ledger_api::CommandOutcome::Rejected,
             reason: Some("insufficient_funds".into()),
-            account_id: "acc-1".into(),
+            account_id: ledger_domain::AccountId::parse("acc-1").unwrap(),
             partition: 2,
             offset: 41,
         };

@@ -11,12 +11,12 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ledger_domain::CommandId;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::client::{Client, ClientError, Submitted};
 use crate::load::{generate, WorkloadSpec};
 use crate::output::{latency_histogram, record, LatencySummary};
 use crate::verify::{self, LagSample, RunRecord, VerifyReport};
+use ledger_api::CommandRequest;
 
 /// Roughly how many commands of a run are probed for their visibility lag.
 const LAG_SAMPLES: usize = 200;
@@ -79,7 +79,7 @@ pub struct Aborted {
 
 struct Ctx {
     client: Arc<Client>,
-    bodies: Vec<Value>,
+    bodies: Vec<CommandRequest>,
     ids: Vec<CommandId>,
     next: AtomicUsize,
     abort: AtomicBool,
@@ -125,7 +125,7 @@ pub async fn run(
     };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        bodies: ops.iter().map(|o| o.to_json()).collect(),
+        bodies: ops.iter().map(|o| o.request()).collect(),
         ids: ops.iter().map(|o| o.command_id().clone()).collect(),
         next: AtomicUsize::new(0),
         abort: AtomicBool::new(false),
@@ -268,7 +268,7 @@ async fn worker(ctx: Arc<Ctx>, to: usize) -> (WorkerOut, Option<ClientError>) {
                 if let Some(h) = out.latencies.as_mut() {
                     record(h, accepted_at - sent);
                 }
-                if ctx.sample_every.is_some_and(|k| i % k == 0) {
+                if ctx.sample_every.is_some_and(|k| i.is_multiple_of(k)) {
                     let (client, id, token) = (
                         ctx.client.clone(),
                         ctx.ids[i].clone(),

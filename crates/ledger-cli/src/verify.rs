@@ -292,9 +292,9 @@ async fn check_command(
     });
     let actual = match client.command(id, None).await {
         Ok(v) => Some(describe_command(
-            &v.status,
+            v.status.as_str(),
             v.reason.as_deref(),
-            &v.account_id,
+            v.account_id.as_str(),
             v.partition,
             v.offset,
         )),

@@ -31,8 +31,8 @@ fn services() -> &'static Services {
                 let shutdown = CancellationToken::new();
 
                 let mut ingest = command_ingest::Config::for_brokers(&brokers);
-                ingest.topic = topic.clone();
-                ingest.auth_token = Some(TOKEN.into());
+                ingest.kafka.topic = topic.clone();
+                ingest.service.auth_token = Some(TOKEN.into());
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let ingest_url = format!("http://{}", listener.local_addr().unwrap());
                 tokio::spawn(command_ingest::serve(ingest, listener, shutdown.clone()));
@@ -40,9 +40,9 @@ fn services() -> &'static Services {
 
                 let dir = store_dir();
                 let mut proj = projector::Config::for_brokers(&brokers, dir.path());
-                proj.topic = topic.clone();
+                proj.kafka.topic = topic.clone();
                 proj.group_id = format!("{topic}.projector");
-                proj.auth_token = Some(TOKEN.into());
+                proj.service.auth_token = Some(TOKEN.into());
                 let store = projector::open_store(&proj).unwrap();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let projector_url = format!("http://{}", listener.local_addr().unwrap());

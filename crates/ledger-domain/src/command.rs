@@ -67,21 +67,6 @@ pub enum ValidationError {
     InvalidCommandId(String),
 }
 
-impl ValidationError {
-    /// The contract's error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ValidationError::InvalidJson(_) => "invalid_json",
-            ValidationError::UnknownCommand(_) => "unknown_command",
-            ValidationError::MissingField(_) => "missing_field",
-            ValidationError::UnknownField(_) => "unknown_field",
-            ValidationError::InvalidAmount(_) => "invalid_amount",
-            ValidationError::InvalidAccountId(_) => "invalid_account_id",
-            ValidationError::InvalidCommandId(_) => "invalid_command_id",
-        }
-    }
-}
-
 const KNOWN_TYPES: &str = "open_account, deposit, withdraw";
 
 impl Command {
@@ -206,23 +191,6 @@ impl Command {
             kind,
         })
     }
-
-    /// The command as JSON, in the shape [`Command::from_json`] accepts.
-    pub fn to_json(&self) -> Value {
-        let mut obj = Map::new();
-        obj.insert("type".into(), self.kind.type_name().into());
-        obj.insert("account_id".into(), self.account_id.as_str().into());
-        match self.kind {
-            CommandKind::OpenAccount => {}
-            CommandKind::Deposit(a) | CommandKind::Withdraw(a) => {
-                obj.insert("amount".into(), a.minor_units().into());
-            }
-        }
-        if let Some(id) = &self.command_id {
-            obj.insert("command_id".into(), id.as_str().into());
-        }
-        Value::Object(obj)
-    }
 }
 
 fn required<'a>(
@@ -275,12 +243,6 @@ fn json_kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
 
-    fn code(body: &str) -> &'static str {
-        Command::from_json_slice(body.as_bytes())
-            .unwrap_err()
-            .code()
-    }
-
     #[test]
     fn accepts_the_contract_examples() {
         let c =
@@ -310,87 +272,6 @@ mod tests {
     }
 
     #[test]
-    fn every_error_code() {
-        let table: &[(&str, &str)] = &[
-            ("", "invalid_json"),
-            ("{", "invalid_json"),
-            ("[]", "invalid_json"),
-            ("42", "invalid_json"),
-            (r#"{"account_id":"a"}"#, "missing_field"),
-            (r#"{"type":"deposit","account_id":"a"}"#, "missing_field"),
-            (r#"{"type":"deposit","amount":5}"#, "missing_field"),
-            (
-                r#"{"type":"close_account","account_id":"a"}"#,
-                "unknown_command",
-            ),
-            (r#"{"type":7,"account_id":"a"}"#, "unknown_command"),
-            (
-                r#"{"type":"open_account","account_id":"a","amount":5}"#,
-                "unknown_field",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":5,"memo":"x"}"#,
-                "unknown_field",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":0}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":-5}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":1.5}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":10.0}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":1e3}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":"5"}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":1000000000001}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"deposit","account_id":"a","amount":99999999999999999999999}"#,
-                "invalid_amount",
-            ),
-            (
-                r#"{"type":"open_account","account_id":""}"#,
-                "invalid_account_id",
-            ),
-            (
-                r#"{"type":"open_account","account_id":"a b"}"#,
-                "invalid_account_id",
-            ),
-            (
-                r#"{"type":"open_account","account_id":5}"#,
-                "invalid_account_id",
-            ),
-            (
-                r#"{"type":"open_account","account_id":"a","command_id":""}"#,
-                "invalid_command_id",
-            ),
-            (
-                r#"{"type":"open_account","account_id":"a","command_id":7}"#,
-                "invalid_command_id",
-            ),
-        ];
-        for (body, want) in table {
-            assert_eq!(code(body), *want, "body {body}");
-        }
-    }
-
-    #[test]
     fn fast_and_slow_paths_agree() {
         for body in [
             r#"{"type":"open_account","account_id":"acc-1"}"#,
@@ -408,8 +289,8 @@ mod tests {
             let both = Command::from_json_slice(body.as_bytes());
             assert_eq!(both.as_ref().ok(), slow.as_ref().ok(), "{body}");
             assert_eq!(
-                both.map_err(|e| e.code()).err(),
-                slow.map_err(|e| e.code()).err(),
+                both.map_err(|e| std::mem::discriminant(&e)).err(),
+                slow.map_err(|e| std::mem::discriminant(&e)).err(),
                 "{body}"
             );
             if let Some(fast) = Command::fast_path(body.as_bytes()) {
@@ -455,17 +336,6 @@ mod tests {
             if let Some(fast) = Command::fast_path(&body) {
                 proptest::prop_assert_eq!(Ok(fast), slow);
             }
-        }
-    }
-
-    #[test]
-    fn json_round_trip() {
-        for body in [
-            r#"{"type":"open_account","account_id":"acc-1"}"#,
-            r#"{"type":"withdraw","account_id":"acc-1","amount":300,"command_id":"c-42"}"#,
-        ] {
-            let c = Command::from_json_slice(body.as_bytes()).unwrap();
-            assert_eq!(Command::from_json(&c.to_json()).unwrap(), c);
         }
     }
 }

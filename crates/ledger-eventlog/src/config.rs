@@ -1,4 +1,5 @@
-//! Connection settings shared by every Kafka client the project makes.
+//! Connection settings shared by every Kafka client the project makes, and the flags
+//! that set them in every service.
 
 use rdkafka::ClientConfig;
 
@@ -10,6 +11,33 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Extra librdkafka properties, applied in order after the project's defaults.
     pub properties: Vec<(String, String)>,
+}
+
+/// The Kafka flags both services take: `#[command(flatten)]` them.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The event topic.
+    #[arg(long, env = "LEDGER_TOPIC", default_value = "ledger.events")]
+    pub topic: String,
+    /// Replication factor of the topics this service creates when they are missing.
+    #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub replication_factor: i32,
+    /// Any librdkafka property, as key=value (repeatable), e.g. for SASL/SSL.
+    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub kafka_config: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// The connection settings these flags name.
+    pub fn client(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            properties: self.kafka_config.clone(),
+        }
+    }
 }
 
 /// A property the project must set to keep its guarantees, given a conflicting value.

@@ -3,6 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
+use ledger_api::ErrorCode;
 
 use crate::error::ApiError;
 
@@ -21,8 +22,7 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "send Content-Type: application/json, got {:?}",
                 ct.chars().take(100).collect::<String>()
@@ -38,13 +38,12 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<B
         Ok(b) => Err(too_large(b.len(), limit)),
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the body exceeds {limit} bytes"),
             ))
         }
-        Err(rejection) => Err(ApiError::bad_request(
-            "invalid_json",
+        Err(rejection) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
             format!("the body could not be read: {rejection}"),
         )),
     }
@@ -52,8 +51,7 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<B
 
 fn too_large(len: usize, limit: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!("the body has {len} bytes; at most {limit} are allowed"),
     )
 }

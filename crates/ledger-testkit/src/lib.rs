@@ -179,20 +179,11 @@ pub async fn metric_sum(base: &str, series: &str) -> Option<u64> {
 /// A projector's applied offsets (the next offset to apply, per partition), from its
 /// `/v1/progress`; `None` while it does not answer.
 pub async fn applied_offsets(base: &str) -> Option<BTreeMap<i32, i64>> {
-    let v: serde_json::Value = reqwest::get(format!("{base}/v1/progress"))
+    let progress: ledger_api::Progress = reqwest::get(format!("{base}/v1/progress"))
         .await
         .ok()?
         .json()
         .await
         .ok()?;
-    v["partitions"]
-        .as_array()?
-        .iter()
-        .map(|p| {
-            Some((
-                i32::try_from(p["partition"].as_i64()?).ok()?,
-                p["applied_offset"].as_i64()?,
-            ))
-        })
-        .collect()
+    Some(progress.applied_offsets())
 }

@@ -3,10 +3,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use ledger_eventlog::config::parse_property;
+use ledger_eventlog::config::KafkaArgs;
 use ledger_eventlog::consume::PoisonPolicy;
 use ledger_eventlog::KafkaConfig;
-use ledger_http::telemetry::LogFormat;
+use ledger_http::telemetry::ServiceArgs;
 
 /// What to do with an event that does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -22,18 +22,15 @@ pub enum OnPoison {
 #[derive(Clone, Debug, clap::Parser)]
 #[command(name = "projector", version, about, long_about = None)]
 pub struct Config {
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
-    /// The event topic.
-    #[arg(long, env = "LEDGER_TOPIC", default_value = "ledger.events")]
-    pub topic: String,
+    /// Brokers, topic and librdkafka properties.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Authentication and logging.
+    #[command(flatten)]
+    pub service: ServiceArgs,
     /// The dead-letter topic [default: <topic>.dlq].
     #[arg(long, env = "LEDGER_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,
-    /// Replication factor of the dead-letter topic when this service creates it.
-    #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
-    pub replication_factor: i32,
     /// The consumer group.
     #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "ledger-projector")]
     pub group_id: String,
@@ -61,15 +58,6 @@ pub struct Config {
     /// What to do with an event that does not decode.
     #[arg(long, env = "PROJECTOR_ON_POISON", value_enum, default_value_t = OnPoison::DeadLetter)]
     pub on_poison: OnPoison,
-    /// Bearer token required on /v1 routes; unset, they are open.
-    #[arg(long, env = "LEDGER_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
-    /// Any librdkafka property, as key=value (repeatable), e.g. for SASL/SSL.
-    #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_property)]
-    pub kafka_config: Vec<(String, String)>,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
     /// On SIGTERM, how long to wait for HTTP requests in flight.
     #[arg(long, env = "PROJECTOR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
@@ -85,17 +73,14 @@ impl Config {
     }
 
     pub(crate) fn kafka(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: self.brokers.clone(),
-            properties: self.kafka_config.clone(),
-        }
+        self.kafka.client()
     }
 
     /// The dead-letter topic's name.
     pub fn dlq_topic(&self) -> String {
         self.dlq_topic
             .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.topic))
+            .unwrap_or_else(|| format!("{}.dlq", self.kafka.topic))
     }
 
     pub(crate) fn poison_policy(&self) -> PoisonPolicy {

@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{middleware, Router};
 use ledger_eventlog::admin::{
@@ -27,14 +26,12 @@ use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings};
 use ledger_eventlog::probe::{watch_reachability, MetadataProbe};
 use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings, Supervision};
 use ledger_http::auth::{require_bearer, BearerAuth};
-use ledger_http::metrics::MetricsRegistry;
 use ledger_store::{Store, StoreError};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::timeout::TimeoutLayer;
 use tracing::{error, info, warn};
 
 pub use config::{Config, OnPoison};
@@ -92,7 +89,7 @@ pub async fn serve(
     let kafka = config.kafka();
     let mut registry = Registry::default();
     let metrics = metrics::ProjectorMetrics::new(&mut registry);
-    let stored = store.offsets(&config.topic)?;
+    let stored = store.offsets(&config.kafka.topic)?;
     for (p, next) in &stored {
         metrics
             .applied_offset
@@ -126,7 +123,7 @@ pub async fn serve(
         TopicSpec {
             name: config.dlq_topic(),
             partitions: 1,
-            replication_factor: config.replication_factor,
+            replication_factor: config.kafka.replication_factor,
         },
         stop.clone(),
     ));
@@ -146,7 +143,7 @@ pub async fn serve(
     tracker.spawn(dead_letters.clone().supervise(supervision, stop.clone()));
     tracker.spawn(track_lag(
         metadata.clone(),
-        config.topic.clone(),
+        config.kafka.topic.clone(),
         applied_rx.clone(),
         assigned.clone(),
         metrics.clone(),
@@ -154,7 +151,7 @@ pub async fn serve(
     ));
 
     let settings = ConsumerSettings {
-        topic: config.topic.clone(),
+        topic: config.kafka.topic.clone(),
         dlq_topic: config.dlq_topic(),
         group_id: config.group_id.clone(),
         instance_id: config.instance_id.clone(),
@@ -213,40 +210,28 @@ pub async fn serve(
 
     let query = http::QueryState {
         store,
-        topic: config.topic.clone().into(),
+        topic: config.kafka.topic.clone().into(),
         applied: applied_rx,
         assigned,
         metadata,
     };
-    let auth = BearerAuth(config.auth_token.clone().map(Into::into));
+    let auth = BearerAuth(config.service.auth_token.clone().map(Into::into));
     let v1 = Router::new()
         .route("/v1/accounts/{id}", get(http::account))
         .route("/v1/commands/{command_id}", get(http::command))
         .route("/v1/progress", get(http::progress))
         .route_layer(middleware::from_fn_with_state(auth, require_bearer))
         .with_state(query.clone());
-    let app = v1
-        .merge(
-            Router::new()
-                .route("/healthz", get(http::healthz))
-                .route("/readyz", get(http::readyz))
-                .with_state(query),
-        )
-        .merge(
-            Router::new()
-                .route("/metrics", get(ledger_http::metrics::render))
-                .with_state(MetricsRegistry(Arc::new(registry))),
-        )
-        .fallback(ledger_http::error::no_such_route)
-        .method_not_allowed_fallback(|| async { ledger_http::error::method_not_allowed() })
-        // Token waits end by 30 s; anything longer is stuck.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(35),
-        ));
+    // Token waits end by 30 s; anything longer is stuck.
+    let app = ledger_http::ops::service_router(
+        v1,
+        get(http::readyz).with_state(query),
+        registry,
+        Duration::from_secs(35),
+    );
 
     let addr = listener.local_addr()?;
-    info!(%addr, topic = %config.topic, group = %config.group_id, "projector listening");
+    info!(%addr, topic = %config.kafka.topic, group = %config.group_id, "projector listening");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let served = ledger_http::serve::serve(listener, app, stop.clone(), grace).await;
     stop.cancel();

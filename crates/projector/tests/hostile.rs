@@ -90,8 +90,8 @@ fn arbitrary_queries_get_a_2xx_or_a_json_4xx_never_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = projector::Config::for_brokers(&ledger_testkit::brokers(), dir.path());
-    cfg.topic = ledger_testkit::unique_topic("hostile");
-    cfg.auth_token = None;
+    cfg.kafka.topic = ledger_testkit::unique_topic("hostile");
+    cfg.service.auth_token = None;
     let store = projector::open_store(&cfg).unwrap();
     let (base, stop, task) = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -46,7 +46,7 @@ impl InProcess {
 
 fn config(brokers: &str, topic: &str, dir: &std::path::Path) -> Config {
     let mut c = Config::for_brokers(brokers, dir);
-    c.topic = topic.into();
+    c.kafka.topic = topic.into();
     c.group_id = format!("{topic}.group");
     c
 }

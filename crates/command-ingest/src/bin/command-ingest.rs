@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    ledger_http::telemetry::init(config.log_format);
+    ledger_http::telemetry::init(config.service.log_format);
     ledger_http::serve::run_until_signal("command-ingest", |shutdown| {
         command_ingest::run(config, shutdown)
     })

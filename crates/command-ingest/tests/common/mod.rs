@@ -26,15 +26,15 @@ pub const PARTITIONS: i32 = 3;
 /// `env` fallbacks.
 pub fn config(brokers: &str, topic: &str) -> Config {
     let mut c = Config::for_brokers(brokers);
-    c.brokers = brokers.to_string();
-    c.topic = topic.to_string();
+    c.kafka.brokers = brokers.to_string();
+    c.kafka.topic = topic.to_string();
     c.partitions = PARTITIONS;
-    c.replication_factor = 1;
+    c.kafka.replication_factor = 1;
     c.delivery_timeout_ms = 5000;
     c.linger_ms = 5;
     c.max_in_flight = 20_000;
-    c.auth_token = None;
-    c.kafka_config = Vec::new();
+    c.service.auth_token = None;
+    c.kafka.kafka_config = Vec::new();
     c.shutdown_grace_ms = 2000;
     c
 }

@@ -8,7 +8,7 @@ use projector::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    ledger_http::telemetry::init(config.log_format);
+    ledger_http::telemetry::init(config.service.log_format);
     ledger_http::serve::run_until_signal("projector", |shutdown| projector::run(config, shutdown))
         .await
 }

@@ -1,0 +1,24 @@
+//! The HTTP contract of the ledger's two services, in one place: what a client sends,
+//! what each route answers, and every error code with its status.
+//!
+//! The services answer with these types, the `ledger` tool, the tests and the benchmark
+//! read them, and [`openapi::document`] describes them, so none of them can drift from
+//! the others.
+//!
+//! - [`command`]: commands and the ingest's answers;
+//! - [`query`]: the projector's answers;
+//! - [`ops`]: health and readiness, on both services;
+//! - [`error`]: [`ErrorCode`] and the error body.
+
+pub mod command;
+pub mod error;
+pub mod openapi;
+pub mod ops;
+pub mod query;
+
+pub use command::{Accepted, BatchItem, BatchResults, CommandRequest};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use ops::{Health, Readiness};
+pub use query::{
+    AccountView, CommandOutcome, CommandView, ConsistencyParams, PartitionProgress, Progress,
+};

@@ -1,0 +1,219 @@
+//! The OpenAPI 3.1 document of both services, generated from the types of this crate.
+//!
+//! Both services serve it at `/openapi.json`, and the repository commits it as
+//! `docs/openapi.json`; a test fails when the two disagree. The operations below are
+//! declarations only: their bodies are never called, and the handlers that serve them
+//! return the same types, so the document cannot describe a body the code does not send.
+
+#![allow(dead_code)]
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::command::{Accepted, BatchItem, BatchResults, CommandRequest};
+use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::ops::{Health, Readiness};
+use crate::query::{
+    AccountView, CommandOutcome, CommandView, ConsistencyParams, PartitionProgress, Progress,
+};
+
+/// The document's type; [`document`] renders it.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ledger",
+        description = "Listen-to-yourself ledger: `command-ingest` turns each command into one \
+                       event in Kafka and answers 202 once the broker has acknowledged it; the \
+                       `projector` applies the events to its store and answers queries, \
+                       eventually consistent, with consistency tokens to read your own writes. \
+                       Each operation's tag names the service that serves it; `operations` \
+                       routes are on both.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        submit_command,
+        submit_batch,
+        get_account,
+        get_command,
+        get_progress,
+        healthz,
+        readyz,
+        metrics,
+        openapi_json
+    ),
+    components(schemas(
+        CommandRequest,
+        Accepted,
+        BatchResults,
+        BatchItem,
+        AccountView,
+        CommandView,
+        CommandOutcome,
+        Progress,
+        PartitionProgress,
+        ErrorBody,
+        ErrorDetail,
+        ErrorCode,
+        Health,
+        Readiness
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "ingest", description = "command-ingest: commands in, one event each"),
+        (name = "projector", description = "projector: the query API over the projected state"),
+        (name = "operations", description = "both services: health, readiness, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON with a trailing newline, as committed.
+pub fn document() -> String {
+    let mut json = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the document is built from plain structs and always serialises");
+    json.push('\n');
+    json
+}
+
+/// `--auth-token`: the `/v1` routes of both services want a bearer token when set.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi
+            .components
+            .as_mut()
+            .expect("the document declares schemas, so it has components");
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "Only when the service runs with --auth-token (env LEDGER_AUTH_TOKEN).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Submit one command.
+///
+/// Validates it, writes one event keyed by the account id, and answers only once the
+/// broker has acknowledged it (acks=all, idempotent producer). Any error writes
+/// nothing, except `log_unavailable`, after which the command may or may not be in the
+/// log: retrying with the same `command_id` is always safe.
+#[utoipa::path(
+    post,
+    path = "/v1/commands",
+    tag = "ingest",
+    request_body(content = CommandRequest, description = "At most 64 KiB of JSON"),
+    responses(
+        (status = 202, description = "In the log", body = Accepted),
+        (status = 400, description = "`invalid_json`, `unknown_command`, `missing_field`, `unknown_field`, `invalid_amount`, `invalid_account_id`, `invalid_command_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 503, description = "`log_unavailable`, or `overloaded` with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn submit_command() {}
+
+/// Submit up to 10000 commands.
+///
+/// Answers 202 with one item per command, in input order. Valid items are written even
+/// when others are invalid; the batch as a whole is refused only when it cannot be
+/// read, is too large, or the ingest is overloaded (then nothing is written).
+#[utoipa::path(
+    post,
+    path = "/v1/commands/batch",
+    tag = "ingest",
+    request_body(content = Vec<CommandRequest>, description = "A JSON array, at most 10000 items and 8 MiB"),
+    responses(
+        (status = 202, description = "One result per item", body = BatchResults),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 503, description = "`overloaded` with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn submit_batch() {}
+
+/// An account as projected.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account_id}",
+    tag = "projector",
+    params(("account_id" = String, Path, description = "The account's id"), ConsistencyParams),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 400, description = "`invalid_account_id`, `invalid_token`, `invalid_timeout`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`account_not_found`", body = ErrorBody),
+        (status = 503, description = "`not_yet_consistent` with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn get_account() {}
+
+/// A command's outcome.
+#[utoipa::path(
+    get,
+    path = "/v1/commands/{command_id}",
+    tag = "projector",
+    params(("command_id" = String, Path, description = "The command's id"), ConsistencyParams),
+    responses(
+        (status = 200, description = "The outcome", body = CommandView),
+        (status = 400, description = "`invalid_command_id`, `invalid_token`, `invalid_timeout`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`command_not_found` until the command is applied", body = ErrorBody),
+        (status = 503, description = "`not_yet_consistent` with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn get_command() {}
+
+/// How far the projector has applied the log, per partition.
+#[utoipa::path(
+    get,
+    path = "/v1/progress",
+    tag = "projector",
+    params(ConsistencyParams),
+    responses(
+        (status = 200, description = "Applied offsets, high watermarks and lag", body = Progress),
+        (status = 400, description = "`invalid_token`, `invalid_timeout`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`not_yet_consistent` with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn get_progress() {}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+fn healthz() {}
+
+/// Whether the service can do its work: the ingest once the topic is reachable and its
+/// producer delivers, the projector once it has partitions assigned.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "`not_ready` with `Retry-After`", body = ErrorBody),
+    ))]
+fn readyz() {}
+
+/// Prometheus metrics, in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
+fn metrics() {}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+fn openapi_json() {}
