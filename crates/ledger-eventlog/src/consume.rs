@@ -14,12 +14,12 @@
 //! which librdkafka runs inside `poll`, sees the batch in hand without any locking
 //! contention.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ledger_domain::Event;
+use ledger_domain::{Batch, Record};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -35,54 +35,6 @@ use crate::codec::{self, DecodeError};
 use crate::config::{ConflictingProperty, KafkaConfig};
 use crate::producer::{DeadLetter, EventProducer, ProduceError};
 use crate::stats::Stats;
-
-/// One decoded event and where it was read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// The event.
-    pub event: Event,
-}
-
-/// Events to apply together, and the next offset of every partition the batch moves.
-///
-/// A partition can appear in `next_offsets` without records: a dead-lettered event moves
-/// it on without changing any state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Batch {
-    /// The events, in log order within each partition.
-    pub records: Vec<Record>,
-    /// Partition → next offset to read once this batch is applied.
-    pub next_offsets: BTreeMap<i32, i64>,
-}
-
-impl Batch {
-    /// Whether applying the batch would change nothing at all.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.next_offsets.is_empty()
-    }
-
-    /// Takes out the part of the batch that belongs to these partitions.
-    fn split_off_partitions(&mut self, partitions: &BTreeSet<i32>) -> Batch {
-        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.records)
-            .into_iter()
-            .partition(|r| partitions.contains(&r.partition));
-        self.records = kept;
-        let mut next_offsets = BTreeMap::new();
-        for p in partitions {
-            if let Some(o) = self.next_offsets.remove(p) {
-                next_offsets.insert(*p, o);
-            }
-        }
-        Batch {
-            records: taken,
-            next_offsets,
-        }
-    }
-}
 
 /// Where batches go: a store that applies a batch and its offsets durably, in one go.
 pub trait BatchSink: Send + Sync + 'static {
@@ -794,21 +746,6 @@ fn send_dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ledger_domain::{AccountId, CommandId, EventBody};
-
-    fn rec(partition: i32, offset: i64) -> Record {
-        Record {
-            partition,
-            offset,
-            event: Event {
-                event_id: 1,
-                command_id: CommandId::parse("c").unwrap(),
-                account_id: AccountId::parse("a").unwrap(),
-                time_ms: 0,
-                body: EventBody::OpenAccount,
-            },
-        }
-    }
 
     #[test]
     fn the_group_is_stalled_only_after_a_minute_unsteady_with_reports_flowing() {
@@ -836,18 +773,5 @@ mod tests {
         h.report("up", "wait-join", at(0));
         h.report("up", "wait-join", at(100));
         assert_eq!(h.stalled(at(101)), None);
-    }
-
-    #[test]
-    fn splitting_takes_only_the_named_partitions() {
-        let mut b = Batch {
-            records: vec![rec(0, 1), rec(1, 7), rec(0, 2), rec(2, 3)],
-            next_offsets: [(0, 3), (1, 8), (2, 4), (3, 10)].into_iter().collect(),
-        };
-        let taken = b.split_off_partitions(&[0, 3].into_iter().collect());
-        assert_eq!(taken.records, vec![rec(0, 1), rec(0, 2)]);
-        assert_eq!(taken.next_offsets, [(0, 3), (3, 10)].into_iter().collect());
-        assert_eq!(b.records, vec![rec(1, 7), rec(2, 3)]);
-        assert_eq!(b.next_offsets, [(1, 8), (2, 4)].into_iter().collect());
     }
 }
