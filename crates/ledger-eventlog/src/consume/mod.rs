@@ -263,7 +263,7 @@ impl<S: BatchSink> LoopContext<S> {
 
     /// Applies the pending events of `only` (or of every partition) and commits their
     /// offsets once the sink has made them durable.
-    fn flush(
+    fn apply_and_commit(
         &self,
         consumer: &BaseConsumer<Self>,
         only: Option<&BTreeSet<i32>>,
@@ -394,7 +394,7 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                     .get_or_create(&vec![("kind".into(), "revoke".into())])
                     .inc();
                 let revoked: BTreeSet<i32> = parts.iter().copied().collect();
-                if let Err(e) = self.flush(consumer, Some(&revoked), CommitMode::Sync) {
+                if let Err(e) = self.apply_and_commit(consumer, Some(&revoked), CommitMode::Sync) {
                     error!(error = %e, "applying the batch in hand for revoked partitions failed");
                     self.state().fatal.get_or_insert(e);
                 }
@@ -504,7 +504,7 @@ pub fn run<S: BatchSink>(
         return result;
     }
     let ctx = consumer.context();
-    let result = result.and_then(|()| ctx.flush(&consumer, None, CommitMode::Sync));
+    let result = result.and_then(|()| ctx.apply_and_commit(&consumer, None, CommitMode::Sync));
     if result.is_ok() {
         // Leave the group now, so the partitions move to another instance at once.
         consumer.unsubscribe();
@@ -582,7 +582,7 @@ fn poll_loop<S: BatchSink>(
         // fetched still join it, so a backlog makes full batches, which cost far less per
         // event.
         if full || (polled.is_none() && batch_started.is_some() && wait.is_zero()) {
-            ctx.flush(consumer, None, CommitMode::Async)?;
+            ctx.apply_and_commit(consumer, None, CommitMode::Async)?;
             batch_started = None;
             batch_len = 0;
             continue;
@@ -646,7 +646,7 @@ fn poll_loop<S: BatchSink>(
                         .inc();
                     error!(partition, offset, %error, "undecodable event; halting (--on-poison halt)");
                     // Events before it are fine: make them durable, stop at the poison.
-                    ctx.flush(consumer, None, CommitMode::Sync)?;
+                    ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
                     return Err(ConsumeError::Poison {
                         partition,
                         offset,
@@ -670,7 +670,7 @@ fn poll_loop<S: BatchSink>(
                         // partition stays at the poison and it is retried next time.
                         DeadLetterOutcome::ShuttingDown => return Ok(()),
                         DeadLetterOutcome::Failed(error) => {
-                            ctx.flush(consumer, None, CommitMode::Sync)?;
+                            ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
                             return Err(ConsumeError::DeadLetter {
                                 partition,
                                 offset,
