@@ -25,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -638,59 +638,89 @@ fn poll_loop<S: BatchSink>(
                 st.pending.next_offsets.insert(partition, offset + 1);
                 st.positions.insert(partition, offset + 1);
             }
-            Err(error) => match settings.on_poison {
-                PoisonPolicy::Halt => {
-                    ctx.metrics
-                        .poison
-                        .get_or_create(&vec![("action".into(), "halted".into())])
-                        .inc();
-                    error!(partition, offset, %error, "undecodable event; halting (--on-poison halt)");
-                    // Events before it are fine: make them durable, stop at the poison.
+            Err(error) => {
+                match deal_with_poison(consumer, settings, dead_letters, shutdown, &msg, error)? {
+                    Poisoned::DeadLettered => {}
+                    // Shutting down before the dead-letter topic acknowledged: the
+                    // partition stays at the poison and it is retried next time.
+                    Poisoned::ShuttingDown => return Ok(()),
+                }
+            }
+        }
+        batch_len += 1;
+        batch_started.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Where the loop stands after an undecodable event it did not stop at.
+enum Poisoned {
+    /// Written to the dead-letter topic: its partition has moved past it.
+    DeadLettered,
+    /// Shutdown came before the dead-letter topic acknowledged it.
+    ShuttingDown,
+}
+
+/// Deals with an event that does not decode, as `settings.on_poison` says: halts (an
+/// error, once the events before it are durable), or writes it to the dead-letter topic
+/// and moves its partition past it.
+fn deal_with_poison<S: BatchSink>(
+    consumer: &BaseConsumer<LoopContext<S>>,
+    settings: &ConsumerSettings,
+    dead_letters: &EventProducer,
+    shutdown: &CancellationToken,
+    msg: &BorrowedMessage<'_>,
+    error: DecodeError,
+) -> Result<Poisoned, ConsumeError> {
+    let ctx = consumer.context();
+    let (partition, offset) = (msg.partition(), msg.offset());
+    match settings.on_poison {
+        PoisonPolicy::Halt => {
+            ctx.metrics
+                .poison
+                .get_or_create(&vec![("action".into(), "halted".into())])
+                .inc();
+            error!(partition, offset, %error, "undecodable event; halting (--on-poison halt)");
+            // Events before it are fine: make them durable, stop at the poison.
+            ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
+            Err(ConsumeError::Poison {
+                partition,
+                offset,
+                error,
+            })
+        }
+        PoisonPolicy::DeadLetter => {
+            let dead = DeadLetter {
+                dlq_topic: &settings.dlq_topic,
+                source_topic: &settings.topic,
+                source_partition: partition,
+                source_offset: offset,
+                key: msg.key(),
+                payload: msg.payload(),
+                error: &error.to_string(),
+                error_kind: error.kind(),
+            };
+            match send_dead_letter(dead_letters, &dead, shutdown) {
+                DeadLetterOutcome::Sent => {}
+                DeadLetterOutcome::ShuttingDown => return Ok(Poisoned::ShuttingDown),
+                DeadLetterOutcome::Failed(error) => {
                     ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
-                    return Err(ConsumeError::Poison {
+                    return Err(ConsumeError::DeadLetter {
                         partition,
                         offset,
                         error,
                     });
                 }
-                PoisonPolicy::DeadLetter => {
-                    let dead = DeadLetter {
-                        dlq_topic: &settings.dlq_topic,
-                        source_topic: &settings.topic,
-                        source_partition: partition,
-                        source_offset: offset,
-                        key: msg.key(),
-                        payload: msg.payload(),
-                        error: &error.to_string(),
-                        error_kind: error.kind(),
-                    };
-                    match send_dead_letter(dead_letters, &dead, shutdown) {
-                        DeadLetterOutcome::Sent => {}
-                        // Shutting down before the dead-letter topic acknowledged: the
-                        // partition stays at the poison and it is retried next time.
-                        DeadLetterOutcome::ShuttingDown => return Ok(()),
-                        DeadLetterOutcome::Failed(error) => {
-                            ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
-                            return Err(ConsumeError::DeadLetter {
-                                partition,
-                                offset,
-                                error,
-                            });
-                        }
-                    }
-                    ctx.metrics
-                        .poison
-                        .get_or_create(&vec![("action".into(), "dead_lettered".into())])
-                        .inc();
-                    warn!(partition, offset, %error, dlq = %settings.dlq_topic, "undecodable event sent to the dead-letter topic");
-                    let mut st = ctx.state();
-                    st.pending.next_offsets.insert(partition, offset + 1);
-                    st.positions.insert(partition, offset + 1);
-                }
-            },
+            }
+            ctx.metrics
+                .poison
+                .get_or_create(&vec![("action".into(), "dead_lettered".into())])
+                .inc();
+            warn!(partition, offset, %error, dlq = %settings.dlq_topic, "undecodable event sent to the dead-letter topic");
+            let mut st = ctx.state();
+            st.pending.next_offsets.insert(partition, offset + 1);
+            st.positions.insert(partition, offset + 1);
+            Ok(Poisoned::DeadLettered)
         }
-        batch_len += 1;
-        batch_started.get_or_insert_with(Instant::now);
     }
 }
 
