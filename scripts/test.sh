@@ -15,6 +15,16 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "ledger-store links no Kafka client"
+# The store takes batches from ledger-domain; a Kafka client in its tree means someone
+# made it depend on the event log again.
+store_tree="$(cargo tree -p ledger-store -e normal --locked)"
+if grep -q rdkafka <<<"$store_tree"; then
+  echo "ledger-store depends on rdkafka (a Kafka client); it must not: take Batch and Record from ledger-domain, not from ledger-eventlog" >&2
+  grep -n 'rdkafka\|ledger-eventlog' <<<"$store_tree" >&2 || true
+  exit 1
+fi
+
 step "building the tests"
 cargo test --workspace --locked --no-run
 

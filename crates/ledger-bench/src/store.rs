@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ledger_eventlog::consume::{Batch, Record};
+use ledger_domain::{Batch, Record};
 use ledger_store::Store;
 use serde_json::{json, Value};
 

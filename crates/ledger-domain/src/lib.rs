@@ -3,14 +3,17 @@
 //!
 //! Nothing here does I/O. The ingest validates with [`command`], the projector decides
 //! with [`rules`], and tests and the `ledger` tool check results against [`model`], so all
-//! three agree by construction.
+//! three agree by construction. A [`Batch`] is what the event log reads and the store
+//! applies, kept here so that the store needs no Kafka client.
 
+pub mod batch;
 pub mod command;
 pub mod event;
 pub mod ids;
 pub mod model;
 pub mod rules;
 
+pub use batch::{Batch, Record};
 pub use command::{Command, CommandKind, ValidationError};
 pub use event::{Event, EventBody};
 pub use ids::{AccountId, Amount, CommandId, MAX_AMOUNT};

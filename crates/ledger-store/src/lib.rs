@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use ledger_domain::model::{apply_event, LedgerState};
 use ledger_domain::{
-    AccountId, AccountState, ApplyResult, CommandId, CommandStatus, Event, Rejection,
+    AccountId, AccountState, ApplyResult, Batch, CommandId, CommandStatus, Event, Rejection,
 };
-use ledger_eventlog::consume::Batch;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 

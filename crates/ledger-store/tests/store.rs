@@ -3,9 +3,8 @@
 use std::collections::BTreeMap;
 
 use ledger_domain::{
-    AccountId, Amount, CommandId, CommandStatus, Event, EventBody, Model, Rejection,
+    AccountId, Amount, Batch, CommandId, CommandStatus, Event, EventBody, Model, Record, Rejection,
 };
-use ledger_eventlog::consume::{Batch, Record};
 use ledger_store::{Store, StoreError};
 use proptest::prelude::*;
 

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use ledger_eventlog::consume::{Batch, BatchSink};
+use ledger_domain::Batch;
+use ledger_eventlog::consume::BatchSink;
 use ledger_store::{Store, StoreError};
 use tokio::sync::watch;
 use tracing::{debug, info};

@@ -1,0 +1,165 @@
+//! The consumer's librdkafka context: the state the loop and its rebalance callback
+//! share, and the callback itself.
+//!
+//! librdkafka runs the callback inside `poll`, on the loop's own thread. On an
+//! assignment each partition starts at the offset the sink has stored, never at Kafka's
+//! committed one; on a revoke the batch in hand for those partitions is applied and
+//! committed before they are given up, so the next owner starts exactly where this one
+//! stopped.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ledger_domain::Batch;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use super::restart::GroupHealth;
+use super::{BatchSink, ConsumeError, ConsumerMetrics};
+
+/// What the loop has read and not yet applied, which the rebalance callback sees too.
+pub(super) struct LoopState {
+    /// Events read but not yet applied.
+    pub(super) pending: Batch,
+    /// Next offset expected per assigned partition (applied or pending).
+    pub(super) positions: HashMap<i32, i64>,
+    /// An error raised inside a rebalance callback, for the loop to return.
+    pub(super) fatal: Option<ConsumeError>,
+}
+
+/// The consumer's context: what the loop and librdkafka's callbacks share.
+pub(super) struct LoopContext<S: BatchSink> {
+    pub(super) sink: Arc<S>,
+    pub(super) topic: String,
+    pub(super) metrics: ConsumerMetrics,
+    pub(super) state: Mutex<LoopState>,
+    pub(super) group: Mutex<GroupHealth>,
+    /// Set once this client is being replaced: its callbacks must not touch the store.
+    pub(super) retired: AtomicBool,
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    pub(super) fn new(sink: Arc<S>, topic: String, metrics: ConsumerMetrics) -> Self {
+        LoopContext {
+            sink,
+            topic,
+            metrics,
+            state: Mutex::new(LoopState {
+                pending: Batch::default(),
+                positions: HashMap::new(),
+                fatal: None,
+            }),
+            group: Mutex::new(GroupHealth::default()),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, LoopState> {
+        // Only the consumer thread takes this lock; a poisoned lock means that thread
+        // panicked mid-update, after which the process is going down anyway.
+        self.state.lock().expect("the loop state lock is only taken by the consumer thread, which does not panic while holding it")
+    }
+}
+
+impl<S: BatchSink> ConsumerContext for LoopContext<S> {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        if self.retired.load(Ordering::Acquire) {
+            self.unassign_retired(consumer, cooperative, err, tpl);
+            return;
+        }
+        let parts: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .get_or_create(&vec![("kind".into(), "assign".into())])
+                    .inc();
+                let mut starts = Vec::with_capacity(parts.len());
+                for &p in &parts {
+                    match self.sink.stored_offset(&self.topic, p) {
+                        Ok(stored) => {
+                            let offset = stored.map_or(Offset::Beginning, Offset::Offset);
+                            tpl.set_partition_offset(&self.topic, p, offset)
+                                .expect("the partition is in the list we were handed");
+                            self.state().positions.insert(p, stored.unwrap_or(0));
+                            starts.push((p, stored.unwrap_or(0)));
+                        }
+                        Err(e) => {
+                            error!(partition = p, error = %e, "cannot read the stored offset");
+                            self.state()
+                                .fatal
+                                .get_or_insert(ConsumeError::Sink(Box::new(e)));
+                        }
+                    }
+                }
+                let res = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = res {
+                    error!(error = %e, "assign failed");
+                    self.state().fatal.get_or_insert(ConsumeError::Kafka(e));
+                    return;
+                }
+                info!(partitions = ?starts, "partitions assigned; resuming from the stored offsets");
+                self.sink.on_assigned(&parts);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics
+                    .rebalances
+                    .get_or_create(&vec![("kind".into(), "revoke".into())])
+                    .inc();
+                let revoked: BTreeSet<i32> = parts.iter().copied().collect();
+                if let Err(e) = self.apply_and_commit(consumer, Some(&revoked), CommitMode::Sync) {
+                    error!(error = %e, "applying the batch in hand for revoked partitions failed");
+                    self.state().fatal.get_or_insert(e);
+                }
+                {
+                    let mut st = self.state();
+                    for p in &revoked {
+                        st.positions.remove(p);
+                    }
+                }
+                let res = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = res {
+                    warn!(error = %e, "unassign failed");
+                }
+                info!(partitions = ?parts, "partitions revoked after applying their batch in hand");
+                self.sink.on_revoked(&parts);
+            }
+            other => {
+                error!(error = ?other, "rebalance error; dropping the assignment");
+                if let Err(e) = consumer.unassign() {
+                    warn!(error = %e, "unassign failed");
+                }
+                let mut st = self.state();
+                let all: Vec<i32> = st.positions.keys().copied().collect();
+                st.positions.clear();
+                drop(st);
+                self.sink.on_revoked(&all);
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The consumer loop's counters, for the service that runs the loop to register.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Counters of the loop itself; the sink keeps its own.
+#[derive(Clone, Default)]
+pub struct ConsumerMetrics {
+    /// Events below the stored offset, skipped.
+    pub redelivered: Counter,
+    /// Undecodable events, by what became of them.
+    pub poison: Family<Vec<(String, String)>, Counter>,
+    /// Offset commits to Kafka that failed (harmless: the store is the record).
+    pub commit_failures: Counter,
+    /// Rebalances, by kind.
+    pub rebalances: Family<Vec<(String, String)>, Counter>,
+    /// Consumers recreated after a fatal client error or a wedged group membership.
+    pub restarts: Counter,
+}
+
+impl ConsumerMetrics {
+    /// Registers the counters.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "projector_redelivered_events",
+            "Events delivered below the stored offset and skipped",
+            self.redelivered.clone(),
+        );
+        registry.register(
+            "projector_poison_events",
+            "Undecodable events, by action (dead_lettered or halted)",
+            self.poison.clone(),
+        );
+        registry.register(
+            "projector_offset_commit_failures",
+            "Failed offset commits to Kafka; harmless, progress is kept in the store",
+            self.commit_failures.clone(),
+        );
+        registry.register(
+            "projector_rebalances",
+            "Partition assignments and revocations",
+            self.rebalances.clone(),
+        );
+        registry.register(
+            "projector_consumer_restarts",
+            "Kafka consumers recreated after a fatal client error or a wedged group membership",
+            self.restarts.clone(),
+        );
+    }
+}

@@ -1,0 +1,300 @@
+//! The commit-after-apply consumer loop.
+//!
+//! The loop reads the topic in batches bounded by count and time and hands each batch to
+//! a [`BatchSink`], which applies it and stores each partition's next offset in one
+//! durable write. Only after the sink returns are the offsets committed to Kafka, so no
+//! offset is ever committed for an event whose effect is not durable.
+//!
+//! The store, not Kafka, is the record of progress: on assignment each partition starts
+//! at the offset the sink has stored, and anything delivered below it is skipped. On a
+//! revoke, the batch in hand for the revoked partitions (and only theirs) is applied and
+//! committed before they are given up.
+//!
+//! The loop runs on a thread of its own (it blocks in `poll`), so a rebalance callback,
+//! which librdkafka runs inside `poll`, sees the batch in hand without any locking
+//! contention.
+//!
+//! This module tells that story: [`run`] makes the consumer, `poll_loop` fills the batch
+//! in hand, and `apply_and_commit` hands it to the sink and only then commits. Around
+//! them:
+//!
+//! - `context`: the state the loop shares with librdkafka's rebalance callback, and the
+//!   callback, which starts partitions at their stored offsets and applies a revoked
+//!   partition's batch in hand before giving it up;
+//! - `poison`: what becomes of an event that does not decode (dead letter or halt);
+//! - `restart`: when a consumer is given up for a new one (a fatal client error, a group
+//!   membership not steady for [`GROUP_STALL`]), and how the old one is retired;
+//! - `settings`: the loop's settings and the librdkafka properties they become;
+//! - `metrics`: the loop's counters.
+
+mod context;
+mod metrics;
+mod poison;
+mod restart;
+mod settings;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger_domain::{Batch, Record};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::codec::{self, DecodeError};
+use crate::config::{ConflictingProperty, KafkaConfig};
+use crate::producer::EventProducer;
+use context::LoopContext;
+use poison::{deal_with_poison, Poisoned};
+use restart::retire;
+
+pub use metrics::ConsumerMetrics;
+pub use poison::PoisonPolicy;
+pub use restart::GROUP_STALL;
+pub use settings::ConsumerSettings;
+
+/// Reads `settings.topic` into `sink` until `shutdown` is cancelled or an error stops
+/// it. Blocking: run it on a thread of its own, inside a tokio runtime's context (the
+/// dead-letter producer needs one).
+///
+/// On shutdown it stops fetching, applies and commits the batch in hand, and leaves the
+/// group.
+pub fn run<S: BatchSink>(
+    kafka: &KafkaConfig,
+    settings: &ConsumerSettings,
+    sink: Arc<S>,
+    dead_letters: &EventProducer,
+    metrics: ConsumerMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let cfg = settings::consumer_config(kafka, settings)?;
+    let ctx = LoopContext::new(sink, settings.topic.clone(), metrics);
+    let consumer: BaseConsumer<LoopContext<S>> = cfg.create_with_context(ctx)?;
+    consumer.subscribe(&[&settings.topic])?;
+    info!(topic = %settings.topic, group = %settings.group_id, "consuming");
+
+    let result = poll_loop(&consumer, settings, dead_letters, &shutdown);
+    if result.as_ref().is_err_and(ConsumeError::is_client_fatal) {
+        // This client cannot serve any more: it applies nothing further and a new one
+        // takes over from the store (see `restart`).
+        retire(consumer);
+        return result;
+    }
+    let ctx = consumer.context();
+    let result = result.and_then(|()| ctx.apply_and_commit(&consumer, None, CommitMode::Sync));
+    if result.is_ok() {
+        // Leave the group now, so the partitions move to another instance at once.
+        consumer.unsubscribe();
+    }
+    // Dropping the consumer closes it, serving the final revoke through our callback.
+    drop(consumer);
+    result
+}
+
+/// Reads into the batch in hand and applies it once it is full or has waited long
+/// enough, until shutdown or an error.
+fn poll_loop<S: BatchSink>(
+    consumer: &BaseConsumer<LoopContext<S>>,
+    settings: &ConsumerSettings,
+    dead_letters: &EventProducer,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
+    let ctx = consumer.context();
+    let idle_poll = Duration::from_millis(100);
+    let mut batch_started: Option<Instant> = None;
+    let mut batch_len = 0usize;
+    loop {
+        if let Some(e) = ctx.state().fatal.take() {
+            return Err(e);
+        }
+        if let Some(e) = ctx.group_stalled() {
+            return Err(e);
+        }
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let wait = match batch_started {
+            None => idle_poll,
+            Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
+        };
+        let full = batch_started.is_some() && batch_len >= settings.batch_max_events;
+        let polled = if full { None } else { consumer.poll(wait) };
+        // A batch ends when full, or past the wait at the first empty poll: events already
+        // fetched still join it, so a backlog makes full batches, which cost far less per
+        // event.
+        if full || (polled.is_none() && batch_started.is_some() && wait.is_zero()) {
+            ctx.apply_and_commit(consumer, None, CommitMode::Async)?;
+            batch_started = None;
+            batch_len = 0;
+            continue;
+        }
+        let msg = match polled {
+            // Also returned for rebalances and other events: not a sign of an empty queue.
+            None => continue,
+            Some(Err(e)) => match e {
+                // The consumer can never recover (fenced by another instance with the
+                // same group.instance.id, say): stop instead of idling while looking alive.
+                KafkaError::MessageConsumptionFatal(_) => return Err(ConsumeError::Kafka(e)),
+                // auto.offset.reset=error: a stored offset outside the log means the
+                // topic is not the one this store was built from.
+                KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) => {
+                    return Err(ConsumeError::OffsetOutOfRange(e.to_string()))
+                }
+                other => {
+                    warn!(error = %other, "consumer error");
+                    continue;
+                }
+            },
+            Some(Ok(m)) => m,
+        };
+        let (partition, offset) = (msg.partition(), msg.offset());
+        if msg.topic() != settings.topic {
+            continue;
+        }
+        let expected = ctx.state().positions.get(&partition).copied();
+        let Some(expected) = expected else {
+            // Not (or no longer) ours; whoever owns it reads it from its own stored offset.
+            debug!(
+                partition,
+                offset, "message for an unassigned partition, ignored"
+            );
+            continue;
+        };
+        if offset < expected {
+            ctx.metrics.redelivered.inc();
+            debug!(
+                partition,
+                offset, expected, "redelivered event below the stored offset, skipped"
+            );
+            continue;
+        }
+        match codec::decode(msg.payload().unwrap_or_default()) {
+            Ok(event) => {
+                let mut st = ctx.state();
+                st.pending.records.push(Record {
+                    partition,
+                    offset,
+                    event,
+                });
+                st.pending.next_offsets.insert(partition, offset + 1);
+                st.positions.insert(partition, offset + 1);
+            }
+            Err(error) => {
+                match deal_with_poison(consumer, settings, dead_letters, shutdown, &msg, error)? {
+                    Poisoned::DeadLettered => {}
+                    // Shutting down before the dead-letter topic acknowledged: the
+                    // partition stays at the poison and it is retried next time.
+                    Poisoned::ShuttingDown => return Ok(()),
+                }
+            }
+        }
+        batch_len += 1;
+        batch_started.get_or_insert_with(Instant::now);
+    }
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    /// Applies the pending events of `only` (or of every partition) and commits their
+    /// offsets once the sink has made them durable.
+    fn apply_and_commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        only: Option<&BTreeSet<i32>>,
+        mode: CommitMode,
+    ) -> Result<(), ConsumeError> {
+        let batch = {
+            let mut st = self.state();
+            match only {
+                Some(parts) => st.pending.split_off_partitions(parts),
+                None => std::mem::take(&mut st.pending),
+            }
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.sink
+            .apply_batch(&self.topic, &batch)
+            .map_err(|e| ConsumeError::Sink(Box::new(e)))?;
+        let mut tpl = TopicPartitionList::with_capacity(batch.next_offsets.len());
+        for (&p, &next) in &batch.next_offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                .expect("an explicit offset is always valid in a partition list");
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            self.metrics.commit_failures.inc();
+            debug!(error = %e, "offset commit failed; progress is kept in the store");
+        }
+        Ok(())
+    }
+}
+
+/// Where batches go: a store that applies a batch and its offsets durably, in one go.
+pub trait BatchSink: Send + Sync + 'static {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The next offset to read for this partition, as durably stored; `None` to start
+    /// from the beginning of the log.
+    fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, Self::Error>;
+
+    /// Applies the batch and stores its next offsets atomically, and returns only once
+    /// both are durable.
+    fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<(), Self::Error>;
+
+    /// These partitions are now assigned to this consumer.
+    fn on_assigned(&self, _partitions: &[i32]) {}
+
+    /// These partitions are no longer assigned to this consumer.
+    fn on_revoked(&self, _partitions: &[i32]) {}
+}
+
+/// Why the loop stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The operator's properties weaken a guarantee.
+    #[error(transparent)]
+    Config(#[from] ConflictingProperty),
+    /// The consumer could not be created or subscribed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The store failed; nothing past its last durable batch was committed.
+    #[error("the store failed, no offset was committed past its durable state: {0}")]
+    Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored offset lies outside the log: the topic was recreated or truncated under
+    /// this store.
+    #[error("a stored offset is outside the log ({0}): was the topic recreated? Rebuild the projection: stop the projector, delete its data directory, start it")]
+    OffsetOutOfRange(String),
+    /// The dead-letter topic kept refusing an undecodable event.
+    #[error("cannot write the undecodable event at partition {partition} offset {offset} to the dead-letter topic: {error}")]
+    DeadLetter {
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// The last error.
+        error: String,
+    },
+    /// The consumer's group membership has not been steady for [`GROUP_STALL`]: a
+    /// client wedged after a broker froze or restarted (its coordinator requests queue
+    /// and never leave), which only a new client ends.
+    #[error("the consumer group membership has not been steady for {0:?} (now {1}); the client is wedged")]
+    GroupStalled(Duration, String),
+    /// The consumer thread panicked; nothing past the store's durable state was committed.
+    #[error("the consumer thread panicked: {0}")]
+    Panicked(String),
+    /// An undecodable event under [`PoisonPolicy::Halt`].
+    #[error("undecodable event at partition {partition} offset {offset}: {error}; halting without moving past it (--on-poison halt)")]
+    Poison {
+        /// Its partition.
+        partition: i32,
+        /// Its offset.
+        offset: i64,
+        /// Why it does not decode.
+        error: DecodeError,
+    },
+}

@@ -1,0 +1,147 @@
+//! What becomes of an event that does not decode, as [`PoisonPolicy`] says: it goes to
+//! the dead-letter topic, and its partition moves past it only once that topic has
+//! acknowledged it; or the consumer makes the events before it durable and halts
+//! without moving past it. A poison is never skipped silently.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::context::LoopContext;
+use super::{BatchSink, ConsumeError, ConsumerSettings};
+use crate::codec::DecodeError;
+use crate::producer::{DeadLetter, EventProducer, ProduceError};
+
+/// What to do with an event that does not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PoisonPolicy {
+    /// Write it to the dead-letter topic and move on once that is acknowledged.
+    #[default]
+    DeadLetter,
+    /// Stop the consumer without moving past it.
+    Halt,
+}
+
+/// Where the loop stands after an undecodable event it did not stop at.
+pub(super) enum Poisoned {
+    /// Written to the dead-letter topic: its partition has moved past it.
+    DeadLettered,
+    /// Shutdown came before the dead-letter topic acknowledged it.
+    ShuttingDown,
+}
+
+/// Deals with an event that does not decode, as `settings.on_poison` says: halts (an
+/// error, once the events before it are durable), or writes it to the dead-letter topic
+/// and moves its partition past it.
+pub(super) fn deal_with_poison<S: BatchSink>(
+    consumer: &BaseConsumer<LoopContext<S>>,
+    settings: &ConsumerSettings,
+    dead_letters: &EventProducer,
+    shutdown: &CancellationToken,
+    msg: &BorrowedMessage<'_>,
+    error: DecodeError,
+) -> Result<Poisoned, ConsumeError> {
+    let ctx = consumer.context();
+    let (partition, offset) = (msg.partition(), msg.offset());
+    match settings.on_poison {
+        PoisonPolicy::Halt => {
+            ctx.metrics
+                .poison
+                .get_or_create(&vec![("action".into(), "halted".into())])
+                .inc();
+            error!(partition, offset, %error, "undecodable event; halting (--on-poison halt)");
+            // Events before it are fine: make them durable, stop at the poison.
+            ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
+            Err(ConsumeError::Poison {
+                partition,
+                offset,
+                error,
+            })
+        }
+        PoisonPolicy::DeadLetter => {
+            let dead = DeadLetter {
+                dlq_topic: &settings.dlq_topic,
+                source_topic: &settings.topic,
+                source_partition: partition,
+                source_offset: offset,
+                key: msg.key(),
+                payload: msg.payload(),
+                error: &error.to_string(),
+                error_kind: error.kind(),
+            };
+            match send_dead_letter(dead_letters, &dead, shutdown) {
+                DeadLetterOutcome::Sent => {}
+                DeadLetterOutcome::ShuttingDown => return Ok(Poisoned::ShuttingDown),
+                DeadLetterOutcome::Failed(error) => {
+                    ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
+                    return Err(ConsumeError::DeadLetter {
+                        partition,
+                        offset,
+                        error,
+                    });
+                }
+            }
+            ctx.metrics
+                .poison
+                .get_or_create(&vec![("action".into(), "dead_lettered".into())])
+                .inc();
+            warn!(partition, offset, %error, dlq = %settings.dlq_topic, "undecodable event sent to the dead-letter topic");
+            let mut st = ctx.state();
+            st.pending.next_offsets.insert(partition, offset + 1);
+            st.positions.insert(partition, offset + 1);
+            Ok(Poisoned::DeadLettered)
+        }
+    }
+}
+
+/// How long a dead letter is retried before the consumer gives up: well inside
+/// librdkafka's `max.poll.interval.ms` (5 min), since nothing is polled meanwhile.
+const DEAD_LETTER_DEADLINE: Duration = Duration::from_secs(120);
+
+enum DeadLetterOutcome {
+    Sent,
+    ShuttingDown,
+    Failed(String),
+}
+
+/// Sends a dead letter, retrying with backoff until it is acknowledged, shutdown comes,
+/// or [`DEAD_LETTER_DEADLINE`] passes (a missing ACL or an oversized message never
+/// heals: better a clear stop than a silent stall of every partition).
+fn send_dead_letter(
+    producer: &EventProducer,
+    dead: &DeadLetter<'_>,
+    shutdown: &CancellationToken,
+) -> DeadLetterOutcome {
+    let handle = tokio::runtime::Handle::current();
+    let deadline = Instant::now() + DEAD_LETTER_DEADLINE;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let error = match handle.block_on(producer.send_dead_letter(dead)) {
+            Ok(pos) => {
+                debug!(
+                    dlq_partition = pos.partition,
+                    dlq_offset = pos.offset,
+                    "dead letter acknowledged"
+                );
+                return DeadLetterOutcome::Sent;
+            }
+            Err(e) => {
+                let e: ProduceError = e;
+                warn!(error = %e, partition = dead.source_partition, offset = dead.source_offset,
+                      "dead-letter topic did not acknowledge; retrying");
+                e.to_string()
+            }
+        };
+        if shutdown.is_cancelled() {
+            return DeadLetterOutcome::ShuttingDown;
+        }
+        if Instant::now() >= deadline {
+            return DeadLetterOutcome::Failed(error);
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
