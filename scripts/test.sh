@@ -25,6 +25,15 @@ if grep -q rdkafka <<<"$store_tree"; then
   exit 1
 fi
 
+step "no unused dependencies (cargo machete)"
+# Installed once into ~/.cargo/bin (about 90 s) when missing; pinned, so a new release
+# cannot turn the suite red on its own.
+MACHETE_VERSION=0.9.2
+if [[ "$(cargo machete --version 2>/dev/null)" != "$MACHETE_VERSION" ]]; then
+  cargo install cargo-machete --locked --version "$MACHETE_VERSION" --quiet
+fi
+cargo machete
+
 step "building the tests"
 cargo test --workspace --locked --no-run
 

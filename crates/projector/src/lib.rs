@@ -170,36 +170,14 @@ pub async fn serve(
             if !wait_for_topic(&metadata, &settings.topic, &stop) {
                 return Ok(());
             }
-            let mut recent_restarts: Vec<std::time::Instant> = Vec::new();
-            let res = loop {
-                let res = consume::run(
-                    &kafka,
-                    &settings,
-                    sink.clone(),
-                    &dead_letters,
-                    metrics.clone(),
-                    stop.clone(),
-                );
-                match res {
-                    // A fatal error ends one librdkafka client (a static member fenced
-                    // after a coordinator failover, say), not the projector: progress
-                    // lives in the store, so a new consumer resumes exactly there.
-                    // Fenced again and again means another live instance has the same
-                    // --instance-id: give up with that error rather than flap forever.
-                    Err(e)
-                        if e.is_client_fatal() && !stop.is_cancelled() && {
-                            recent_restarts.retain(|t| t.elapsed() < Duration::from_secs(60));
-                            recent_restarts.len() < 5
-                        } =>
-                    {
-                        recent_restarts.push(std::time::Instant::now());
-                        warn!(error = %e, "the Kafka consumer is unusable (a fatal error, or wedged); recreating it");
-                        metrics.restarts.inc();
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                    other => break other,
-                }
-            };
+            let res = consume::run(
+                &kafka,
+                &settings,
+                sink.clone(),
+                &dead_letters,
+                metrics.clone(),
+                stop.clone(),
+            );
             if let Err(e) = &res {
                 error!(error = %e, "consumer stopped");
             }

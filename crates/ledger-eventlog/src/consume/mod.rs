@@ -14,8 +14,8 @@
 //! which librdkafka runs inside `poll`, sees the batch in hand without any locking
 //! contention.
 //!
-//! This module tells that story: [`run`] makes the consumer, `poll_loop` fills the batch
-//! in hand, and `apply_and_commit` hands it to the sink and only then commits. Around
+//! This module tells that story: [`run`] keeps a consumer going, `poll_loop` fills the
+//! batch in hand, and `apply_and_commit` hands it to the sink and only then commits. Around
 //! them:
 //!
 //! - `context`: the state the loop shares with librdkafka's rebalance callback, and the
@@ -51,7 +51,7 @@ use crate::config::{ConflictingProperty, KafkaConfig};
 use crate::producer::EventProducer;
 use context::LoopContext;
 use poison::{deal_with_poison, Poisoned};
-use restart::retire;
+use restart::{retire, RestartPolicy};
 
 pub use metrics::ConsumerMetrics;
 pub use poison::PoisonPolicy;
@@ -62,7 +62,9 @@ pub use settings::ConsumerSettings;
 /// it. Blocking: run it on a thread of its own, inside a tokio runtime's context (the
 /// dead-letter producer needs one).
 ///
-/// On shutdown it stops fetching, applies and commits the batch in hand, and leaves the
+/// A consumer that can no longer serve is replaced by a new one, which resumes from the
+/// store, as [`restart::RestartPolicy`] allows; any other error ends the loop. On
+/// shutdown it stops fetching, applies and commits the batch in hand, and leaves the
 /// group.
 pub fn run<S: BatchSink>(
     kafka: &KafkaConfig,
@@ -72,13 +74,44 @@ pub fn run<S: BatchSink>(
     metrics: ConsumerMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumeError> {
+    let mut restarts = RestartPolicy::default();
+    loop {
+        let result = consume_with_one_client(
+            kafka,
+            settings,
+            sink.clone(),
+            dead_letters,
+            metrics.clone(),
+            &shutdown,
+        );
+        match result {
+            Err(e) if restarts.replace_client(&e, &shutdown) => {
+                warn!(error = %e, "the Kafka consumer is unusable (a fatal error, or wedged); recreating it");
+                metrics.restarts.inc();
+                std::thread::sleep(restart::PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One librdkafka consumer's life: subscribe, poll and apply until shutdown or an
+/// error. A client that ends with an error fatal to it alone is retired.
+fn consume_with_one_client<S: BatchSink>(
+    kafka: &KafkaConfig,
+    settings: &ConsumerSettings,
+    sink: Arc<S>,
+    dead_letters: &EventProducer,
+    metrics: ConsumerMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumeError> {
     let cfg = settings::consumer_config(kafka, settings)?;
     let ctx = LoopContext::new(sink, settings.topic.clone(), metrics);
     let consumer: BaseConsumer<LoopContext<S>> = cfg.create_with_context(ctx)?;
     consumer.subscribe(&[&settings.topic])?;
     info!(topic = %settings.topic, group = %settings.group_id, "consuming");
 
-    let result = poll_loop(&consumer, settings, dead_letters, &shutdown);
+    let result = poll_loop(&consumer, settings, dead_letters, shutdown);
     if result.as_ref().is_err_and(ConsumeError::is_client_fatal) {
         // This client cannot serve any more: it applies nothing further and a new one
         // takes over from the store (see `restart`).

@@ -5,8 +5,8 @@
 //! reports a fatal error (a static member fenced after a coordinator failover, say), or
 //! when its group membership has not been steady for [`GROUP_STALL`] while statistics
 //! kept arriving (a client wedged after a broker froze or restarted).
-//! [`ConsumeError::is_client_fatal`] names those errors; whoever calls
-//! [`run`](super::run) creates the new consumer.
+//! [`ConsumeError::is_client_fatal`] names those errors, and [`RestartPolicy`] decides
+//! whether [`run`](super::run) makes a new consumer or gives up.
 //!
 //! The old client is retired first: what it fetched and did not apply is dropped, its
 //! rebalance callback only unassigns, and it closes on a thread of its own.
@@ -19,11 +19,51 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::context::LoopContext;
 use super::{BatchSink, ConsumeError};
 use crate::stats::Stats;
+
+/// Pause before a new consumer is made, so that a broken cluster is not hammered.
+pub(super) const PAUSE: Duration = Duration::from_secs(1);
+/// Most consumers replaced within [`WINDOW`].
+const MAX_RESTARTS: usize = 5;
+/// See [`MAX_RESTARTS`].
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether an error that ended a consumer calls for a new one.
+///
+/// A fatal error ends one librdkafka client (a static member fenced after a coordinator
+/// failover, say), not the service: progress lives in the store, so a new consumer
+/// resumes exactly there. Fenced again and again, though, means another live instance
+/// has the same `--instance-id`: after [`MAX_RESTARTS`] in [`WINDOW`] the error is
+/// returned rather than flapping forever.
+#[derive(Debug, Default)]
+pub(super) struct RestartPolicy {
+    recent: Vec<Instant>,
+}
+
+impl RestartPolicy {
+    /// True when a new consumer should replace the one that ended with `error`; counts
+    /// the replacement.
+    pub(super) fn replace_client(
+        &mut self,
+        error: &ConsumeError,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if !error.is_client_fatal() || shutdown.is_cancelled() {
+            return false;
+        }
+        self.recent.retain(|t| t.elapsed() < WINDOW);
+        if self.recent.len() >= MAX_RESTARTS {
+            return false;
+        }
+        self.recent.push(Instant::now());
+        true
+    }
+}
 
 impl ConsumeError {
     /// Whether the error ended only the librdkafka client (it is fatal to that instance,
@@ -194,5 +234,26 @@ mod tests {
         h.report("up", "wait-join", at(0));
         h.report("up", "wait-join", at(100));
         assert_eq!(h.stalled(at(101)), None);
+    }
+
+    #[test]
+    fn only_client_fatal_errors_replace_the_client_and_at_most_five_a_minute() {
+        let stop = CancellationToken::new();
+        let stalled = ConsumeError::GroupStalled(GROUP_STALL, "wait-join".into());
+        let mut policy = RestartPolicy::default();
+        assert!(!policy.replace_client(&ConsumeError::Panicked("x".into()), &stop));
+        for i in 0..MAX_RESTARTS {
+            assert!(policy.replace_client(&stalled, &stop), "restart {i}");
+        }
+        assert!(
+            !policy.replace_client(&stalled, &stop),
+            "the sixth in a minute gives up"
+        );
+        let mut policy = RestartPolicy::default();
+        stop.cancel();
+        assert!(
+            !policy.replace_client(&stalled, &stop),
+            "never while shutting down"
+        );
     }
 }
