@@ -18,6 +18,9 @@ pub struct Config {
     /// Authentication and logging.
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// Replication factor of the topic when this service creates it.
+    #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub replication_factor: i32,
     /// Partitions of the topic when this service creates it.
     #[arg(long, env = "LEDGER_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=10_000))]
     pub partitions: i32,
@@ -58,7 +61,7 @@ impl Config {
         TopicSpec {
             name: self.kafka.topic.clone(),
             partitions: self.partitions,
-            replication_factor: self.kafka.replication_factor,
+            replication_factor: self.replication_factor,
         }
     }
 }

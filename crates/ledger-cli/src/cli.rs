@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ledger_domain::{AccountId, Amount, CommandId};
+use ledger_eventlog::config::KafkaArgs;
 use reqwest::Url;
 
 /// `ledger`: send commands to the ledger, query the projection, generate load and verify
@@ -117,6 +118,27 @@ pub enum Cmd {
     },
     /// Generate a reproducible random workload, measure it, and optionally verify it.
     Load(LoadArgs),
+    /// Print the topic's events as JSON lines, one per event, with partition and offset
+    /// (reads Kafka directly, as any other consumer could; joins no group, commits
+    /// nothing).
+    Tail(TailArgs),
+}
+
+/// Options of `tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Start at each partition's first event [default: at its end].
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Only this partition.
+    #[arg(long, value_name = "N")]
+    pub partition: Option<i32>,
+    /// Keep printing new events until Ctrl-C [default: stop at the end].
+    #[arg(long)]
+    pub follow: bool,
+    /// Where the log is.
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 /// Options of `open`, `deposit` and `withdraw`.

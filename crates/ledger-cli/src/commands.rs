@@ -16,6 +16,7 @@ use crate::load::WorkloadSpec;
 use crate::output::{account_line, command_line, Output};
 use crate::runner::{self, Aborted, LoadOptions, LoadReport};
 use ledger_api::{Accepted, CommandOutcome, CommandRequest, ErrorCode};
+use ledger_eventlog::tail::{TailError, TailOptions};
 
 /// How a run ended, when it ran to its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub enum CliError {
     /// The arguments cannot be used.
     #[error("{0}")]
     Usage(String),
+    /// `ledger tail` could not read the log.
+    #[error(transparent)]
+    Tail(#[from] TailError),
     /// The input file cannot be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -67,6 +71,8 @@ impl CliError {
             CliError::Client(e) => e.exit_code(),
             CliError::Aborted(a) => a.error.exit_code(),
             CliError::Usage(_) | CliError::Read { .. } => 2,
+            CliError::Tail(TailError::NoSuchPartition { .. }) => 2,
+            CliError::Tail(_) => 3,
         }
     }
 
@@ -77,6 +83,8 @@ impl CliError {
             CliError::Aborted(a) => a.error.code(),
             CliError::Usage(_) => "usage",
             CliError::Read { .. } => "unreadable_input",
+            CliError::Tail(TailError::NoSuchPartition { .. }) => "no_such_partition",
+            CliError::Tail(_) => "log_unreachable",
         }
     }
 }
@@ -116,6 +124,15 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         }
         Cmd::Send { file, batch_size } => send(&client, out, &file, batch_size as usize).await,
         Cmd::Load(args) => load(client, out, args).await,
+        Cmd::Tail(args) => {
+            let options = TailOptions {
+                from_beginning: args.from_beginning,
+                partition: args.partition,
+                follow: args.follow,
+            };
+            crate::tail::run(args.kafka, options).await?;
+            Ok(Exit::Success)
+        }
     }
 }
 

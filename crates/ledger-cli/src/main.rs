@@ -1,6 +1,6 @@
 //! `ledger`, the command-line tool of the ledger: send commands to command-ingest, query
 //! the projector, generate a reproducible load and verify the projection against a
-//! model of what was accepted.
+//! model of what was accepted, and print the log itself.
 //!
 //! Exit codes: 0 success, 1 rejected or mismatch, 2 usage error, 3 service unavailable.
 
@@ -10,6 +10,7 @@ mod commands;
 mod load;
 mod output;
 mod runner;
+mod tail;
 mod verify;
 
 use std::process::ExitCode;

@@ -16,6 +16,8 @@ const TOKEN: &str = "cli-test-token";
 struct Services {
     ingest: String,
     projector: String,
+    brokers: String,
+    topic: String,
 }
 
 /// Starts the services once, on a thread whose runtime lives as long as the tests.
@@ -52,6 +54,8 @@ fn services() -> &'static Services {
                 tx.send(Services {
                     ingest: ingest_url,
                     projector: projector_url,
+                    brokers,
+                    topic,
                 })
                 .unwrap();
                 // Serve until the test process exits.
@@ -114,6 +118,8 @@ fn bare() -> Command {
         "LEDGER_PROJECTOR_URL",
         "LEDGER_AUTH_TOKEN",
         "LEDGER_LOG",
+        "KAFKA_BROKERS",
+        "LEDGER_TOPIC",
     ] {
         c.env_remove(var);
     }
@@ -536,4 +542,65 @@ fn load_verify_exits_1_when_the_projection_differs_from_the_model() {
     assert!(out.contains(&format!("account {acc}: expected")), "{out}");
     let listed = out.lines().filter(|l| l.starts_with("  ")).count();
     assert!((1..=10).contains(&listed), "{out}");
+}
+
+#[test]
+fn tail_prints_the_events_of_the_log_as_json_lines() {
+    let s = services();
+    let account = unique("tail");
+    let o = run(&mut ledger(), &["--json", "open", &account]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let opened: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = run(&mut ledger(), &["--json", "deposit", &account, "250"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let deposited: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let partition = opened["partition"].to_string();
+
+    let o = run(
+        &mut bare(),
+        &[
+            "tail",
+            "--from-beginning",
+            "--partition",
+            &partition,
+            "--brokers",
+            &s.brokers,
+            "--topic",
+            &s.topic,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+        .collect();
+    let ours: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["account_id"] == account.as_str())
+        .collect();
+    assert_eq!(ours.len(), 2, "{lines:?}");
+    assert_eq!(ours[0]["type"], "ledger.account_opened.v1");
+    assert_eq!(ours[0]["command_id"], opened["command_id"]);
+    assert_eq!(ours[0]["event_id"], opened["event_id"]);
+    assert_eq!(ours[0]["offset"], opened["offset"]);
+    assert_eq!(ours[1]["type"], "ledger.deposited.v1");
+    assert_eq!(ours[1]["amount"], 250);
+    assert_eq!(ours[1]["offset"], deposited["offset"]);
+    assert!(lines.iter().all(|l| l["partition"] == opened["partition"]));
+
+    let o = run(
+        &mut bare(),
+        &[
+            "tail",
+            "--partition",
+            "999",
+            "--brokers",
+            &s.brokers,
+            "--topic",
+            &s.topic,
+        ],
+    );
+    assert_eq!(code(&o), 2, "a partition the topic lacks is a usage error");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no partition 999"));
 }

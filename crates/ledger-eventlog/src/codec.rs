@@ -89,6 +89,34 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     Ok(event)
 }
 
+/// The event of the envelope test vector in `docs/api.md`: a withdrawal of 300 from
+/// `acc-1`, command `c-42`, at 2026-01-01T00:00:00Z.
+pub fn test_vector_event() -> Event {
+    use ledger_domain::{AccountId, Amount, CommandId, EventBody};
+    Event {
+        event_id: 0x0192_3456_789a_7bcd_8ef0_1234_5678_9abc,
+        command_id: CommandId::parse("c-42").expect("a valid literal command id"),
+        account_id: AccountId::parse("acc-1").expect("a valid literal account id"),
+        time_ms: 1_767_225_600_000,
+        body: EventBody::Withdraw {
+            amount: Amount::new(300).expect("a valid literal amount"),
+        },
+    }
+}
+
+/// [`test_vector_event`] as a version-1 envelope, in hex, as `docs/api.md` spells it
+/// out: magic, version; event_id (u128 marker, little endian); command_id "c-42";
+/// account_id "acc-1"; time_ms (zigzag, u64 marker); body Withdraw, amount 300. If it
+/// changes, the format changed and old events in the log would no longer decode: add a
+/// new version instead.
+pub const TEST_VECTOR_HEX: &str = "\
+    eb 01 \
+    fe bc9a78563412f08ecd7b9a7856349201 \
+    04 632d3432 \
+    05 6163632d31 \
+    fd 0050b5ed36030000 \
+    02 fb 2c01";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,28 +124,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn golden_event() -> Event {
-        Event {
-            event_id: 0x0192_3456_789a_7bcd_8ef0_1234_5678_9abc,
-            command_id: CommandId::parse("c-42").unwrap(),
-            account_id: AccountId::parse("acc-1").unwrap(),
-            time_ms: 1_767_225_600_000,
-            body: EventBody::Withdraw {
-                amount: Amount::new(300).unwrap(),
-            },
-        }
+        test_vector_event()
     }
 
-    /// The version-1 wire format of [`golden_event`]. If this test fails, the format
-    /// changed: old events in the log would no longer decode. Add a new version instead.
-    const GOLDEN_V1_HEX: &str = "\
-        eb 01 \
-        fe bc9a78563412f08ecd7b9a7856349201 \
-        04 632d3432 \
-        05 6163632d31 \
-        fd 0050b5ed36030000 \
-        02 fb 2c01";
-    // magic, version; event_id (u128 marker, little endian); command_id "c-42";
-    // account_id "acc-1"; time_ms (zigzag, u64 marker); body Withdraw, amount 300.
+    const GOLDEN_V1_HEX: &str = TEST_VECTOR_HEX;
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();

@@ -13,7 +13,7 @@ pub struct KafkaConfig {
     pub properties: Vec<(String, String)>,
 }
 
-/// The Kafka flags both services take: `#[command(flatten)]` them.
+/// The Kafka flags every binary that talks to Kafka takes: `#[command(flatten)]` them.
 #[derive(Clone, Debug, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers.
@@ -22,9 +22,6 @@ pub struct KafkaArgs {
     /// The event topic.
     #[arg(long, env = "LEDGER_TOPIC", default_value = "ledger.events")]
     pub topic: String,
-    /// Replication factor of the topics this service creates when they are missing.
-    #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
-    pub replication_factor: i32,
     /// Any librdkafka property, as key=value (repeatable), e.g. for SASL/SSL.
     #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub kafka_config: Vec<(String, String)>,

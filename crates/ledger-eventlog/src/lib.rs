@@ -1,6 +1,8 @@
 //! The event log: everything the services need to write to and read from Kafka.
 //!
 //! - [`codec`]: the versioned binary envelope, the one place that knows the wire format;
+//! - [`cloudevents`]: the CloudEvents headers that say what each event is, for any
+//!   consumer;
 //! - [`config`]: broker address and pass-through librdkafka properties;
 //! - [`producer`]: the acks=all, idempotent producer that writes events, and the
 //!   supervisor that replaces it when it stops delivering;
@@ -8,9 +10,11 @@
 //!   itself;
 //! - [`admin`]: topic creation with the contract's settings;
 //! - [`position`]: a place in the log, and the consistency token that names it;
-//! - [`consume`]: the commit-after-apply consumer loop, with its dead-letter path.
+//! - [`consume`]: the commit-after-apply consumer loop, with its dead-letter path;
+//! - [`tail`]: reading the topic as an outsider, for `ledger tail`.
 
 pub mod admin;
+pub mod cloudevents;
 pub mod codec;
 pub mod config;
 pub mod consume;
@@ -18,6 +22,7 @@ pub mod position;
 pub mod probe;
 pub mod producer;
 mod stats;
+pub mod tail;
 
 pub use codec::{decode, encode, DecodeError};
 pub use config::KafkaConfig;

@@ -1,6 +1,6 @@
 //! Against the real broker: events written by the producer come back, in order per
 //! account, under the right key and partitioner, as envelopes that decode to what was
-//! sent.
+//! sent, with the CloudEvents headers that describe them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use ledger_domain::{AccountId, Amount, CommandId, Event, EventBody};
 use ledger_eventlog::admin::{ensure_topic, TopicSpec, TopicStatus};
+use ledger_eventlog::cloudevents::{self, header_value};
 use ledger_eventlog::producer::{EventProducer, ProducerSettings};
 use ledger_eventlog::{codec, KafkaConfig};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedHeaders, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const ACCOUNTS: usize = 37;
@@ -126,6 +127,19 @@ async fn produce_then_consume_keeps_per_account_order() {
             e.account_id.as_str().as_bytes(),
             "keyed by account id"
         );
+        let headers: &BorrowedHeaders = msg.headers().expect("every event carries headers");
+        let ce = |k| header_value(headers, k);
+        let id = uuid::Uuid::from_u128(e.event_id).to_string();
+        assert_eq!(ce("ce_specversion"), Some("1.0"));
+        assert_eq!(ce("ce_id"), Some(id.as_str()));
+        assert_eq!(ce("ce_type"), Some(cloudevents::event_type(&e.body)));
+        assert_eq!(
+            ce("ce_source"),
+            Some("/ledger/ledger"),
+            "the default client id"
+        );
+        assert_eq!(ce("ce_time"), Some(cloudevents::time(e.time_ms).as_str()));
+        assert_eq!(ce("content-type"), Some(cloudevents::CONTENT_TYPE));
         let p = *partition_of
             .entry(e.account_id.to_string())
             .or_insert(msg.partition());

@@ -31,6 +31,9 @@ pub struct Config {
     /// The dead-letter topic [default: <topic>.dlq].
     #[arg(long, env = "LEDGER_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,
+    /// Replication factor of the dead-letter topic when this service creates it.
+    #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
+    pub replication_factor: i32,
     /// The consumer group.
     #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "ledger-projector")]
     pub group_id: String,

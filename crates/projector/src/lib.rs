@@ -123,7 +123,7 @@ pub async fn serve(
         TopicSpec {
             name: config.dlq_topic(),
             partitions: 1,
-            replication_factor: config.kafka.replication_factor,
+            replication_factor: config.replication_factor,
         },
         stop.clone(),
     ));

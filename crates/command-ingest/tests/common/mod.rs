@@ -29,7 +29,7 @@ pub fn config(brokers: &str, topic: &str) -> Config {
     c.kafka.brokers = brokers.to_string();
     c.kafka.topic = topic.to_string();
     c.partitions = PARTITIONS;
-    c.kafka.replication_factor = 1;
+    c.replication_factor = 1;
     c.delivery_timeout_ms = 5000;
     c.linger_ms = 5;
     c.max_in_flight = 20_000;

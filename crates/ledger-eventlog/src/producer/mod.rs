@@ -23,9 +23,9 @@ use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
 use rdkafka::ClientConfig;
 use tokio::sync::oneshot;
 
-use crate::codec;
 use crate::config::{ConflictingProperty, KafkaConfig};
 use crate::position::Position;
+use crate::{cloudevents, codec};
 use delivery::{BatchWait, Completion, DeliveryContext, GenerationHealth};
 
 pub use supervisor::{StallSignal, Supervision};
@@ -38,7 +38,8 @@ pub struct ProducerSettings {
     pub delivery_timeout: Duration,
     /// `linger.ms`: how long librdkafka waits to fill a batch.
     pub linger_ms: u32,
-    /// `client.id`, so brokers' logs and quotas can tell services apart.
+    /// `client.id`, so brokers' logs and quotas can tell services apart; also the
+    /// writer named in each event's `ce_source` header.
     pub client_id: String,
 }
 
@@ -99,6 +100,8 @@ struct Generation {
 struct Shared {
     config: ClientConfig,
     settings: ProducerSettings,
+    /// `ce_source` of every event this producer writes.
+    ce_source: String,
     current: RwLock<Arc<Generation>>,
     /// Set by the supervisor while a stall signal stands and no replacement has proven
     /// itself yet; `/readyz` reads it.
@@ -160,6 +163,7 @@ impl EventProducer {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
+                ce_source: cloudevents::source(&settings.client_id),
                 settings,
                 current: RwLock::new(Arc::new(first)),
                 stuck: AtomicBool::new(false),
@@ -183,7 +187,8 @@ impl EventProducer {
         let record = BaseRecord::with_opaque_to(topic, Completion::one(tx))
             .key(event.account_id.as_str())
             .payload(&payload)
-            .timestamp(event.time_ms);
+            .timestamp(event.time_ms)
+            .headers(cloudevents::headers(event, &self.shared.ce_source));
         self.enqueue(record)?;
         self.await_report(rx).await
     }
@@ -207,7 +212,8 @@ impl EventProducer {
                 let record = BaseRecord::with_opaque_to(topic, completion)
                     .key(event.account_id.as_str())
                     .payload(&payload)
-                    .timestamp(event.time_ms);
+                    .timestamp(event.time_ms)
+                    .headers(cloudevents::headers(event, &self.shared.ce_source));
                 if let Err((e, record)) = generation.producer.send(record) {
                     record.delivery_opaque.complete(Err(delivery::classify(
                         &e,
