@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{middleware, Router};
+use backon::{BlockingRetryable, ConstantBuilder, Retryable};
 use ledger_eventlog::admin::{
     ensure_topic, high_watermarks, metadata_client, topic_partitions, AdminError, TopicSpec,
 };
@@ -174,35 +175,36 @@ pub async fn serve(
                 return Ok(());
             }
             let mut recent_restarts: Vec<std::time::Instant> = Vec::new();
-            let res = loop {
-                let res = consume::run(
+            let res = (|| {
+                consume::run(
                     &kafka,
                     &settings,
                     sink.clone(),
                     &dead_letters,
                     metrics.clone(),
                     stop.clone(),
-                );
-                match res {
-                    // A fatal error ends one librdkafka client (a static member fenced
-                    // after a coordinator failover, say), not the projector: progress
-                    // lives in the store, so a new consumer resumes exactly there.
-                    // Fenced again and again means another live instance has the same
-                    // --instance-id: give up with that error rather than flap forever.
-                    Err(e)
-                        if e.is_client_fatal() && !stop.is_cancelled() && {
-                            recent_restarts.retain(|t| t.elapsed() < Duration::from_secs(60));
-                            recent_restarts.len() < 5
-                        } =>
-                    {
-                        recent_restarts.push(std::time::Instant::now());
-                        warn!(error = %e, "the Kafka consumer is unusable (a fatal error, or wedged); recreating it");
-                        metrics.restarts.inc();
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
-                    other => break other,
+                )
+            })
+            .retry(every(Duration::from_secs(1)))
+            // A fatal error ends one librdkafka client (a static member fenced after a
+            // coordinator failover, say), not the projector: progress lives in the
+            // store, so a new consumer resumes exactly there. Fenced again and again
+            // means another live instance has the same --instance-id: give up with that
+            // error rather than flap forever.
+            .when(|e| {
+                recent_restarts.retain(|t| t.elapsed() < Duration::from_secs(60));
+                let again =
+                    e.is_client_fatal() && !stop.is_cancelled() && recent_restarts.len() < 5;
+                if again {
+                    recent_restarts.push(std::time::Instant::now());
                 }
-            };
+                again
+            })
+            .notify(|e, _| {
+                warn!(error = %e, "the Kafka consumer is unusable (a fatal error, or wedged); recreating it");
+                metrics.restarts.inc();
+            })
+            .call();
             if let Err(e) = &res {
                 error!(error = %e, "consumer stopped");
             }
@@ -274,49 +276,58 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// Retries with a constant `pause` after each failure, for as long as the caller's
+/// condition (`when`, or a `stop` around it) allows.
+fn every(pause: Duration) -> ConstantBuilder {
+    ConstantBuilder::new().with_delay(pause).without_max_times()
+}
+
 /// Blocks until the topic exists (true) or `stop` is cancelled (false).
 fn wait_for_topic(
     client: &rdkafka::consumer::BaseConsumer,
     topic: &str,
     stop: &CancellationToken,
 ) -> bool {
+    if stop.is_cancelled() {
+        return false;
+    }
     let mut logged = false;
-    while !stop.is_cancelled() {
-        match topic_partitions(client, topic, Duration::from_secs(2)) {
-            Ok(parts) => {
-                info!(topic, partitions = parts.len(), "topic found");
-                return true;
-            }
-            Err(e) if !logged => {
+    let found = (|| topic_partitions(client, topic, Duration::from_secs(2)))
+        .retry(every(Duration::from_millis(500)))
+        .when(|_| !stop.is_cancelled())
+        .notify(|e, _| {
+            if !logged {
                 warn!(topic, error = %e, "waiting for the topic (command-ingest creates it at start-up)");
                 logged = true;
             }
-            Err(_) => {}
+        })
+        .call();
+    match found {
+        Ok(parts) => {
+            info!(topic, partitions = parts.len(), "topic found");
+            true
         }
-        std::thread::sleep(Duration::from_millis(500));
+        Err(_) => false,
     }
-    false
 }
 
-/// Creates the dead-letter topic, retrying until the broker answers.
+/// Creates the dead-letter topic, retrying until the broker answers or `stop`.
 async fn create_dlq_topic(
     kafka: ledger_eventlog::KafkaConfig,
     spec: TopicSpec,
     stop: CancellationToken,
 ) {
-    loop {
-        match ensure_topic(&kafka, &spec, Duration::from_secs(5)).await {
-            Ok(status) => {
+    let created = (|| ensure_topic(&kafka, &spec, Duration::from_secs(5)))
+        .retry(every(Duration::from_secs(2)))
+        .notify(|e, _| {
+            warn!(topic = %spec.name, error = %e, "cannot create the dead-letter topic yet; retrying")
+        });
+    tokio::select! {
+        () = stop.cancelled() => {}
+        created = created => {
+            if let Ok(status) = created {
                 info!(topic = %spec.name, ?status, "dead-letter topic ready");
-                return;
             }
-            Err(e) => {
-                warn!(topic = %spec.name, error = %e, "cannot create the dead-letter topic yet; retrying")
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
 }
