@@ -471,3 +471,78 @@ pub async fn applied_offsets(base: &str) -> Option<BTreeMap<i32, i64>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retry_that_runs_out_of_time_names_the_last_error() {
+        let mut attempts = 0;
+        let err = try_retry("the impossible", Duration::from_millis(120), || {
+            attempts += 1;
+            std::future::ready(Err::<(), _>(format!("refusal {attempts}")))
+        })
+        .await
+        .unwrap_err();
+        assert!(attempts >= 2, "retried: {attempts} attempts");
+        assert_eq!(
+            err.to_string(),
+            format!("timed out after 120ms waiting for the impossible; last: refusal {attempts}")
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_for_returns_the_first_some() {
+        let mut n = 0;
+        let got = wait_for("three looks", Duration::from_secs(5), || {
+            n += 1;
+            std::future::ready((n == 3).then_some(n))
+        })
+        .await;
+        assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn free_port_is_free() {
+        let port = free_port();
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port binds");
+    }
+
+    fn sleeper() -> ChildGuard {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        ChildGuard::new("sleep", child)
+    }
+
+    /// Whether `pid` is still a process (a zombie counts until it is reaped).
+    fn exists(pid: Pid) -> bool {
+        kill(pid, None).is_ok()
+    }
+
+    #[test]
+    fn a_dropped_guard_kills_and_reaps_its_child() {
+        let guard = sleeper();
+        let pid = guard.pid();
+        assert!(exists(pid));
+        drop(guard);
+        assert!(!exists(pid), "killed and reaped");
+    }
+
+    #[test]
+    fn terminate_and_wait_exit() {
+        let mut guard = sleeper();
+        assert_eq!(guard.try_status(), None);
+        let e = guard.wait_exit(Duration::from_millis(100)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("did not exit within"), "{e}");
+        let status = guard.terminate(Duration::from_secs(10)).unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
+        // Reaped: signals and the drop leave the pid alone.
+        guard.signal(Signal::SIGKILL).unwrap();
+        assert_eq!(guard.try_status(), Some(status));
+    }
+}
