@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::{
     accepted, assert_error_body, assert_record, blocking, config, end_offsets, get, http,
-    post_json, post_raw, read_at, wait_ready, Accepted, Ingest, PARTITIONS,
+    post_json, post_raw, read_at, Accepted, Ingest, PARTITIONS,
 };
 use ledger_domain::{Amount, CommandId, EventBody};
-use ledger_testkit::{brokers, unique_topic, wait_for};
+use ledger_testkit::{brokers, unique_topic, wait_for, wait_ready};
 use serde_json::{json, Value};
 
 const READY: Duration = Duration::from_secs(30);
@@ -40,7 +40,7 @@ async fn every_command_kind_is_acknowledged_and_lands_in_the_log() {
     let topic = unique_topic("ingest.kinds");
     let ingest = Ingest::start(config(&brokers, &topic)).await;
     let http = http();
-    wait_ready(&http, &ingest.base, READY).await;
+    wait_ready(&ingest.base, READY).await;
 
     let long_account = "A".repeat(64);
     let long_command = format!("c:{}", "9".repeat(126));
@@ -405,7 +405,7 @@ async fn malformed_requests_are_refused_with_the_contract_error_and_write_nothin
     let topic = unique_topic("ingest.malformed");
     let ingest = Ingest::start(config(&brokers, &topic)).await;
     let http = http();
-    wait_ready(&http, &ingest.base, READY).await;
+    wait_ready(&ingest.base, READY).await;
     let url = ingest.url("/v1/commands");
 
     let table = malformed_table();
@@ -450,7 +450,7 @@ async fn auth_token_guards_the_v1_routes_and_leaves_ops_routes_open() {
     let ingest = Ingest::start(cfg).await;
     let http = http();
     // /readyz is open: waiting on it needs no token.
-    wait_ready(&http, &ingest.base, READY).await;
+    wait_ready(&ingest.base, READY).await;
     let healthz = get(&http, &ingest.url("/healthz")).await;
     assert_eq!(healthz.status, 200, "{}", healthz.text);
     let metrics = get(&http, &ingest.url("/metrics")).await;
@@ -529,7 +529,7 @@ async fn a_batch_answers_in_input_order_and_writes_exactly_its_valid_items() {
     let topic = unique_topic("ingest.batch");
     let ingest = Ingest::start(config(&brokers, &topic)).await;
     let http = http();
-    wait_ready(&http, &ingest.base, READY).await;
+    wait_ready(&ingest.base, READY).await;
 
     // (item, Ok((account, command id, body)) or Err(error code))
     type Expect = Result<(&'static str, Option<&'static str>, EventBody), &'static str>;
@@ -626,7 +626,7 @@ async fn batch_limits_and_shape() {
     let topic = unique_topic("ingest.batchlimits");
     let ingest = Ingest::start(config(&brokers, &topic)).await;
     let http = http();
-    wait_ready(&http, &ingest.base, READY).await;
+    wait_ready(&ingest.base, READY).await;
     let url = ingest.url("/v1/commands/batch");
     let before = events_in(&brokers, &topic).await;
 
@@ -728,7 +728,7 @@ async fn overloaded_when_more_commands_are_in_flight_than_allowed() {
     cfg.linger_ms = 1500;
     let ingest = Ingest::start(cfg).await;
     let http = http();
-    wait_ready(&http, &ingest.base, READY).await;
+    wait_ready(&ingest.base, READY).await;
     let url = ingest.url("/v1/commands");
     let batch = ingest.url("/v1/commands/batch");
     let before = events_in(&brokers, &topic).await;
@@ -839,7 +839,7 @@ async fn ops_routes_and_topic_creation() {
 
     let h = get(&http, &ingest.url("/healthz")).await;
     assert_eq!(h.status, 200, "{}", h.text);
-    wait_ready(&http, &ingest.base, READY).await;
+    wait_ready(&ingest.base, READY).await;
     let r = get(&http, &ingest.url("/readyz")).await;
     assert_eq!(r.status, 200, "{}", r.text);
 

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use ledger_testkit::wait_ready;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Map, Value};
@@ -92,7 +93,7 @@ fn arbitrary_requests_get_a_202_or_a_json_4xx_never_a_5xx() {
     let http = http();
     let ingest = rt.block_on(async {
         let ingest = Ingest::start(config(&brokers, &topic)).await;
-        wait_ready(&http, &ingest.base, Duration::from_secs(30)).await;
+        wait_ready(&ingest.base, Duration::from_secs(30)).await;
         ingest
     });
     let mut runner = TestRunner::new(ProptestConfig {

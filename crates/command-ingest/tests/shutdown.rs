@@ -11,15 +11,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{accepted, blocking, get, http, read_all, wait_ready};
-use ledger_testkit::{brokers, unique_topic, wait_for};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use common::{accepted, blocking, get, http, read_all};
+use ledger_testkit::{brokers, free_port, unique_topic, wait_for, wait_ready, ChildGuard};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -27,38 +25,6 @@ const FIRST_WAVE: usize = 100;
 const SECOND_WAVE: usize = 100;
 /// SIGTERM is sent once at least this many commands wait for the broker.
 const IN_FLIGHT_AT_SIGTERM: i64 = 50;
-
-/// Kills the child if the test fails before it exits, and shows its log then.
-struct ChildGuard {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildGuard {
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.try_wait().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("--- command-ingest log ({}) ---\n{log}", self.log.display());
-        } else {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().unwrap().port()
-}
 
 /// How the client saw one command.
 #[derive(Debug)]
@@ -90,12 +56,12 @@ async fn sigterm_with_commands_in_flight_exits_zero_and_loses_no_acknowledged_co
         .stderr(File::create(&log).expect("a log file"))
         .spawn()
         .expect("the binary starts");
-    let mut child = ChildGuard { child, log };
-    let pid = Pid::from_raw(child.child.id() as i32);
+    // Killed if the test fails before it exits, and its log shown then.
+    let mut child = ChildGuard::new("command-ingest", child).with_log(&log);
 
     let http = http();
-    wait_ready(&http, &base, Duration::from_secs(30)).await;
-    assert!(child.try_wait().is_none(), "still running once ready");
+    wait_ready(&base, Duration::from_secs(30)).await;
+    assert!(child.try_status().is_none(), "still running once ready");
 
     let (second_wave, go) = watch::channel(false);
     let started = Instant::now();
@@ -148,12 +114,12 @@ async fn sigterm_with_commands_in_flight_exits_zero_and_loses_no_acknowledged_co
         },
     )
     .await;
-    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    child.signal(Signal::SIGTERM).expect("SIGTERM");
     second_wave.send_replace(true);
     let signalled = started.elapsed();
 
     let status = wait_for("the ingest to exit", Duration::from_secs(30), || {
-        let st = child.try_wait();
+        let st = child.try_status();
         async move { st }
     })
     .await;
@@ -222,4 +188,7 @@ async fn sigterm_with_commands_in_flight_exits_zero_and_loses_no_acknowledged_co
     for (id, pos) in &logged {
         assert_eq!(pos.len(), 1, "{id} is logged once: {pos:?}");
     }
+    // Passed: the log is only wanted when something failed.
+    drop(child);
+    let _ = std::fs::remove_file(&log);
 }

@@ -173,7 +173,8 @@ impl Pool {
         self.request(Method::GET, path, None).await
     }
 
-    /// Waits until `GET path` answers 200, polling every 50 ms, up to `timeout`.
+    /// Waits until `GET path` answers 200, polling every 50 ms, up to `timeout`. Like
+    /// ledger-testkit's `wait_ready`, on this pool (see Cargo.toml for why not that one).
     pub async fn wait_ok(&self, path: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -273,6 +273,7 @@ struct ReplayArgs {
     extra: Vec<String>,
 }
 
+/// Like ledger-testkit's `free_port` (see Cargo.toml for why not that one).
 fn free_port() -> anyhow::Result<u16> {
     // Bound and released at once: a small race with other processes, which the
     // service's own bind failure would report clearly.

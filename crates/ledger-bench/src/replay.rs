@@ -76,7 +76,8 @@ async fn progress(pool: &Pool, query: &str) -> anyhow::Result<(u16, Option<Progr
     Ok((r.status.as_u16(), p))
 }
 
-/// Kills the spawned projector if the run ends without stopping it (an error).
+/// Kills the spawned projector if the run ends without stopping it (an error). Like
+/// ledger-testkit's `ChildGuard` (see Cargo.toml for why not that one).
 struct ChildGuard(Option<Child>);
 
 impl ChildGuard {

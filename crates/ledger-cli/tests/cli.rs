@@ -3,7 +3,6 @@
 //! with an auth token) on the real broker of `LEDGER_TEST_BROKERS`.
 
 use std::io::Write;
-use std::net::TcpListener as StdListener;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -12,6 +11,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "cli-test-token";
+/// How long the services may take to be ready.
+const READY: Duration = Duration::from_secs(60);
 
 struct Services {
     ingest: String,
@@ -38,7 +39,7 @@ fn services() -> &'static Services {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let ingest_url = format!("http://{}", listener.local_addr().unwrap());
                 tokio::spawn(command_ingest::serve(ingest, listener, shutdown.clone()));
-                wait_ready(&ingest_url).await;
+                ledger_testkit::wait_ready(&ingest_url, READY).await;
 
                 let dir = store_dir();
                 let mut proj = projector::Config::for_brokers(&brokers, dir.path());
@@ -49,7 +50,7 @@ fn services() -> &'static Services {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let projector_url = format!("http://{}", listener.local_addr().unwrap());
                 tokio::spawn(projector::serve(proj, store, listener, shutdown.clone()));
-                wait_ready(&projector_url).await;
+                ledger_testkit::wait_ready(&projector_url, READY).await;
 
                 tx.send(Services {
                     ingest: ingest_url,
@@ -88,22 +89,9 @@ fn store_dir() -> tempfile::TempDir {
         .unwrap()
 }
 
-async fn wait_ready(base: &str) {
-    let http = reqwest::Client::new();
-    let url = format!("{base}/readyz");
-    ledger_testkit::wait_for(&url, Duration::from_secs(60), || async {
-        let r = http.get(&url).send().await.ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await;
-}
-
 /// A port nothing listens on.
 fn closed_port_url() -> String {
-    let l = StdListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
-    url
+    format!("http://127.0.0.1:{}", ledger_testkit::free_port())
 }
 
 /// A unique id for this test's accounts and commands.

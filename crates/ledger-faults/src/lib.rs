@@ -8,12 +8,12 @@
 
 pub mod scenario;
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ledger_testkit::{free_port, try_wait_for, try_wait_ready, ChildGuard};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -58,14 +58,6 @@ impl Bins {
     }
 }
 
-/// A free loopback port.
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 works on loopback")
-}
-
 /// A service binary as a restartable child process on a fixed port.
 pub struct Service {
     name: &'static str,
@@ -74,7 +66,7 @@ pub struct Service {
     /// Its port.
     pub port: u16,
     log: PathBuf,
-    child: Option<Child>,
+    child: ChildGuard,
 }
 
 impl Service {
@@ -85,34 +77,21 @@ impl Service {
         args: Vec<String>,
         log: PathBuf,
     ) -> Result<Self> {
-        let mut s = Self {
+        let port = free_port();
+        let child = spawn(name, program, &args, port, &log)?;
+        Ok(Self {
             name,
             program: program.to_path_buf(),
             args,
-            port: free_port(),
+            port,
             log,
-            child: None,
-        };
-        s.restart()?;
-        Ok(s)
+            child,
+        })
     }
 
-    /// Starts it (again), on the same port.
+    /// Starts it again, on the same port.
     pub fn restart(&mut self) -> Result<()> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(&self.program)
-            .args(&self.args)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", self.program.display()))?;
-        self.child = Some(child);
+        self.child = spawn(self.name, &self.program, &self.args, self.port, &self.log)?;
         Ok(())
     }
 
@@ -121,76 +100,50 @@ impl Service {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Its pid, while it runs.
-    pub fn pid(&self) -> Option<Pid> {
-        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
-    }
-
-    /// Sends a signal.
-    pub fn signal(&self, sig: Signal) -> Result<()> {
-        if let Some(pid) = self.pid() {
-            kill(pid, sig)?;
-        }
-        Ok(())
-    }
-
     /// SIGKILL, and reap it.
     pub fn kill9(&mut self) -> Result<()> {
-        self.signal(Signal::SIGKILL)?;
-        self.wait_exit(Duration::from_secs(10))?;
+        self.child.kill9()?;
         Ok(())
     }
 
     /// SIGTERM, and wait for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        self.signal(Signal::SIGTERM)?;
-        self.wait_exit(timeout)
-    }
-
-    /// Waits for it to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let child = self.child.as_mut().context("not running")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = child.try_wait()? {
-                self.child = None;
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not exit within {timeout:?}; log {}",
-                    self.name,
-                    self.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(self.child.terminate(timeout)?)
     }
 
     /// Whether it has exited, and how.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        let s = self.child.as_mut()?.try_wait().ok().flatten();
-        if s.is_some() {
-            self.child = None;
-        }
-        s
+        self.child.try_status()
     }
 
     /// The end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        self.child.log_tail(30)
     }
 }
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// Starts `program` with `args` plus `--listen 127.0.0.1:PORT`, appending to `log`.
+fn spawn(
+    name: &'static str,
+    program: &Path,
+    args: &[String],
+    port: u16,
+    log: &Path,
+) -> Result<ChildGuard> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let child = Command::new(program)
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(ChildGuard::new(name, child).with_log(log))
 }
 
 /// One ingest and one projector on a fresh topic, and what the faults need to drive them.
@@ -257,8 +210,8 @@ impl Stack {
             dir: dir.to_path_buf(),
             bins: bins.clone(),
         };
-        wait_ready(&stack.ingest.url(), Duration::from_secs(60)).await?;
-        wait_ready(&stack.projector.url(), Duration::from_secs(60)).await?;
+        try_wait_ready(&stack.ingest.url(), Duration::from_secs(60)).await?;
+        try_wait_ready(&stack.projector.url(), Duration::from_secs(60)).await?;
         Ok(stack)
     }
 
@@ -289,7 +242,7 @@ impl Stack {
             )?)
             .spawn()?;
         Ok(Load {
-            child,
+            child: ChildGuard::new("ledger load", child),
             out,
             err: self.dir.join(format!("load-{seed}.err")),
         })
@@ -326,9 +279,9 @@ fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-/// A running `ledger load --verify`.
+/// A running `ledger load --verify`, killed when dropped.
 pub struct Load {
-    child: Child,
+    child: ChildGuard,
     out: PathBuf,
     err: PathBuf,
 }
@@ -357,23 +310,17 @@ pub struct LoadResult {
 impl Load {
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.try_status().is_none()
     }
 
     /// Waits for it and reads its report; an error unless it exited 0 with a clean
     /// verification.
     pub async fn finish(mut self, timeout: Duration) -> Result<LoadResult> {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(s) = self.child.try_wait()? {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("ledger load did not finish within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        // Past the timeout, dropping `self` kills it.
+        let status = try_wait_for("ledger load to finish", timeout, || {
+            std::future::ready(self.child.try_status())
+        })
+        .await?;
         let text = std::fs::read_to_string(&self.out)?;
         let report: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let n = |v: &Value| v.as_u64().unwrap_or(0);
@@ -406,33 +353,6 @@ pub fn summary(r: &LoadResult) -> String {
     )
 }
 
-/// Waits for `GET {base}/readyz` to answer 200.
-pub async fn wait_ready(base: &str, timeout: Duration) -> Result<()> {
-    wait_until(&format!("{base}/readyz"), timeout, || async {
-        reqwest::get(format!("{base}/readyz"))
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false)
-    })
-    .await
-}
-
-/// Waits until `check` holds, or fails naming `what`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// Events the projector at `base` has applied (sum of its applied offsets).
 pub async fn applied_total(base: &str) -> Option<i64> {
     Some(ledger_testkit::applied_offsets(base).await?.values().sum())
@@ -447,16 +367,13 @@ pub async fn wait_progress(
     timeout: Duration,
 ) -> Result<()> {
     let start = applied_total(base).await.unwrap_or(0);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if applied_total(base).await.unwrap_or(0) >= start + more || !load.running() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the projector made no progress of {more} events within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("the projector to apply {more} more events than {start}");
+    try_wait_for(&what, timeout, || {
+        let running = load.running();
+        async move { (applied_total(base).await.unwrap_or(0) >= start + more || !running).then_some(()) }
+    })
+    .await?;
+    Ok(())
 }
 
 /// A broker, or a cluster of brokers, that this harness starts and stops itself,

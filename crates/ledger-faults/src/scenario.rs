@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use ledger_testkit::{try_wait_for, try_wait_ready};
 
 use crate::*;
 
@@ -113,7 +114,7 @@ pub async fn run(
                 }
                 stack.projector.kill9()?;
                 stack.projector.restart()?;
-                wait_ready(&stack.projector.url(), progress)
+                try_wait_ready(&stack.projector.url(), progress)
                     .await
                     .with_context(|| format!("restart {kill}:\n{}", stack.projector.log_tail()))?;
             }
@@ -126,7 +127,7 @@ pub async fn run(
                 }
                 stack.ingest.kill9()?;
                 stack.ingest.restart()?;
-                wait_ready(&stack.ingest.url(), progress).await?;
+                try_wait_ready(&stack.ingest.url(), progress).await?;
             }
         }
         Fault::BrokerOutage(secs) => {
@@ -203,11 +204,11 @@ pub async fn run(
                 projector_args(&brokers, topic, &stack.group, &dir.join("p2"), None),
                 dir.join("projector2.log"),
             )?;
-            wait_ready(&second.url(), progress).await?;
+            try_wait_ready(&second.url(), progress).await?;
             // It takes partitions and applies them from its own store before it leaves.
             let url2 = second.url();
-            wait_until("the second projector to apply events", progress, || async {
-                applied_total(&url2).await.unwrap_or(0) > 100
+            try_wait_for("the second projector to apply events", progress, || async {
+                (applied_total(&url2).await.unwrap_or(0) > 100).then_some(())
             })
             .await?;
             let status = second.terminate(Duration::from_secs(30))?;
@@ -219,18 +220,13 @@ pub async fn run(
         }
         Fault::DiskFull => {
             let disk = disk.as_ref().expect("mounted above");
-            let mut status = None;
-            wait_until(
+            let status = try_wait_for(
                 "the projector to stop on a full disk",
                 Duration::from_secs(120),
-                || {
-                    status = stack.projector.try_status();
-                    std::future::ready(status.is_some())
-                },
+                || std::future::ready(stack.projector.try_status()),
             )
             .await
             .with_context(|| stack.projector.log_tail())?;
-            let status = status.expect("set when the wait ended");
             ensure!(!status.success(), "a full disk must be a non-zero exit");
             let log = stack.projector.log_tail();
             ensure!(
@@ -267,10 +263,10 @@ pub async fn run(
     if let Fault::Poison(n) = fault {
         let dlq = format!("{topic}.dlq");
         let url = stack.projector.url();
-        wait_until(
+        try_wait_for(
             "every poison event in the dead-letter topic",
             progress,
-            || async { dead_lettered(&url).await >= u64::from(n) },
+            || async { (dead_lettered(&url).await >= u64::from(n)).then_some(()) },
         )
         .await?;
         let end = topic_end(&brokers, &dlq)?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{middleware, Router};
+use backon::{BlockingRetryable, ConstantBuilder, Retryable};
 use ledger_eventlog::admin::{
     ensure_topic, high_watermarks, metadata_client, topic_partitions, AdminError, TopicSpec,
 };
@@ -237,49 +238,58 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// Retries with a constant `pause` after each failure, for as long as the caller's
+/// condition (`when`, or a `stop` around it) allows.
+fn every(pause: Duration) -> ConstantBuilder {
+    ConstantBuilder::new().with_delay(pause).without_max_times()
+}
+
 /// Blocks until the topic exists (true) or `stop` is cancelled (false).
 fn wait_for_topic(
     client: &rdkafka::consumer::BaseConsumer,
     topic: &str,
     stop: &CancellationToken,
 ) -> bool {
+    if stop.is_cancelled() {
+        return false;
+    }
     let mut logged = false;
-    while !stop.is_cancelled() {
-        match topic_partitions(client, topic, Duration::from_secs(2)) {
-            Ok(parts) => {
-                info!(topic, partitions = parts.len(), "topic found");
-                return true;
-            }
-            Err(e) if !logged => {
+    let found = (|| topic_partitions(client, topic, Duration::from_secs(2)))
+        .retry(every(Duration::from_millis(500)))
+        .when(|_| !stop.is_cancelled())
+        .notify(|e, _| {
+            if !logged {
                 warn!(topic, error = %e, "waiting for the topic (command-ingest creates it at start-up)");
                 logged = true;
             }
-            Err(_) => {}
+        })
+        .call();
+    match found {
+        Ok(parts) => {
+            info!(topic, partitions = parts.len(), "topic found");
+            true
         }
-        std::thread::sleep(Duration::from_millis(500));
+        Err(_) => false,
     }
-    false
 }
 
-/// Creates the dead-letter topic, retrying until the broker answers.
+/// Creates the dead-letter topic, retrying until the broker answers or `stop`.
 async fn create_dlq_topic(
     kafka: ledger_eventlog::KafkaConfig,
     spec: TopicSpec,
     stop: CancellationToken,
 ) {
-    loop {
-        match ensure_topic(&kafka, &spec, Duration::from_secs(5)).await {
-            Ok(status) => {
+    let created = (|| ensure_topic(&kafka, &spec, Duration::from_secs(5)))
+        .retry(every(Duration::from_secs(2)))
+        .notify(|e, _| {
+            warn!(topic = %spec.name, error = %e, "cannot create the dead-letter topic yet; retrying")
+        });
+    tokio::select! {
+        () = stop.cancelled() => {}
+        created = created => {
+            if let Ok(status) = created {
                 info!(topic = %spec.name, ?status, "dead-letter topic ready");
-                return;
             }
-            Err(e) => {
-                warn!(topic = %spec.name, error = %e, "cannot create the dead-letter topic yet; retrying")
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
 }

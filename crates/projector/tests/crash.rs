@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use ledger_store::Store;
+use ledger_testkit::wait_ready;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

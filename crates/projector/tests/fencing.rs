@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use ledger_testkit::wait_ready;
 use nix::sys::signal::Signal;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

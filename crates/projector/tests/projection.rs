@@ -11,6 +11,7 @@ use ledger_eventlog::producer::{
     DLQ_HEADER_ERROR, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION, DLQ_HEADER_TOPIC,
 };
 use ledger_eventlog::Position;
+use ledger_testkit::wait_ready;
 use projector::Config;
 use serde_json::Value;
 use tokio::net::TcpListener;

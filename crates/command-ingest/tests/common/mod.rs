@@ -180,21 +180,6 @@ pub async fn post_raw(
     Answer::from(resp).await
 }
 
-/// Waits for `/readyz` to answer 200.
-pub async fn wait_ready(http: &reqwest::Client, base: &str, timeout: Duration) {
-    let url = format!("{base}/readyz");
-    ledger_testkit::wait_for("/readyz to answer 200", timeout, || {
-        let req = http.get(&url).timeout(Duration::from_secs(5)).send();
-        async move {
-            match req.await {
-                Ok(r) if r.status().as_u16() == 200 => Some(()),
-                _ => None,
-            }
-        }
-    })
-    .await
-}
-
 /// A `202` answer to one command, checked for the contract's shape.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -343,17 +328,13 @@ pub fn end_offsets(brokers: &str, topic: &str) -> i64 {
         .map(|&p| {
             // Right after a topic is created a partition's leader may not be known yet
             // (NotLeaderForPartition): retry that for a while.
-            let deadline = std::time::Instant::now() + t;
-            loop {
-                match client.fetch_watermarks(topic, p, t) {
-                    Ok((_, hi)) => break hi,
-                    Err(e) if std::time::Instant::now() < deadline => {
-                        eprintln!("watermarks of {topic}/{p} not available yet: {e}");
-                        std::thread::park_timeout(Duration::from_millis(100));
-                    }
-                    Err(e) => panic!("the watermarks of {topic}/{p}: {e}"),
-                }
-            }
+            let what = format!("the watermarks of {topic}/{p}");
+            let (_, hi) = ledger_testkit::retry_blocking(&what, t, || {
+                client.fetch_watermarks(topic, p, t).inspect_err(|e| {
+                    eprintln!("watermarks of {topic}/{p} not available yet: {e}");
+                })
+            });
+            hi
         })
         .sum()
 }

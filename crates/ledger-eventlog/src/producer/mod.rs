@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use backon::{BlockingRetryable, ConstantBuilder};
 use ledger_domain::Event;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders, ToBytes};
@@ -378,18 +379,23 @@ fn retire(generation: Arc<Generation>) {
         .purge(PurgeConfig::default().queue().inflight());
     // Requests that picked this generation just before the swap release it within
     // microseconds; drop it on this thread, never on a runtime worker.
-    let mut generation = generation;
-    for _ in 0..500 {
-        match Arc::try_unwrap(generation) {
-            Ok(g) => {
-                drop(g);
-                return;
-            }
-            Err(g) => generation = g,
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let mut shared = Some(generation);
+    let sole = (|| {
+        let g = shared.take().expect("put back after every failed attempt");
+        Arc::try_unwrap(g).map_err(|g| shared = Some(g))
+    })
+    .retry(
+        ConstantBuilder::new()
+            .with_delay(Duration::from_millis(10))
+            .with_max_times(500),
+    )
+    .call();
+    match sole {
+        Ok(g) => drop(g),
+        Err(()) => tracing::warn!(
+            "a replaced producer is still referenced after 5 s; it ends with its last user"
+        ),
     }
-    tracing::warn!("a replaced producer is still referenced after 5 s; it ends with its last user");
 }
 
 /// Header naming the topic a dead letter was read from.

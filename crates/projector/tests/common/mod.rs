@@ -5,10 +5,9 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use futures::future::join_all;
 use ledger_domain::{AccountId, Amount, CommandId, Event, EventBody, Model};
@@ -16,6 +15,7 @@ use ledger_eventlog::admin::{ensure_topic, TopicSpec};
 use ledger_eventlog::producer::{EventProducer, ProducerSettings};
 use ledger_eventlog::{KafkaConfig, Position};
 use ledger_store::Store;
+use ledger_testkit::{free_port, ChildGuard};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -213,20 +213,10 @@ pub async fn assert_http_matches(base: &str, model: &Model) {
     }
 }
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The projector binary as a child process.
+/// The projector binary as a child process, killed when dropped.
 pub struct ProjectorProcess {
-    pub child: Child,
+    pub child: ChildGuard,
     pub port: u16,
-    pub log: PathBuf,
 }
 
 impl ProjectorProcess {
@@ -245,7 +235,8 @@ impl ProjectorProcess {
             .stderr(out)
             .spawn()
             .unwrap();
-        Self { child, port, log }
+        let child = ChildGuard::new("projector", child).with_log(log);
+        Self { child, port }
     }
 
     pub fn url(&self) -> String {
@@ -253,45 +244,23 @@ impl ProjectorProcess {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, sig).unwrap();
+        self.child.signal(sig).unwrap();
     }
 
-    /// Waits for the process to exit, up to `timeout`.
+    /// Waits for the process to exit, up to `timeout`; panics past it (and the guard
+    /// kills it and shows its log).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "projector did not exit within {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::yield_now();
-            std::thread::park_timeout(Duration::from_millis(20));
-        }
+        self.child
+            .wait_exit(timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn kill9(&mut self) {
-        self.signal(nix::sys::signal::Signal::SIGKILL);
-        self.wait_exit(Duration::from_secs(10));
+        self.child.kill9().unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ProjectorProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.child.log_text()
     }
 }
 
@@ -304,15 +273,6 @@ pub async fn wait_applied(base: &str, ends: &BTreeMap<i32, i64>, timeout: Durati
         ends.iter()
             .all(|(p, e)| applied.get(p).is_some_and(|a| a >= e))
             .then_some(())
-    })
-    .await
-}
-
-/// Waits for `GET {base}/readyz` to answer 200.
-pub async fn wait_ready(base: &str, timeout: Duration) {
-    ledger_testkit::wait_for(&format!("{base}/readyz"), timeout, || async {
-        let r = reqwest::get(format!("{base}/readyz")).await.ok()?;
-        r.status().is_success().then_some(())
     })
     .await
 }
