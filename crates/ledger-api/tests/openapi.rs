@@ -54,3 +54,13 @@ fn the_document_names_every_error_code() {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
 }
+
+#[test]
+fn docs_api_md_lists_every_error_code_with_its_status() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/api.md");
+    let doc = std::fs::read_to_string(path).expect("docs/api.md is part of the repository");
+    for code in ledger_api::ErrorCode::ALL {
+        let row = format!("| `{}` | {} |", code.as_str(), code.status().as_u16());
+        assert!(doc.contains(&row), "docs/api.md lacks the row {row}");
+    }
+}

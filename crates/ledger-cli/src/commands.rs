@@ -130,6 +130,12 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
                 partition: args.partition,
                 follow: args.follow,
             };
+            if !options.from_beginning && !options.follow {
+                eprintln!(
+                    "ledger tail: starting at the end and stopping there prints nothing; \
+                     add --from-beginning to read the log, or --follow to wait for new events"
+                );
+            }
             crate::tail::run(args.kafka, options).await?;
             Ok(Exit::Success)
         }
