@@ -842,6 +842,13 @@ async fn ops_routes_and_topic_creation() {
     wait_ready(&ingest.base, READY).await;
     let r = get(&http, &ingest.url("/readyz")).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    let doc = get(&http, &ingest.url("/openapi.json")).await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(
+        doc.text,
+        include_str!("../../../docs/openapi.json"),
+        "the ingest serves the committed OpenAPI document"
+    );
 
     // The topic was created with the configured partitions and infinite retention.
     let kafka = ledger_eventlog::KafkaConfig::new(brokers.clone());

@@ -278,7 +278,7 @@ impl SendSummary {
 fn prepare_line(line: &str) -> Result<CommandRequest, (String, String)> {
     let mut v: Value = serde_json::from_str(line).map_err(|e| {
         (
-            "invalid_json".to_string(),
+            ErrorCode::InvalidJson.as_str().to_string(),
             format!("the line is not valid JSON: {e}"),
         )
     })?;

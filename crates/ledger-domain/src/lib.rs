@@ -12,6 +12,8 @@ pub mod event;
 pub mod ids;
 pub mod model;
 pub mod rules;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use batch::{Batch, Record};
 pub use command::{Command, CommandKind, ValidationError};

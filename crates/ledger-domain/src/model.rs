@@ -151,17 +151,8 @@ mod tests {
     use super::*;
     use crate::event::EventBody;
     use crate::ids::Amount;
+    use crate::testing::event;
     use proptest::prelude::*;
-
-    fn event(n: u128, cmd: &str, acc: &str, body: EventBody) -> Event {
-        Event {
-            event_id: n,
-            command_id: CommandId::parse(cmd).unwrap(),
-            account_id: AccountId::parse(acc).unwrap(),
-            time_ms: 0,
-            body,
-        }
-    }
 
     #[test]
     fn repeated_command_id_is_a_duplicate_and_keeps_the_first_outcome() {

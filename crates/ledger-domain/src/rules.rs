@@ -99,17 +99,7 @@ pub fn decide(state: Option<&AccountState>, body: &EventBody) -> Result<AccountS
 mod tests {
     use super::*;
     use crate::ids::Amount;
-
-    fn dep(n: u64) -> EventBody {
-        EventBody::Deposit {
-            amount: Amount::new(n).unwrap(),
-        }
-    }
-    fn wd(n: u64) -> EventBody {
-        EventBody::Withdraw {
-            amount: Amount::new(n).unwrap(),
-        }
-    }
+    use crate::testing::{deposit as dep, withdraw as wd};
 
     #[test]
     fn the_contract_example() {

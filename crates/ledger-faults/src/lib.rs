@@ -8,6 +8,8 @@
 
 pub mod scenario;
 
+use ledger_api::{Accepted, CommandRequest, ErrorBody};
+use ledger_domain::AccountId;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -495,6 +497,10 @@ pub const RECOVERED_STREAK: u32 = 20;
 /// counted from the call; fails past `bound`.
 pub async fn wait_accepting(base: &str, bound: Duration) -> Result<Duration> {
     let http = reqwest::Client::new();
+    let probe = CommandRequest::OpenAccount {
+        account_id: AccountId::parse("recovery-probe").expect("a valid literal account id"),
+        command_id: None,
+    };
     let started = Instant::now();
     let mut streak = 0;
     let mut streak_began = None;
@@ -509,18 +515,24 @@ pub async fn wait_accepting(base: &str, bound: Duration) -> Result<Duration> {
         let sent = Instant::now();
         let answer = http
             .post(format!("{base}/v1/commands"))
-            .json(&serde_json::json!({"type": "open_account", "account_id": "recovery-probe"}))
+            .json(&probe)
             .timeout(Duration::from_secs(10))
             .send()
             .await;
         match answer {
-            Ok(r) if r.status().as_u16() == 202 => {
+            Ok(r) if r.status().as_u16() == 202 && r.json::<Accepted>().await.is_ok() => {
                 streak_began.get_or_insert(sent);
                 streak += 1;
             }
             other => {
                 last = match other {
-                    Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                    Ok(r) => {
+                        let status = r.status();
+                        match r.json::<ErrorBody>().await {
+                            Ok(b) => format!("{status} {}: {}", b.error.code, b.error.message),
+                            Err(_) => status.to_string(),
+                        }
+                    }
                     Err(e) => e.to_string(),
                 };
                 streak = 0;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use ledger_domain::{
     AccountId, Amount, Batch, CommandId, CommandStatus, Event, EventBody, Model, Record, Rejection,
 };
+use ledger_domain::testing::{deposit as dep, event, withdraw as wd};
 use ledger_store::{Store, StoreError};
 use proptest::prelude::*;
 
@@ -12,13 +13,7 @@ const TOPIC: &str = "ledger.events";
 const CACHE: u64 = 8 << 20;
 
 fn ev(cmd: &str, acc: &str, body: EventBody) -> Event {
-    Event {
-        event_id: 0,
-        command_id: CommandId::parse(cmd).unwrap(),
-        account_id: AccountId::parse(acc).unwrap(),
-        time_ms: 7,
-        body,
-    }
+    event(0, cmd, acc, body)
 }
 
 fn batch(partition: i32, first_offset: i64, events: &[Event]) -> Batch {
@@ -39,16 +34,6 @@ fn batch(partition: i32, first_offset: i64, events: &[Event]) -> Batch {
     }
 }
 
-fn dep(n: u64) -> EventBody {
-    EventBody::Deposit {
-        amount: Amount::new(n).unwrap(),
-    }
-}
-fn wd(n: u64) -> EventBody {
-    EventBody::Withdraw {
-        amount: Amount::new(n).unwrap(),
-    }
-}
 
 #[test]
 fn applies_outcomes_and_offsets_together() {

@@ -142,6 +142,20 @@ fn arbitrary_queries_get_a_2xx_or_a_json_4xx_never_a_5xx() {
             Ok(())
         })
         .unwrap();
+    let served = rt.block_on(async {
+        http.get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .expect("answered")
+            .text()
+            .await
+            .expect("a body")
+    });
+    assert_eq!(
+        served,
+        include_str!("../../../docs/openapi.json"),
+        "the projector serves the committed OpenAPI document"
+    );
     rt.block_on(async {
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(20), task)

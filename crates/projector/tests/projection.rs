@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use ledger_domain::testing::event;
 use ledger_domain::{AccountId, Amount, CommandId, Event, EventBody};
 use ledger_eventlog::producer::{
     DLQ_HEADER_ERROR, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION, DLQ_HEADER_TOPIC,
@@ -53,13 +54,7 @@ fn config(brokers: &str, topic: &str, dir: &std::path::Path) -> Config {
 }
 
 fn ev(cmd: &str, acc: &str, body: EventBody) -> Event {
-    Event {
-        event_id: 1,
-        command_id: CommandId::parse(cmd).unwrap(),
-        account_id: AccountId::parse(acc).unwrap(),
-        time_ms: 0,
-        body,
-    }
+    event(1, cmd, acc, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
