@@ -98,7 +98,6 @@ pub fn decide(state: Option<&AccountState>, body: &EventBody) -> Result<AccountS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Amount;
     use crate::testing::{deposit as dep, withdraw as wd};
 
     #[test]

@@ -519,22 +519,29 @@ pub async fn wait_accepting(base: &str, bound: Duration) -> Result<Duration> {
             .timeout(Duration::from_secs(10))
             .send()
             .await;
-        match answer {
-            Ok(r) if r.status().as_u16() == 202 && r.json::<Accepted>().await.is_ok() => {
+        let refusal = match answer {
+            Ok(r) if r.status().as_u16() == 202 => match r.json::<Accepted>().await {
+                Ok(_) => None,
+                Err(e) => Some(format!(
+                    "202 with a body that is not an accepted command: {e}"
+                )),
+            },
+            Ok(r) => {
+                let status = r.status();
+                Some(match r.json::<ErrorBody>().await {
+                    Ok(b) => format!("{status} {}: {}", b.error.code, b.error.message),
+                    Err(_) => status.to_string(),
+                })
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        match refusal {
+            None => {
                 streak_began.get_or_insert(sent);
                 streak += 1;
             }
-            other => {
-                last = match other {
-                    Ok(r) => {
-                        let status = r.status();
-                        match r.json::<ErrorBody>().await {
-                            Ok(b) => format!("{status} {}: {}", b.error.code, b.error.message),
-                            Err(_) => status.to_string(),
-                        }
-                    }
-                    Err(e) => e.to_string(),
-                };
+            Some(why) => {
+                last = why;
                 streak = 0;
                 streak_began = None;
                 tokio::time::sleep(Duration::from_millis(100)).await;

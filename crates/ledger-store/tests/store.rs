@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use ledger_domain::{
-    AccountId, Amount, Batch, CommandId, CommandStatus, Event, EventBody, Model, Record, Rejection,
-};
 use ledger_domain::testing::{deposit as dep, event, withdraw as wd};
+use ledger_domain::{
+    AccountId, Batch, CommandId, CommandStatus, Event, EventBody, Model, Record, Rejection,
+};
 use ledger_store::{Store, StoreError};
 use proptest::prelude::*;
 
@@ -33,7 +33,6 @@ fn batch(partition: i32, first_offset: i64, events: &[Event]) -> Batch {
         next_offsets,
     }
 }
-
 
 #[test]
 fn applies_outcomes_and_offsets_together() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use ledger_domain::testing::event;
-use ledger_domain::{AccountId, Amount, CommandId, Event, EventBody};
+use ledger_domain::{AccountId, Amount, Event, EventBody};
 use ledger_eventlog::producer::{
     DLQ_HEADER_ERROR, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION, DLQ_HEADER_TOPIC,
 };
