@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use ledger_eventlog::admin::TopicSpec;
 use ledger_eventlog::config::KafkaArgs;
 use ledger_eventlog::KafkaConfig;
-use ledger_http::telemetry::ServiceArgs;
+use ledger_http::config::ServiceArgs;
 
 /// `command-ingest` turns each command into one event in Kafka and answers 202 once the
 /// broker has acknowledged it.

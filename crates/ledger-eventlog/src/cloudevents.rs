@@ -45,17 +45,36 @@ pub fn source(writer: &str) -> String {
 
 /// The event's time as `ce_time` spells it: RFC 3339, UTC, milliseconds.
 pub fn time(time_ms: i64) -> String {
-    let at = std::time::UNIX_EPOCH
-        + std::time::Duration::from_millis(u64::try_from(time_ms).unwrap_or_default());
-    humantime::format_rfc3339_millis(at).to_string()
+    write_time(time_ms, &mut [0u8; 32]).to_owned()
+}
+
+/// The last millisecond RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+const LAST_MS: u64 = 253_402_300_800_000 - 1;
+
+/// [`time`], written into `buffer` (24 bytes are used). A time outside what RFC 3339 can
+/// say (before 1970 or after 9999, which only a hostile writer produces) is clamped.
+fn write_time(time_ms: i64, buffer: &mut [u8; 32]) -> &str {
+    use std::io::Write;
+    let ms = u64::try_from(time_ms).unwrap_or_default().min(LAST_MS);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    write!(cursor, "{}", humantime::format_rfc3339_millis(at))
+        .expect("an RFC 3339 time with milliseconds is 24 bytes, within the buffer");
+    let len = usize::try_from(cursor.position()).expect("at most 32");
+    std::str::from_utf8(&buffer[..len]).expect("humantime writes ASCII")
 }
 
 /// The binding's headers for an event written by `source` (see [`source`]).
+///
+/// On the ingest's batch path this runs for every command, so the id and the time are
+/// formatted into buffers on the stack; librdkafka copies each header anyway.
 pub fn headers(event: &Event, source: &str) -> OwnedHeaders {
+    let mut id_buffer = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::from_u128(event.event_id)
         .hyphenated()
-        .encode_lower(&mut uuid::Uuid::encode_buffer())
-        .to_owned();
+        .encode_lower(&mut id_buffer);
+    let mut time_buffer = [0u8; 32];
+    let time = write_time(event.time_ms, &mut time_buffer);
     OwnedHeaders::new_with_capacity(6)
         .insert(Header {
             key: header::SPEC_VERSION,
@@ -63,7 +82,7 @@ pub fn headers(event: &Event, source: &str) -> OwnedHeaders {
         })
         .insert(Header {
             key: header::ID,
-            value: Some(&id),
+            value: Some(id),
         })
         .insert(Header {
             key: header::TYPE,
@@ -75,7 +94,7 @@ pub fn headers(event: &Event, source: &str) -> OwnedHeaders {
         })
         .insert(Header {
             key: header::TIME,
-            value: Some(&time(event.time_ms)),
+            value: Some(time),
         })
         .insert(Header {
             key: header::CONTENT_TYPE,
@@ -113,7 +132,9 @@ mod tests {
     }
 
     #[test]
-    fn a_time_before_the_epoch_is_clamped_rather_than_wrapped() {
+    fn times_rfc_3339_cannot_say_are_clamped_never_a_panic() {
         assert_eq!(time(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(i64::MIN), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 }

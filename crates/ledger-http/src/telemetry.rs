@@ -1,5 +1,5 @@
 //! Logging set-up for the binaries: text for people, JSON for log pipelines, filtered by
-//! `RUST_LOG` (default `info`); and the flags every service takes.
+//! `RUST_LOG` (default `info`).
 
 use tracing_subscriber::EnvFilter;
 
@@ -27,15 +27,4 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-}
-
-/// The flags every HTTP service takes besides its own: `#[command(flatten)]` them.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct ServiceArgs {
-    /// Bearer token required on /v1 routes; unset, they are open.
-    #[arg(long, env = "LEDGER_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
 }

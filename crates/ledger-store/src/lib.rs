@@ -1,8 +1,8 @@
 //! The projector's state store, in sled.
 //!
-//! Four trees: `accounts` (account id → state), `commands` (command id → first outcome
-//! and where its event was), `offsets` (topic and partition → next offset to read) and
-//! `meta`. A batch of events is applied in one multi-tree transaction that writes the
+//! Three trees: `accounts` (account id → state), `commands` (command id → first outcome
+//! and where its event was) and `offsets` (topic and partition → next offset to read).
+//! A batch of events is applied in one multi-tree transaction that writes the
 //! account states, the command outcomes and the partition offsets together, and the
 //! store is flushed before [`Store::apply_batch`] returns: after any crash, the state on
 //! disk is exactly the effect of the events below the stored offsets.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ledger_eventlog::config::KafkaArgs;
 use ledger_eventlog::consume::PoisonPolicy;
 use ledger_eventlog::KafkaConfig;
-use ledger_http::telemetry::ServiceArgs;
+use ledger_http::config::ServiceArgs;
 
 /// What to do with an event that does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
