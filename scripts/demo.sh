@@ -10,7 +10,8 @@
 #      projection falls behind; resumed (SIGCONT), it catches up;
 #   3. the projector killed with SIGKILL in the middle of a load and restarted: every balance
 #      and command status still matches a model of what was accepted;
-#   4. an overdraft accepted by the ingest and rejected by the projector, and why.
+#   4. an overdraft accepted by the ingest and rejected by the projector, and why;
+#   5. the log itself, as any other service reads it: `ledger tail` prints the events.
 # It stops everything it started (also on Ctrl-C or failure) and exits non-zero when a check
 # fails.
 #
@@ -204,6 +205,21 @@ ledger status demo-overdraft-1
 check "the overdraft was rejected for insufficient funds" test "$(json 'd["reason"]' <<<"$status")" = insufficient_funds
 check "the withdraw --wait exited 1 (rejected)" test "$rc" = 1
 check "demo-bob's balance is still 0" test "$(ledger --json balance demo-bob | json 'd["balance"]')" = 0
+
+# ---------------------------------------------------------------------------------------
+say "5. The log is the record, and any service can listen: ledger tail"
+show "ledger tail --from-beginning | grep demo-bob"
+ledger tail --brokers "$BROKERS" --topic "$TOPIC" --from-beginning >"$WORK/tail.jsonl"
+grep '"account_id":"demo-bob"' "$WORK/tail.jsonl" | sed 's/^/   /' || true
+note "($(wc -l <"$WORK/tail.jsonl") events in the log; each also carries CloudEvents headers"
+note " such as ce_type, so a consumer in any language can filter without decoding)"
+bob_events=$(python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(" ".join(r.get("type", "?") + ":" + r.get("command_id", "?") for r in rows if r.get("account_id") == "demo-bob"))
+' "$WORK/tail.jsonl")
+bob_in_order() { [[ "$bob_events" == ledger.account_opened.v1:*" ledger.withdrawn.v1:demo-overdraft-1" ]]; }
+check "the log holds demo-bob's open, then the overdraft the projector rejected" bob_in_order
 
 # ---------------------------------------------------------------------------------------
 say "Summary"

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -89,8 +89,8 @@ pub async fn ensure_topic(
 
 /// Asks the cluster for the topic's partition ids. Blocking: call it from a blocking
 /// thread.
-pub fn topic_partitions(
-    client: &BaseConsumer,
+pub fn topic_partitions<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, AdminError> {

@@ -5,11 +5,13 @@
 use std::time::Duration;
 
 use ledger_domain::Event;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use crate::admin::{topic_partitions, AdminError};
 use crate::cloudevents;
@@ -64,6 +66,25 @@ pub enum TailError {
     Kafka(#[from] KafkaError),
 }
 
+/// The tail's client context: the end of a partition is how a tail stops, not an error,
+/// so librdkafka's global report of it is not logged as one.
+struct TailContext;
+
+impl ClientContext for TailContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            debug!(%error, reason, "end of partition");
+        } else {
+            warn!(%error, reason, "librdkafka error while tailing");
+        }
+    }
+}
+
+impl ConsumerContext for TailContext {}
+
 /// How long to wait for the brokers' metadata.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -77,7 +98,7 @@ pub fn tail(
     stop: &CancellationToken,
     mut each: impl FnMut(Tailed) -> bool,
 ) -> Result<u64, TailError> {
-    let consumer: BaseConsumer = kafka
+    let consumer: BaseConsumer<TailContext> = kafka
         .client_config(
             &[
                 // librdkafka wants a group id for a consumer; with no subscription and
@@ -95,7 +116,7 @@ pub fn tail(
             ],
         )
         .map_err(AdminError::from)?
-        .create()?;
+        .create_with_context(TailContext)?;
     let all = topic_partitions(&consumer, topic, METADATA_TIMEOUT)?;
     let partitions = match options.partition {
         None => all,
