@@ -121,9 +121,9 @@ pub struct ConsistencyParams {
     /// A token from an ingest answer.
     #[param(example = "v1.2.41")]
     pub after: Option<String>,
-    /// How long to wait for it, in milliseconds: default 5000, at most 30000. On
-    /// time-out the answer is `503 not_yet_consistent` with `Retry-After`.
-    #[param(maximum = 30000)]
+    /// How long to wait for it, in milliseconds: default 5000; more than 30000 waits
+    /// 30000. Read only with `after`. On time-out the answer is `503 not_yet_consistent`
+    /// with `Retry-After`.
     pub timeout_ms: Option<u64>,
 }
 

@@ -149,6 +149,9 @@ pub async fn fill(spec: &FillSpec<'_>) -> anyhow::Result<Value> {
         .create_with_context(Deliveries::default())
         .context("creating the fill producer")?;
 
+    // Events as the ingest writes them, CloudEvents headers included, so the replay reads
+    // what a production topic holds.
+    let source = ledger_eventlog::cloudevents::source("ledger-bench");
     let started = Instant::now();
     let mut bytes = 0u64;
     let mut sent = 0u64;
@@ -160,7 +163,8 @@ pub async fn fill(spec: &FillSpec<'_>) -> anyhow::Result<Value> {
         let mut record = BaseRecord::to(spec.topic)
             .key(event.account_id.as_str())
             .payload(&payload)
-            .timestamp(event.time_ms);
+            .timestamp(event.time_ms)
+            .headers(ledger_eventlog::cloudevents::headers(&event, &source));
         loop {
             match producer.send(record) {
                 Ok(()) => break,

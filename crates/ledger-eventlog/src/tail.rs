@@ -1,7 +1,8 @@
 //! Reading the topic as an outsider, the way `kcat -C` does: every partition (or one),
-//! from the beginning or from the end, up to the end as it was at the start or on and
+//! from the beginning or from the end, up to the end as it was at the start, or on and
 //! on. No consumer group, no commits: a tail leaves no trace on the cluster.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ledger_domain::Event;
@@ -26,7 +27,7 @@ pub struct TailOptions {
     /// Only this partition; otherwise all of them.
     pub partition: Option<i32>,
     /// Wait for new events until stopped; otherwise stop at the end each partition had
-    /// when the tail reached it.
+    /// when the tail started.
     pub follow: bool,
 }
 
@@ -111,7 +112,7 @@ pub fn tail(
                 (
                     "enable.partition.eof",
                     "true",
-                    "the end of each partition is how a tail without --follow stops",
+                    "a partition whose last offsets are markers, never messages, still ends",
                 ),
             ],
         )
@@ -129,6 +130,13 @@ pub fn tail(
             })
         }
     };
+    // Without --follow the tail ends at each partition's end as it is now, so that
+    // steady writes cannot keep it going.
+    let mut ends = BTreeMap::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, METADATA_TIMEOUT)?;
+        ends.insert(p, (low, high));
+    }
     let start = if options.from_beginning {
         Offset::Beginning
     } else {
@@ -140,20 +148,40 @@ pub fn tail(
     }
     consumer.assign(&assignment)?;
 
-    let mut at_end = std::collections::BTreeSet::new();
+    // Partitions with nothing left to print before their end as of now.
+    let mut done: BTreeSet<i32> = ends
+        .iter()
+        .filter(|(_, &(low, high))| !options.from_beginning || low >= high)
+        .map(|(&p, _)| p)
+        .collect();
     let mut handed = 0u64;
     while !stop.is_cancelled() {
-        if !options.follow && at_end.len() == partitions.len() {
+        if !options.follow && done.len() == partitions.len() {
             break;
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
+            // The end of what the partition holds; with compaction or transaction markers
+            // the last offsets before the recorded end may never arrive as messages.
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
+                done.insert(p);
+            }
+            Some(Err(e)) if options.follow => {
+                // librdkafka recovers from transport errors by itself; a tail that
+                // follows waits for it, as kcat does.
+                warn!(error = %e, "reading the topic failed; retrying");
             }
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(message)) => {
-                at_end.remove(&message.partition());
+                let p = message.partition();
+                let end = ends.get(&p).map_or(i64::MAX, |&(_, high)| high);
+                if !options.follow && message.offset() >= end {
+                    done.insert(p);
+                    continue;
+                }
+                if message.offset() + 1 >= end {
+                    done.insert(p);
+                }
                 handed += 1;
                 if !each(tailed(&message)) {
                     break;

@@ -1,7 +1,7 @@
 //! The query API: accounts, commands and progress, each optionally waiting for a
 //! consistency token; plus health, readiness and metrics.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,22 +33,45 @@ pub(crate) struct QueryState {
     pub metadata: Arc<BaseConsumer>,
 }
 
-/// `?after=&timeout_ms=`; a query string that does not parse is `400 invalid_timeout`,
-/// since `timeout_ms` is the only parameter that can fail to.
-type Params = Result<Query<ConsistencyParams>, QueryRejection>;
+/// The query string, read leniently: the last of repeated parameters wins and unknown
+/// ones are ignored; [`consistency_params`] makes [`ConsistencyParams`] of it.
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// `?after=&timeout_ms=`. `timeout_ms` matters only with `after`, so it is read (and can
+/// be refused) only then.
+fn consistency_params(params: Params) -> Result<ConsistencyParams, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidToken,
+            format!("the query string could not be read: {}", e.body_text()),
+        )
+    })?;
+    let Some(after) = params.get("after") else {
+        return Ok(ConsistencyParams::default());
+    };
+    let timeout_ms = params
+        .get("timeout_ms")
+        .map(|t| {
+            t.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidTimeout,
+                    format!(
+                        "timeout_ms must be an integer of milliseconds (at most {} are waited), got {t:?}",
+                        ConsistencyParams::MAX_WAIT_MS
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(ConsistencyParams {
+        after: Some(after.clone()),
+        timeout_ms,
+    })
+}
 
 /// Waits until everything up to `?after=TOKEN` is applied, or fails with 503.
 async fn consistent(state: &QueryState, params: Params) -> Result<(), ApiError> {
-    let Query(params) = params.map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidTimeout,
-            format!(
-                "timeout_ms must be an integer from 0 to {}: {}",
-                ConsistencyParams::MAX_WAIT_MS,
-                e.body_text()
-            ),
-        )
-    })?;
+    let params = consistency_params(params)?;
     let Some(token) = &params.after else {
         return Ok(());
     };
@@ -209,5 +232,32 @@ pub(crate) async fn readyz(State(state): State<QueryState>) -> Response {
         .into_response()
     } else {
         Json(Readiness::ready(&*state.topic, Some(assigned))).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Result<ConsistencyParams, ApiError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        consistency_params(Ok(Query(map)))
+    }
+
+    #[test]
+    fn timeout_ms_is_read_only_with_after_and_capped() {
+        assert_eq!(
+            params(&[("timeout_ms", "abc"), ("x", "y")]).unwrap(),
+            ConsistencyParams::default()
+        );
+        let e = params(&[("after", "v1.0.1"), ("timeout_ms", "abc")]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidTimeout);
+        let p = params(&[("after", "v1.0.1"), ("timeout_ms", "99999")]).unwrap();
+        assert_eq!(p.wait_ms(), ConsistencyParams::MAX_WAIT_MS);
+        let p = params(&[("after", "v1.0.1")]).unwrap();
+        assert_eq!(p.wait_ms(), ConsistencyParams::DEFAULT_WAIT_MS);
     }
 }
