@@ -283,7 +283,7 @@ async fn check_command(
     let expected = oracle.model.commands.get(id).map(|r| {
         let (p, o) = oracle.first_position[id];
         describe_command(
-            r.status.label(),
+            ledger_api::CommandOutcome::from(r.status).as_str(),
             r.status.reason(),
             r.account_id.as_str(),
             p,

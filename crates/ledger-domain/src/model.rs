@@ -23,14 +23,6 @@ pub enum CommandStatus {
 }
 
 impl CommandStatus {
-    /// `"applied"` or `"rejected"`, as in the contract.
-    pub fn label(&self) -> &'static str {
-        match self {
-            CommandStatus::Applied => "applied",
-            CommandStatus::Rejected(_) => "rejected",
-        }
-    }
-
     /// The rejection reason code, if any.
     pub fn reason(&self) -> Option<&'static str> {
         match self {

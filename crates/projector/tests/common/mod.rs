@@ -203,7 +203,11 @@ pub async fn assert_http_matches(base: &str, model: &Model) {
     }
     for (id, want) in &model.commands {
         let v = get_json(&http, &format!("{base}/v1/commands/{id}")).await;
-        assert_eq!(v["status"], want.status.label(), "status of {id}: {v}");
+        assert_eq!(
+            v["status"],
+            ledger_api::CommandOutcome::from(want.status).as_str(),
+            "status of {id}: {v}"
+        );
         assert_eq!(
             v["reason"].as_str(),
             want.status.reason(),
