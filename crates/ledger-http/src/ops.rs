@@ -46,10 +46,12 @@ async fn healthz() -> Json<Health> {
 }
 
 /// `GET /openapi.json`: the API of both services, as committed in `docs/openapi.json`.
+/// Generated once per process: it is the same on every request.
 async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        ledger_api::openapi::document(),
+        DOCUMENT.get_or_init(ledger_api::openapi::document).as_str(),
     )
         .into_response()
 }
