@@ -191,7 +191,6 @@ fn acquire(state: &AppState, n: usize) -> Result<Option<SemaphorePermit<'_>>, Ap
                     state.max_in_flight
                 ),
             )
-            .retry_after(1)
         })
 }
 
@@ -258,8 +257,7 @@ fn answer(
                 ProduceError::QueueFull => ApiError::new(
                     ErrorCode::Overloaded,
                     "the producer queue is full; retry shortly",
-                )
-                .retry_after(1),
+                ),
                 other => ApiError::new(
                     ErrorCode::LogUnavailable,
                     format!(
@@ -267,8 +265,7 @@ fn answer(
                          retrying with the same command_id {} is safe",
                         event.command_id
                     ),
-                )
-                .retry_after(1),
+                ),
             })
         }
     }
@@ -297,7 +294,6 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             ErrorCode::NotReady,
             format!("topic {} is not reachable", state.topic),
         )
-        .retry_after(1)
         .into_response()
     } else if state.producer.is_stuck() {
         ApiError::new(
@@ -307,7 +303,6 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
                 state.topic
             ),
         )
-        .retry_after(1)
         .into_response()
     } else {
         Json(Readiness::ready(&*state.topic, None)).into_response()

@@ -21,19 +21,15 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with this code and message.
+    /// An error with this code and message. Every `503` says when to retry: after a
+    /// second.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let unavailable = code.status() == axum::http::StatusCode::SERVICE_UNAVAILABLE;
         Self {
             code,
             message: message.into(),
-            retry_after: None,
+            retry_after: unavailable.then_some(1),
         }
-    }
-
-    /// Adds a `Retry-After`.
-    pub fn retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after = Some(seconds);
-        self
     }
 
     /// 401 `unauthorized`.

@@ -67,7 +67,6 @@ async fn bounded(limit: Duration, req: Request, next: Next) -> Response {
                 limit.as_millis()
             ),
         )
-        .retry_after(1)
         .into_response(),
     }
 }
@@ -91,17 +90,30 @@ mod tests {
     }
 
     async fn call(app: Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+        let (status, _, body) = call_with_headers(app, method, uri).await;
+        (status, body)
+    }
+
+    async fn call_with_headers(
+        app: Router,
+        method: &str,
+        uri: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
         let req = Request::builder()
             .method(method)
             .uri(uri)
             .body(Body::empty())
             .unwrap();
         let resp = app.oneshot(req).await.unwrap();
-        let status = resp.status();
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+        (
+            status,
+            headers,
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+        )
     }
 
     #[tokio::test]
@@ -112,9 +124,11 @@ mod tests {
         let (status, body) = call(app(Duration::from_secs(5)), "POST", "/healthz").await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["error"]["code"], "method_not_allowed");
-        let (status, body) = call(app(Duration::from_millis(50)), "GET", "/v1/slow").await;
+        let (status, headers, body) =
+            call_with_headers(app(Duration::from_millis(50)), "GET", "/v1/slow").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["code"], "timeout");
+        assert_eq!(headers["retry-after"], "1", "every 503 says when to retry");
     }
 
     #[tokio::test]

@@ -88,8 +88,7 @@ async fn consistent(state: &QueryState, params: Params) -> Result<(), ApiError> 
         Ok(false) => Err(ApiError::new(
             ErrorCode::NotYetConsistent,
             "the projector is shutting down",
-        )
-        .retry_after(1)),
+        )),
         Err(_) => {
             let applied = rx.borrow().get(&pos.partition).copied();
             Err(ApiError::new(
@@ -100,8 +99,7 @@ async fn consistent(state: &QueryState, params: Params) -> Result<(), ApiError> 
                     applied.map_or_else(|| "nothing yet".to_string(), |n| format!("up to offset {}", n - 1)),
                     pos.offset
                 ),
-            )
-            .retry_after(1))
+            ))
         }
     }
 }
@@ -228,7 +226,6 @@ pub(crate) async fn readyz(State(state): State<QueryState>) -> Response {
             ErrorCode::NotReady,
             "no partitions are assigned to this projector yet",
         )
-        .retry_after(1)
         .into_response()
     } else {
         Json(Readiness::ready(&*state.topic, Some(assigned))).into_response()
