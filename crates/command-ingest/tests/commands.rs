@@ -152,7 +152,7 @@ async fn every_command_kind_is_acknowledged_and_lands_in_the_log() {
         }
         assert_eq!(
             acc.partition,
-            ledger_testkit::java_partition(account.as_bytes(), PARTITIONS),
+            ledger_domain::partitioning::partition_for_key(account.as_bytes(), PARTITIONS),
             "{what}: partitioned by murmur2 of the account id, as Java clients do"
         );
     }

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     CommandNotFound,
     /// 404: no such route.
     NotFound,
+    /// 409: more than one account used this command id (an idempotency key is per
+    /// account); name one with `?account_id=`.
+    AmbiguousCommandId,
     /// 405: the route does not take that method.
     MethodNotAllowed,
     /// 413: the body or the batch is larger than allowed.
@@ -65,7 +68,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownCommand,
         ErrorCode::MissingField,
@@ -79,6 +82,7 @@ impl ErrorCode {
         ErrorCode::AccountNotFound,
         ErrorCode::CommandNotFound,
         ErrorCode::NotFound,
+        ErrorCode::AmbiguousCommandId,
         ErrorCode::MethodNotAllowed,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
@@ -106,6 +110,7 @@ impl ErrorCode {
             ErrorCode::AccountNotFound => "account_not_found",
             ErrorCode::CommandNotFound => "command_not_found",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::AmbiguousCommandId => "ambiguous_command_id",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
@@ -134,6 +139,7 @@ impl ErrorCode {
             ErrorCode::AccountNotFound | ErrorCode::CommandNotFound | ErrorCode::NotFound => {
                 StatusCode::NOT_FOUND
             }
+            ErrorCode::AmbiguousCommandId => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

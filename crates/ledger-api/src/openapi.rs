@@ -165,12 +165,17 @@ fn get_account() {}
     get,
     path = "/v1/commands/{command_id}",
     tag = "projector",
-    params(("command_id" = String, Path, description = "The command's id"), ConsistencyParams),
+    params(
+        ("command_id" = String, Path, description = "The command's id"),
+        ("account_id" = Option<String>, Query, description = "The account that used it. A command id is an idempotency key per account; needed only when more than one account used the id"),
+        ConsistencyParams
+    ),
     responses(
         (status = 200, description = "The outcome", body = CommandView),
-        (status = 400, description = "`invalid_command_id`, `invalid_token`, `invalid_timeout`", body = ErrorBody),
+        (status = 400, description = "`invalid_command_id`, `invalid_account_id`, `invalid_token`, `invalid_timeout`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`command_not_found` until the command is applied", body = ErrorBody),
+        (status = 409, description = "`ambiguous_command_id`: several accounts used this id; name one with `?account_id=`", body = ErrorBody),
         (status = 503, description = "`not_yet_consistent` with `Retry-After`", body = ErrorBody),
     ),
     security((), ("bearer" = []))

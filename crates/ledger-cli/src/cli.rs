@@ -104,6 +104,10 @@ pub enum Cmd {
         /// The command id.
         #[arg(value_parser = parse_command_id)]
         command_id: CommandId,
+        /// The account that sent it. A command id is an idempotency key per account;
+        /// needed only when several accounts used the same id.
+        #[arg(long, value_parser = parse_account)]
+        account: Option<AccountId>,
         /// Answer only once everything up to this consistency token is applied.
         #[arg(long, value_name = "TOKEN")]
         after: Option<String>,

@@ -281,10 +281,12 @@ impl Client {
     pub async fn command(
         &self,
         id: &CommandId,
+        account: Option<&AccountId>,
         after: Option<&str>,
     ) -> Result<CommandView, ClientError> {
-        self.query(
+        self.query_with(
             &["v1", "commands", id.as_str()],
+            account.map(|a| ("account_id", a.as_str().to_string())),
             after,
             self.config.retry_for,
         )
@@ -320,7 +322,18 @@ impl Client {
         after: Option<&str>,
         wait: Duration,
     ) -> Result<T, ClientError> {
-        let (query, timeout) = match after {
+        self.query_with(path, None, after, wait).await
+    }
+
+    /// [`Client::query`] with one more query parameter.
+    async fn query_with<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        param: Option<(&str, String)>,
+        after: Option<&str>,
+        wait: Duration,
+    ) -> Result<T, ClientError> {
+        let (mut query, timeout) = match after {
             Some(token) => {
                 let ms = (wait.as_millis() as u64).min(ConsistencyParams::MAX_WAIT_MS);
                 (
@@ -330,6 +343,7 @@ impl Client {
             }
             None => (Vec::new(), REQUEST_TIMEOUT),
         };
+        query.extend(param);
         let url = self.url(Service::Projector, path, &query);
         let r = self
             .call(

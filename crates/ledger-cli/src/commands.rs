@@ -117,8 +117,14 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             out.result(&v, || account_line(&v));
             Ok(Exit::Success)
         }
-        Cmd::Status { command_id, after } => {
-            let v = client.command(&command_id, after.as_deref()).await?;
+        Cmd::Status {
+            command_id,
+            account,
+            after,
+        } => {
+            let v = client
+                .command(&command_id, account.as_ref(), after.as_deref())
+                .await?;
             out.result(&v, || command_line(&v));
             Ok(Exit::Success)
         }
@@ -188,7 +194,9 @@ async fn submit_one(
         out.result(&a, || accepted_line);
         return Ok(Exit::Success);
     }
-    let status = client.command(&command_id, Some(&a.token)).await?;
+    let status = client
+        .command(&command_id, Some(&command.account_id), Some(&a.token))
+        .await?;
     let account = match client.account(&command.account_id, Some(&a.token)).await {
         Ok(v) => Some(v),
         Err(e) if e.is_not_found() => None,

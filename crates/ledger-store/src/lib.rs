@@ -1,26 +1,32 @@
-//! The projector's state store, in sled.
+//! The projector's state store, in sled, kept per partition.
 //!
-//! Three trees: `accounts` (account id → state), `commands` (command id → first outcome
-//! and where its event was) and `offsets` (topic and partition → next offset to read).
-//! A batch of events is applied in one multi-tree transaction that writes the
-//! account states, the command outcomes and the partition offsets together, and the
-//! store is flushed before [`Store::apply_batch`] returns: after any crash, the state on
-//! disk is exactly the effect of the events below the stored offsets.
+//! Each partition of the topic has a tree of its own holding its accounts, its command
+//! outcomes and its next offset (the layout is in `records`). A batch is applied with one
+//! atomic `Tree::apply_batch` per partition, partitions in parallel on up to `workers`
+//! threads, and then one flush covers them all before [`Store::apply_batch`] returns:
+//! after any crash, each partition's state on disk is exactly the effect of its events
+//! below its stored offset. The projector is the only writer of its partitions, so the
+//! reads a batch makes (the dedupe check, the accounts it touches) cannot race a write.
+//!
+//! Per-partition state is what lets a partition move between instances, and it relies on
+//! every event sitting in its account's partition. The store records the topic's
+//! partition count and refuses another: if partitions were added, keys would move and an
+//! account's state would split.
 
 mod records;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ledger_domain::model::{apply_event, LedgerState};
+use ledger_domain::partitioning::partition_of;
 use ledger_domain::{
-    AccountId, AccountState, ApplyResult, Batch, CommandId, CommandStatus, Event, Rejection,
+    AccountId, AccountState, ApplyResult, Batch, CommandId, CommandStatus, Event, Record, Rejection,
 };
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
 
-pub use records::StoredCommand;
+pub use records::{StoredCommand, LAYOUT};
 
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +59,31 @@ pub enum StoreError {
     #[error("stored record under {tree}/{key} does not decode: {detail}")]
     BadRecord {
         /// The tree.
-        tree: &'static str,
+        tree: String,
         /// Its key, lossily as text.
         key: String,
         /// The decoder's error.
         detail: String,
+    },
+    /// The directory holds a store of another layout. Reading it as this one would
+    /// misread it, so it is refused; the log is the system of record, so the projection
+    /// is rebuilt from it instead of migrated.
+    #[error("the data directory {path} holds a store of {found}; this projector reads layout {LAYOUT} (state per partition) and does not migrate. Rebuild the projection: stop the projector, delete the directory (or point --data-dir at an empty one), start it: it replays the log from the start")]
+    Layout {
+        /// The directory.
+        path: PathBuf,
+        /// What was found there.
+        found: String,
+    },
+    /// The topic's partition count is not the one this store was built with.
+    #[error("topic {topic} now has {now} partitions, but this store was built when it had {stored}. Adding partitions moves keys between partitions, so accounts' events would be split across two partitions and their state with them; the projector stops rather than serve a split ledger. The way out: create a new topic with the partition count you need, copy the log into it in order with murmur2 keys (a migration), and point the services and a fresh projector store at it")]
+    PartitionCountChanged {
+        /// The topic.
+        topic: String,
+        /// The count the store was built with.
+        stored: i32,
+        /// The count the topic has now.
+        now: i32,
     },
 }
 
@@ -68,28 +94,47 @@ pub struct BatchStats {
     pub applied: u64,
     /// Events refused, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
-    /// Events whose command id was seen before.
+    /// Events whose command id was seen before on their account.
     pub duplicates: u64,
     /// Events below the stored offset, skipped.
     pub redelivered: u64,
-    /// Time in the transaction.
+    /// Partitions the batch touched.
+    pub partitions: usize,
+    /// Threads that applied them.
+    pub workers: usize,
+    /// Wall time of the apply, all partitions in parallel.
     pub apply_time: Duration,
-    /// Time in the flush.
+    /// Time in the flush that made them all durable.
     pub flush_time: Duration,
+}
+
+impl BatchStats {
+    fn merge(&mut self, other: BatchStats) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.redelivered += other.redelivered;
+        for (k, v) in other.rejected {
+            *self.rejected.entry(k).or_default() += v;
+        }
+    }
 }
 
 /// The sled store. Cheap to clone: every clone is the same database.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    accounts: sled::Tree,
-    commands: sled::Tree,
-    offsets: sled::Tree,
+    meta: sled::Tree,
+    /// Open partition trees, by topic and partition: `open_tree` takes a database-wide
+    /// lock, so each is opened once.
+    trees: Arc<RwLock<HashMap<(String, i32), sled::Tree>>>,
     path: PathBuf,
+    workers: usize,
 }
 
 impl Store {
-    /// Opens (or creates) the store with a cache of `cache_bytes`.
+    /// Opens (or creates) the store with a cache of `cache_bytes`, applying partitions on
+    /// as many threads as the machine has cores. A store of another layout is refused
+    /// ([`StoreError::Layout`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
@@ -99,14 +144,60 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|e| classify_open_error(path, e))?;
-        let tree = |name: &str| db.open_tree(name).map_err(|e| classify_open_error(path, e));
+        let names = db.tree_names();
+        let fresh = names.iter().all(|n| {
+            n.as_ref() == b"__sled__default" || n.as_ref() == records::META_TREE.as_bytes()
+        });
+        let meta = db
+            .open_tree(records::META_TREE)
+            .map_err(|e| classify_open_error(path, e))?;
+        match meta.get(records::META_LAYOUT)? {
+            Some(v) if v.as_ref() == LAYOUT.to_be_bytes() => {}
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(|b| format!("layout {}", u32::from_be_bytes(b)))
+                    .unwrap_or_else(|_| "an unreadable layout".into());
+                return Err(StoreError::Layout {
+                    path: path.to_path_buf(),
+                    found,
+                });
+            }
+            None if fresh && db.is_empty() => {
+                meta.insert(records::META_LAYOUT, &LAYOUT.to_be_bytes())?;
+                db.flush()?;
+            }
+            None => {
+                let v1 = [&b"accounts"[..], b"commands", b"offsets"]
+                    .iter()
+                    .all(|t| names.iter().any(|n| n.as_ref() == *t));
+                return Err(StoreError::Layout {
+                    path: path.to_path_buf(),
+                    found: if v1 {
+                        "layout 1 (one tree for every partition, written before per-partition state)".into()
+                    } else {
+                        "an unknown layout".into()
+                    },
+                });
+            }
+        }
         Ok(Self {
-            accounts: tree("accounts")?,
-            commands: tree("commands")?,
-            offsets: tree("offsets")?,
             db,
+            meta,
+            trees: Arc::default(),
             path: path.to_path_buf(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// Applies partitions on at most `workers` threads (at least one).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// How many threads apply partitions in parallel.
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
     /// The directory.
@@ -114,116 +205,213 @@ impl Store {
         &self.path
     }
 
+    fn tree(&self, topic: &str, partition: i32) -> Result<sled::Tree, StoreError> {
+        let key = (topic.to_string(), partition);
+        if let Some(t) = self
+            .trees
+            .read()
+            .expect("the tree cache lock is never held across a panic")
+            .get(&key)
+        {
+            return Ok(t.clone());
+        }
+        let t = self
+            .db
+            .open_tree(records::partition_tree_name(topic, partition))?;
+        self.trees
+            .write()
+            .expect("the tree cache lock is never held across a panic")
+            .insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// The partitions of `topic` this store holds a tree for.
+    fn partitions_held(&self, topic: &str) -> Vec<i32> {
+        let mut parts: Vec<i32> = self
+            .db
+            .tree_names()
+            .iter()
+            .filter_map(|n| records::partition_of_tree(topic, n))
+            .collect();
+        parts.sort_unstable();
+        parts
+    }
+
+    /// The partition count of `topic` this store was built with, once recorded.
+    pub fn partition_count(&self, topic: &str) -> Result<Option<i32>, StoreError> {
+        self.meta
+            .get(records::partition_count_key(topic))?
+            .map(|v| {
+                <[u8; 4]>::try_from(v.as_ref())
+                    .map(i32::from_be_bytes)
+                    .map_err(|_| StoreError::BadRecord {
+                        tree: records::META_TREE.into(),
+                        key: String::from_utf8_lossy(&records::partition_count_key(topic))
+                            .into_owned(),
+                        detail: format!("a partition count is 4 bytes, found {}", v.len()),
+                    })
+            })
+            .transpose()
+    }
+
+    /// Records the topic's partition count on first use, durably, and afterwards
+    /// checks that it has not changed ([`StoreError::PartitionCountChanged`]).
+    pub fn check_partition_count(&self, topic: &str, now: i32) -> Result<(), StoreError> {
+        match self.partition_count(topic)? {
+            Some(stored) if stored == now => Ok(()),
+            Some(stored) => Err(StoreError::PartitionCountChanged {
+                topic: topic.to_string(),
+                stored,
+                now,
+            }),
+            None => {
+                self.meta
+                    .insert(records::partition_count_key(topic), &now.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+        }
+    }
+
     /// The next offset to read for a partition, if any batch of it was applied.
     pub fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
-        self.offsets
-            .get(records::offset_key(topic, partition))?
-            .map(|v| records::decode_offset(&v))
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(records::OFFSET_KEY)?
+            .map(|v| records::decode_offset(&name, &v))
             .transpose()
     }
 
     /// Every stored partition offset of a topic.
     pub fn offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
         let mut out = BTreeMap::new();
-        for kv in self.offsets.scan_prefix(records::offset_prefix(topic)) {
-            let (k, v) = kv?;
-            if let Some(p) = records::partition_of_key(topic, &k) {
-                out.insert(p, records::decode_offset(&v)?);
+        for p in self.partitions_held(topic) {
+            if let Some(next) = self.stored_offset(topic, p)? {
+                out.insert(p, next);
             }
         }
         Ok(out)
     }
 
-    /// An account's state.
-    pub fn account(&self, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
-        self.accounts
-            .get(id.as_str())?
-            .map(|v| records::decode_account(id.as_str(), &v))
-            .transpose()
+    /// An account's state, from its partition (murmur2 of its id over the recorded
+    /// partition count); `None` before any count is recorded.
+    pub fn account(&self, topic: &str, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
+        let Some(count) = self.partition_count(topic)? else {
+            return Ok(None);
+        };
+        self.account_in(topic, partition_of(id, count), id)
     }
 
-    /// A command's recorded outcome.
-    pub fn command(&self, id: &CommandId) -> Result<Option<StoredCommand>, StoreError> {
-        self.commands
-            .get(id.as_str())?
-            .map(|v| records::decode_command(id.as_str(), &v))
-            .transpose()
-    }
-
-    /// Every account, in id order (for verification and tests).
-    pub fn accounts(
+    /// An account's state in a given partition.
+    pub fn account_in(
         &self,
-    ) -> impl Iterator<Item = Result<(AccountId, AccountState), StoreError>> + '_ {
-        self.accounts.iter().map(|kv| {
-            let (k, v) = kv?;
-            let key = String::from_utf8_lossy(&k).into_owned();
-            let id = AccountId::parse(&key).map_err(|e| StoreError::BadRecord {
-                tree: "accounts",
-                key: key.clone(),
-                detail: e.to_string(),
-            })?;
-            Ok((id, records::decode_account(&key, &v)?))
-        })
+        topic: &str,
+        partition: i32,
+        id: &AccountId,
+    ) -> Result<Option<AccountState>, StoreError> {
+        let key = records::account_key(id);
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(&key)?
+            .map(|v| records::decode_account(&name, &key, &v))
+            .transpose()
     }
 
-    /// Applies a batch in one transaction with its offsets, then flushes. Events below a
-    /// partition's stored offset are skipped; an event whose command id is known changes
-    /// nothing.
+    /// A command's recorded outcome on one account.
+    pub fn command(
+        &self,
+        topic: &str,
+        account: &AccountId,
+        id: &CommandId,
+    ) -> Result<Option<StoredCommand>, StoreError> {
+        let Some(count) = self.partition_count(topic)? else {
+            return Ok(None);
+        };
+        let partition = partition_of(account, count);
+        let key = records::command_key(account, id);
+        let prefix_len = records::command_prefix(id).len();
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(&key)?
+            .map(|v| records::decode_command(&name, partition, prefix_len, &key, &v))
+            .transpose()
+    }
+
+    /// Every recorded outcome of a command id, one per account that used it, in
+    /// partition and account order. A command id is an idempotency key per account, so
+    /// more than one is possible; a caller must not pick one for the user.
+    pub fn commands(&self, topic: &str, id: &CommandId) -> Result<Vec<StoredCommand>, StoreError> {
+        let prefix = records::command_prefix(id);
+        let mut out = Vec::new();
+        for p in self.partitions_held(topic) {
+            let name = records::partition_tree_name(topic, p);
+            for kv in self.tree(topic, p)?.scan_prefix(&prefix) {
+                let (k, v) = kv?;
+                out.push(records::decode_command(&name, p, prefix.len(), &k, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every account of the topic, partition by partition, each in id order (for
+    /// verification and tests).
+    pub fn accounts(&self, topic: &str) -> Result<Vec<(AccountId, AccountState)>, StoreError> {
+        let mut out = Vec::new();
+        for p in self.partitions_held(topic) {
+            let name = records::partition_tree_name(topic, p);
+            for kv in self.tree(topic, p)?.scan_prefix([records::ACCOUNT_PREFIX]) {
+                let (k, v) = kv?;
+                let id = std::str::from_utf8(&k[1..])
+                    .ok()
+                    .and_then(|s| AccountId::parse(s).ok())
+                    .ok_or_else(|| StoreError::BadRecord {
+                        tree: name.clone(),
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        detail: "the key's account id is not valid".into(),
+                    })?;
+                out.push((id, records::decode_account(&name, &k, &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch: each partition's events and next offset in one atomic write to
+    /// its tree, partitions in parallel, then one flush for all of them. Events below a
+    /// partition's stored offset are skipped; an event whose command id is known on its
+    /// account changes nothing. Offsets never move backwards.
+    ///
+    /// If a partition fails, the error is returned once every partition has finished:
+    /// the others' writes are each consistent with their own offsets either way.
     pub fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<BatchStats, StoreError> {
         let started = Instant::now();
-        let result =
-            (&self.accounts, &self.commands, &self.offsets).transaction(|(acc, cmd, off)| {
-                let mut tx = TxState {
-                    accounts: acc,
-                    commands: cmd,
-                    cache: HashMap::new(),
-                    seen: HashSet::new(),
-                    position: (0, 0),
-                };
-                let mut stats = BatchStats::default();
-                let mut stored: HashMap<i32, i64> = HashMap::new();
-                for p in batch.next_offsets.keys() {
-                    if let Some(v) = off.get(records::offset_key(topic, *p))? {
-                        stored.insert(
-                            *p,
-                            records::decode_offset(&v)
-                                .map_err(ConflictableTransactionError::Abort)?,
-                        );
-                    }
-                }
-                for r in &batch.records {
-                    if stored
-                        .get(&r.partition)
-                        .is_some_and(|&next| r.offset < next)
-                    {
-                        stats.redelivered += 1;
-                        continue;
-                    }
-                    tx.position = (r.partition, r.offset);
-                    match apply_event(&mut tx, &r.event)? {
-                        ApplyResult::Applied => stats.applied += 1,
-                        ApplyResult::Rejected(why) => {
-                            *stats.rejected.entry(why.code()).or_default() += 1
-                        }
-                        ApplyResult::Duplicate => stats.duplicates += 1,
-                    }
-                }
-                for (id, state) in &tx.cache {
-                    acc.insert(id.as_str(), records::encode_account(state))?;
-                }
-                for (&p, &next) in &batch.next_offsets {
-                    // Never move an offset backwards, whatever the batch says.
-                    if stored.get(&p).is_none_or(|&s| next > s) {
-                        off.insert(records::offset_key(topic, p), &next.to_be_bytes())?;
-                    }
-                }
-                Ok(stats)
+        let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+        for r in &batch.records {
+            by_partition.entry(r.partition).or_default().push(r);
+        }
+        for p in batch.next_offsets.keys() {
+            by_partition.entry(*p).or_default();
+        }
+        let mut jobs = Vec::with_capacity(by_partition.len());
+        for (partition, records) in by_partition {
+            jobs.push(PartitionJob {
+                name: records::partition_tree_name(topic, partition),
+                tree: self.tree(topic, partition)?,
+                records,
+                next: batch.next_offsets.get(&partition).copied(),
             });
-        let mut stats = match result {
-            Ok(s) => s,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Io(e)),
+        }
+        // The biggest partitions first, so that no thread is left with a long one at
+        // the end.
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.records.len()));
+        let workers = self.workers.min(jobs.len()).max(1);
+        let mut stats = BatchStats {
+            partitions: jobs.len(),
+            workers,
+            ..BatchStats::default()
         };
+        for result in run_parallel(jobs, workers, PartitionJob::apply) {
+            stats.merge(result?);
+        }
         stats.apply_time = started.elapsed();
         let flush_started = Instant::now();
         self.db.flush()?;
@@ -237,54 +425,151 @@ impl Store {
     }
 }
 
-/// [`LedgerState`] over a transaction, with the batch's account states kept in memory
-/// and written once at the end.
-struct TxState<'a> {
-    accounts: &'a TransactionalTree,
-    commands: &'a TransactionalTree,
-    cache: HashMap<AccountId, AccountState>,
-    seen: HashSet<CommandId>,
-    position: (i32, i64),
+/// Runs `f` over `jobs` on `workers` threads (the caller's among them), in the order
+/// given, and returns the results in that order.
+fn run_parallel<T: Send, R: Send>(jobs: Vec<T>, workers: usize, f: fn(T) -> R) -> Vec<R> {
+    if workers <= 1 || jobs.len() <= 1 {
+        return jobs.into_iter().map(f).collect();
+    }
+    let n = jobs.len();
+    let queue = Mutex::new(jobs.into_iter().enumerate());
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..n).map(|_| None).collect());
+    let work = || loop {
+        let next = queue
+            .lock()
+            .expect("the job queue lock is never held across a panic")
+            .next();
+        let Some((i, job)) = next else { return };
+        let r = f(job);
+        results
+            .lock()
+            .expect("the results lock is never held across a panic")[i] = Some(r);
+    };
+    std::thread::scope(|s| {
+        for _ in 1..workers {
+            s.spawn(work);
+        }
+        work();
+    });
+    results
+        .into_inner()
+        .expect("the workers have all ended")
+        .into_iter()
+        .map(|r| r.expect("every job ran: the queue was drained before the scope ended"))
+        .collect()
 }
 
-type TxError = ConflictableTransactionError<StoreError>;
+/// One partition's share of a batch.
+struct PartitionJob<'b> {
+    name: String,
+    tree: sled::Tree,
+    records: Vec<&'b Record>,
+    next: Option<i64>,
+}
 
-impl LedgerState for TxState<'_> {
-    type Error = TxError;
+impl PartitionJob<'_> {
+    fn apply(self) -> Result<BatchStats, StoreError> {
+        let stored = self
+            .tree
+            .get(records::OFFSET_KEY)?
+            .map(|v| records::decode_offset(&self.name, &v))
+            .transpose()?;
+        let mut state = PartitionState {
+            name: &self.name,
+            tree: &self.tree,
+            accounts: HashMap::new(),
+            touched: HashSet::new(),
+            seen: HashSet::new(),
+            writes: sled::Batch::default(),
+            offset: 0,
+        };
+        let mut stats = BatchStats::default();
+        for r in &self.records {
+            if stored.is_some_and(|next| r.offset < next) {
+                stats.redelivered += 1;
+                continue;
+            }
+            state.offset = r.offset;
+            match apply_event(&mut state, &r.event)? {
+                ApplyResult::Applied => stats.applied += 1,
+                ApplyResult::Rejected(why) => *stats.rejected.entry(why.code()).or_default() += 1,
+                ApplyResult::Duplicate => stats.duplicates += 1,
+            }
+        }
+        let PartitionState {
+            accounts,
+            touched,
+            mut writes,
+            ..
+        } = state;
+        for id in &touched {
+            writes.insert(
+                records::account_key(id),
+                &records::encode_account(&accounts[id]),
+            );
+        }
+        if let Some(next) = self.next {
+            // Never move an offset backwards, whatever the batch says.
+            if stored.is_none_or(|s| next > s) {
+                writes.insert(records::OFFSET_KEY, &records::encode_offset(next));
+            }
+        }
+        self.tree.apply_batch(writes)?;
+        Ok(stats)
+    }
+}
 
-    fn account(&mut self, id: &AccountId) -> Result<Option<AccountState>, TxError> {
-        if let Some(s) = self.cache.get(id) {
+/// [`LedgerState`] over one partition's tree, with the accounts the batch reads kept in
+/// memory and every write gathered into one atomic `sled::Batch`.
+struct PartitionState<'a> {
+    name: &'a str,
+    tree: &'a sled::Tree,
+    accounts: HashMap<AccountId, AccountState>,
+    /// Accounts changed by the batch, written once at the end.
+    touched: HashSet<AccountId>,
+    /// Command keys recorded by this batch, not yet in the tree.
+    seen: HashSet<Vec<u8>>,
+    writes: sled::Batch,
+    /// The offset of the event being applied.
+    offset: i64,
+}
+
+impl LedgerState for PartitionState<'_> {
+    type Error = StoreError;
+
+    fn account(&mut self, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
+        if let Some(s) = self.accounts.get(id) {
             return Ok(Some(*s));
         }
-        match self.accounts.get(id.as_str())? {
-            Some(v) => Ok(Some(
-                records::decode_account(id.as_str(), &v)
-                    .map_err(ConflictableTransactionError::Abort)?,
-            )),
+        let key = records::account_key(id);
+        match self.tree.get(&key)? {
+            Some(v) => {
+                let s = records::decode_account(self.name, &key, &v)?;
+                self.accounts.insert(id.clone(), s);
+                Ok(Some(s))
+            }
             None => Ok(None),
         }
     }
 
-    fn put_account(&mut self, id: &AccountId, state: AccountState) -> Result<(), TxError> {
-        self.cache.insert(id.clone(), state);
+    fn put_account(&mut self, id: &AccountId, state: AccountState) -> Result<(), StoreError> {
+        self.accounts.insert(id.clone(), state);
+        self.touched.insert(id.clone());
         Ok(())
     }
 
-    fn command_seen(&mut self, id: &CommandId) -> Result<bool, TxError> {
-        Ok(self.seen.contains(id) || self.commands.get(id.as_str())?.is_some())
+    fn command_seen(&mut self, account: &AccountId, id: &CommandId) -> Result<bool, StoreError> {
+        let key = records::command_key(account, id);
+        Ok(self.seen.contains(&key) || self.tree.get(&key)?.is_some())
     }
 
-    fn record_command(&mut self, event: &Event, status: CommandStatus) -> Result<(), TxError> {
-        let rec = StoredCommand {
-            status,
-            account_id: event.account_id.clone(),
-            partition: self.position.0,
-            offset: self.position.1,
-            event_time_ms: event.time_ms,
-        };
-        self.commands
-            .insert(event.command_id.as_str(), records::encode_command(&rec))?;
-        self.seen.insert(event.command_id.clone());
+    fn record_command(&mut self, event: &Event, status: CommandStatus) -> Result<(), StoreError> {
+        let key = records::command_key(&event.account_id, &event.command_id);
+        self.writes.insert(
+            key.as_slice(),
+            &records::encode_command(status, self.offset, event.time_ms),
+        );
+        self.seen.insert(key);
         Ok(())
     }
 }

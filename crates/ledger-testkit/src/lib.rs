@@ -400,35 +400,6 @@ pub async fn set_topic_config(brokers: &str, topic: &str, key: &str, value: &str
     }
 }
 
-/// Java's `Utils.murmur2` and `toPositive(hash) % partitions`: the partition a Java
-/// producer (or Kafka Streams) picks for this key.
-pub fn java_partition(key: &[u8], partitions: i32) -> i32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let mut h: u32 = SEED ^ (key.len() as u32);
-    let chunks = key.chunks_exact(4);
-    let tail = chunks.remainder();
-    for c in chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    if !tail.is_empty() {
-        for (i, b) in tail.iter().enumerate().rev() {
-            h ^= u32::from(*b) << (8 * i);
-        }
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    ((h & 0x7fff_ffff) % partitions as u32) as i32
-}
-
 /// The sum of the samples of one metric on a service's `GET {base}/metrics`: every
 /// label set of `series` when it is a bare name (`ingest_commands_accepted_total`), or
 /// one series when it carries its labels (`…_total{signal="fatal_error"}`). `None`

@@ -50,7 +50,11 @@ pub struct Config {
     /// sled's cache, in MiB.
     #[arg(long, env = "PROJECTOR_CACHE_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub cache_mb: u64,
-    /// Most events applied in one transaction.
+    /// How many partitions are applied in parallel, each on a thread of its own (default:
+    /// the number of cores). Order within a partition is always kept.
+    #[arg(long, env = "PROJECTOR_WORKERS", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub workers: Option<u64>,
+    /// Most events applied in one batch (across partitions; one flush covers them all).
     #[arg(long, env = "PROJECTOR_BATCH_MAX_EVENTS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub batch_max_events: u64,
     /// Longest a batch waits for more events once it has one, in ms. Events already

@@ -118,7 +118,7 @@ pub(crate) async fn account(
     consistent(&state, params).await?;
     let acc = state
         .store
-        .account(&id)
+        .account(&state.topic, &id)
         .map_err(store_error)?
         .ok_or_else(|| {
             ApiError::new(
@@ -134,24 +134,53 @@ pub(crate) async fn account(
     }))
 }
 
-/// `GET /v1/commands/{command_id}`.
+/// `GET /v1/commands/{command_id}`, with `?account_id=` to name the account when more
+/// than one used the id (an idempotency key is per account).
 pub(crate) async fn command(
     State(state): State<QueryState>,
     Path(id): Path<String>,
     params: Params,
 ) -> Result<Json<CommandView>, ApiError> {
     let id = CommandId::parse(&id)?;
+    let account = match &params {
+        Ok(Query(p)) => p
+            .get("account_id")
+            .map(|a| AccountId::parse(a))
+            .transpose()?,
+        Err(_) => None,
+    };
     consistent(&state, params).await?;
-    let c = state
-        .store
-        .command(&id)
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::CommandNotFound,
-                format!("command {id} has not been applied (yet)"),
-            )
-        })?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::CommandNotFound,
+            format!("command {id} has not been applied (yet)"),
+        )
+    };
+    let c = match account {
+        Some(account) => state
+            .store
+            .command(&state.topic, &account, &id)
+            .map_err(store_error)?
+            .ok_or_else(not_found)?,
+        None => {
+            let mut found = state
+                .store
+                .commands(&state.topic, &id)
+                .map_err(store_error)?;
+            if found.len() > 1 {
+                let accounts: Vec<&str> = found.iter().map(|c| c.account_id.as_str()).collect();
+                return Err(ApiError::new(
+                    ErrorCode::AmbiguousCommandId,
+                    format!(
+                        "command id {id} was used on {} accounts ({}); a command id is an idempotency key per account, so name one with ?account_id=",
+                        accounts.len(),
+                        accounts.join(", ")
+                    ),
+                ));
+            }
+            found.pop().ok_or_else(not_found)?
+        }
+    };
     Ok(Json(CommandView {
         command_id: id,
         status: c.status.into(),

@@ -77,7 +77,11 @@ pub fn open_store(config: &Config) -> Result<Store, ProjectorError> {
             ),
         )));
     }
-    Ok(Store::open(&config.data_dir, config.cache_mb << 20)?)
+    let store = Store::open(&config.data_dir, config.cache_mb << 20)?;
+    Ok(match config.workers {
+        Some(n) => store.with_workers(n as usize),
+        None => store,
+    })
 }
 
 /// Runs on an open store and a bound listener (tests bind `127.0.0.1:0`).
@@ -97,7 +101,7 @@ pub async fn serve(
             .get_or_create(&vec![("partition", p.to_string())])
             .set(*next);
     }
-    info!(data_dir = %config.data_dir.display(), offsets = ?stored, "store opened");
+    info!(data_dir = %config.data_dir.display(), workers = store.workers(), offsets = ?stored, "store opened");
     let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
     let assigned = Arc::new(Mutex::new(BTreeSet::new()));
     let sink = Arc::new(sink::ProjectorSink {
@@ -151,7 +155,7 @@ pub async fn serve(
         stop.clone(),
     ));
 
-    let settings = ConsumerSettings {
+    let mut settings = ConsumerSettings {
         topic: config.kafka.topic.clone(),
         dlq_topic: config.dlq_topic(),
         group_id: config.group_id.clone(),
@@ -159,18 +163,28 @@ pub async fn serve(
         batch_max_events: config.batch_max_events as usize,
         batch_max_wait: Duration::from_millis(config.batch_max_ms),
         on_poison: config.poison_policy(),
+        // Known once the topic is found, below.
+        partitions: None,
     };
     let consumer = {
         let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
-        let metadata = metadata.clone();
+        let (metadata, store) = (metadata.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
             // However this thread ends, a panic included, everything else stops too.
             let _stop_all = stop.clone().drop_guard();
             // librdkafka notices a topic created after subscribing only at its next
             // metadata refresh (minutes); wait for the ingest to create it instead.
-            if !wait_for_topic(&metadata, &settings.topic, &stop) {
+            let Some(partitions) = wait_for_topic(&metadata, &settings.topic, &stop) else {
                 return Ok(());
+            };
+            // State is kept per partition: a topic that gained partitions has moved keys,
+            // and going on would split accounts.
+            if let Err(e) = store.check_partition_count(&settings.topic, partitions) {
+                error!(error = %e, "refusing to consume");
+                stop.cancel();
+                return Err(ConsumeError::Sink(Box::new(e)));
             }
+            settings.partitions = Some(partitions);
             let res = consume::run(
                 &kafka,
                 &settings,
@@ -244,14 +258,14 @@ fn every(pause: Duration) -> ConstantBuilder {
     ConstantBuilder::new().with_delay(pause).without_max_times()
 }
 
-/// Blocks until the topic exists (true) or `stop` is cancelled (false).
+/// Blocks until the topic exists (its partition count) or `stop` is cancelled (`None`).
 fn wait_for_topic(
     client: &rdkafka::consumer::BaseConsumer,
     topic: &str,
     stop: &CancellationToken,
-) -> bool {
+) -> Option<i32> {
     if stop.is_cancelled() {
-        return false;
+        return None;
     }
     let mut logged = false;
     let found = (|| topic_partitions(client, topic, Duration::from_secs(2)))
@@ -267,9 +281,9 @@ fn wait_for_topic(
     match found {
         Ok(parts) => {
             info!(topic, partitions = parts.len(), "topic found");
-            true
+            Some(i32::try_from(parts.len()).expect("Kafka numbers partitions with an i32"))
         }
-        Err(_) => false,
+        Err(_) => None,
     }
 }
 

@@ -34,6 +34,17 @@ impl BatchSink for ProjectorSink {
     type Error = StoreError;
 
     fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        // A partition past the recorded count means partitions were added since the
+        // store was built: refuse it, which stops the consumer with that error.
+        if let Some(count) = self.store.partition_count(topic)? {
+            if partition >= count {
+                return Err(StoreError::PartitionCountChanged {
+                    topic: topic.to_string(),
+                    stored: count,
+                    now: partition + 1,
+                });
+            }
+        }
         self.store.stored_offset(topic, partition)
     }
 
@@ -61,6 +72,8 @@ impl BatchSink for ProjectorSink {
             applied = stats.applied,
             duplicates = stats.duplicates,
             redelivered = stats.redelivered,
+            partitions = stats.partitions,
+            workers = stats.workers,
             apply_us = stats.apply_time.as_micros() as u64,
             flush_us = stats.flush_time.as_micros() as u64,
             "applied batch"

@@ -93,7 +93,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice() {
 
     let store = Store::open(&data, 8 << 20).unwrap();
     assert_eq!(produced.len(), events.len());
-    assert_store_matches(&store, &model_of(&produced));
+    assert_store_matches(&store, &topic, &model_of(&produced));
     assert_eq!(store.offsets(&topic).unwrap(), ends);
     assert_eq!(
         committed_offsets(&brokers, &group, &topic),

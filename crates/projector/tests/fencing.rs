@@ -48,5 +48,5 @@ async fn a_fenced_consumer_is_recreated_and_resumes() {
         a.log_text()
     );
     let store = ledger_store::Store::open(&dir.path().join("a"), 8 << 20).unwrap();
-    assert_store_matches(&store, &model_of(&all));
+    assert_store_matches(&store, &topic, &model_of(&all));
 }

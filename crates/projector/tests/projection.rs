@@ -9,7 +9,8 @@ use common::*;
 use ledger_domain::testing::event;
 use ledger_domain::{AccountId, Amount, Event, EventBody};
 use ledger_eventlog::producer::{
-    DLQ_HEADER_ERROR, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION, DLQ_HEADER_TOPIC,
+    DLQ_HEADER_ERROR, DLQ_HEADER_ERROR_KIND, DLQ_HEADER_OFFSET, DLQ_HEADER_PARTITION,
+    DLQ_HEADER_TOPIC,
 };
 use ledger_eventlog::Position;
 use ledger_testkit::wait_ready;
@@ -131,7 +132,7 @@ async fn projection_matches_the_model_and_survives_redelivery() {
     assert_http_matches(&p.url, &model).await;
     p.stop().await;
     let store = ledger_store::Store::open(dir.path(), 8 << 20).unwrap();
-    assert_store_matches(&store, &model);
+    assert_store_matches(&store, &topic, &model);
     assert_eq!(store.offsets(&topic).unwrap(), ends_of(&all));
 }
 
@@ -260,7 +261,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_later_events_apply() {
     ];
     let mut poison_positions = Vec::new();
     for g in garbage {
-        poison_positions.push(produce_raw(&brokers, &topic, "pois", g).await);
+        poison_positions.push(produce_raw(&brokers, &topic, "pois", None, g).await);
     }
     let dep = ev(
         "p-2",
@@ -314,6 +315,133 @@ async fn poison_goes_to_the_dead_letter_topic_and_later_events_apply() {
     p.stop().await;
 }
 
+/// A command id is an idempotency key per account: the same id on two accounts is two
+/// commands, and a lookup without the account does not pick one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_command_id_on_two_accounts_is_two_commands() {
+    let brokers = ledger_testkit::brokers();
+    let topic = ledger_testkit::unique_topic("scope");
+    create_topic(&brokers, &topic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = InProcess::start(config(&brokers, &topic, dir.path())).await;
+    let events = [
+        ev("shared", "scope-a", EventBody::OpenAccount),
+        ev("shared", "scope-b", EventBody::OpenAccount),
+        ev("only-a", "scope-a", EventBody::OpenAccount),
+    ];
+    let positions = produce(&brokers, &topic, &events).await;
+    wait_applied(&p.url, &ends_of(&positions), Duration::from_secs(60)).await;
+    let http = reqwest::Client::new();
+    for account in ["scope-a", "scope-b"] {
+        let v = get_json(&http, &format!("{}/v1/accounts/{account}", p.url)).await;
+        assert_eq!(v["open"], true, "{account}: {v}");
+        let v = get_json(
+            &http,
+            &format!("{}/v1/commands/shared?account_id={account}", p.url),
+        )
+        .await;
+        assert_eq!(
+            (v["status"].as_str(), v["account_id"].as_str()),
+            (Some("applied"), Some(account)),
+            "{v}"
+        );
+    }
+    let r = http
+        .get(format!("{}/v1/commands/shared", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "ambiguous_command_id", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("scope-a") && message.contains("scope-b"),
+        "{message}"
+    );
+    // An id used once needs no account; the duplicate open was rejected, not skipped.
+    let v = get_json(&http, &format!("{}/v1/commands/only-a", p.url)).await;
+    assert_eq!(v["reason"], "account_already_open", "{v}");
+    p.stop().await;
+}
+
+/// State is kept per partition, so a copy of an account's event outside its partition
+/// (the same bytes under another key, or under its key in another partition, as a hostile
+/// or mistaken producer could write) would act on a second copy of the account. Each is
+/// dead-lettered as `wrong_partition`, and the account is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_outside_its_accounts_partition_is_dead_lettered_not_applied() {
+    let brokers = ledger_testkit::brokers();
+    let topic = ledger_testkit::unique_topic("placed");
+    create_topic(&brokers, &topic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = InProcess::start(config(&brokers, &topic, dir.path())).await;
+
+    let open = ev("w-open", "wrongly", EventBody::OpenAccount);
+    let home = produce(&brokers, &topic, std::slice::from_ref(&open)).await[0].0;
+    let bytes = ledger_eventlog::encode(&open);
+    // The key "q", in whatever partition murmur2 gives it (maybe the same one).
+    let under_q = produce_raw(&brokers, &topic, "q", None, &bytes).await;
+    // The right key, in the next partition.
+    let elsewhere = (home.partition + 1) % PARTITIONS;
+    let moved = produce_raw(&brokers, &topic, "wrongly", Some(elsewhere), &bytes).await;
+    let dep = ev(
+        "w-dep",
+        "wrongly",
+        EventBody::Deposit {
+            amount: Amount::new(5).unwrap(),
+        },
+    );
+    let (after, _) = produce(&brokers, &topic, &[dep]).await.remove(0);
+
+    let v = get_json(
+        &reqwest::Client::new(),
+        &format!("{}/v1/accounts/wrongly?after={}", p.url, after.token()),
+    )
+    .await;
+    assert_eq!(v["balance"], 5, "{v}");
+    assert_eq!(v["applied_events"], 2, "opened once, deposited once: {v}");
+    // Wait for the copies' partitions too, then check the dead letters.
+    for pos in [under_q, moved] {
+        let v = get_json(
+            &reqwest::Client::new(),
+            &format!("{}/v1/progress?after={}", p.url, pos.token()),
+        )
+        .await;
+        assert!(v["partitions"].is_array(), "{v}");
+    }
+    let letters = read_topic(
+        &brokers,
+        &format!("{topic}.dlq"),
+        2,
+        Duration::from_secs(30),
+    );
+    let mut sources: Vec<(String, String)> = Vec::new();
+    for (payload, headers) in &letters {
+        assert_eq!(payload, &bytes, "the copy is kept as is");
+        assert_eq!(
+            headers[DLQ_HEADER_ERROR_KIND], "wrong_partition",
+            "{headers:?}"
+        );
+        assert!(
+            headers[DLQ_HEADER_ERROR].contains("wrongly"),
+            "the reason names the account: {headers:?}"
+        );
+        sources.push((
+            headers[DLQ_HEADER_PARTITION].clone(),
+            headers[DLQ_HEADER_OFFSET].clone(),
+        ));
+    }
+    sources.sort();
+    let mut want: Vec<(String, String)> = [under_q, moved]
+        .iter()
+        .map(|pos| (pos.partition.to_string(), pos.offset.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(sources, want);
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn halt_on_poison_exits_non_zero_without_moving_past_it() {
     let brokers = ledger_testkit::brokers();
@@ -325,7 +453,7 @@ async fn halt_on_poison_exits_non_zero_without_moving_past_it() {
         &[ev("h-1", "halt", EventBody::OpenAccount)],
     )
     .await;
-    let poison = produce_raw(&brokers, &topic, "halt", b"\x00garbage").await;
+    let poison = produce_raw(&brokers, &topic, "halt", None, b"\x00garbage").await;
     let dep = ev(
         "h-2",
         "halt",
@@ -356,7 +484,7 @@ async fn halt_on_poison_exits_non_zero_without_moving_past_it() {
     );
     assert_eq!(first[0].0.offset + 1, poison.offset);
     let acc = store
-        .account(&AccountId::parse("halt").unwrap())
+        .account(&topic, &AccountId::parse("halt").unwrap())
         .unwrap()
         .unwrap();
     assert_eq!(acc.balance, 0, "nothing past the poison was applied");

@@ -47,6 +47,9 @@ fn a_store_ahead_of_the_log_stops_instead_of_skipping() {
     let data = dir.path().join("data");
     {
         let store = ledger_store::Store::open(&data, 1 << 20).unwrap();
+        store
+            .check_partition_count(&topic, common::PARTITIONS)
+            .unwrap();
         let mut batch = ledger_domain::Batch::default();
         for p in 0..common::PARTITIONS {
             batch.next_offsets.insert(p, 1_000);

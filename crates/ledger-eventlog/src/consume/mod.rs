@@ -37,7 +37,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledger_domain::{Batch, Record};
+use ledger_domain::partitioning::partition_of;
+use ledger_domain::{Batch, Event, Record};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -46,7 +47,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::codec::{self, DecodeError};
+use crate::codec;
 use crate::config::{ConflictingProperty, KafkaConfig};
 use crate::producer::EventProducer;
 use context::LoopContext;
@@ -54,7 +55,7 @@ use poison::{deal_with_poison, Poisoned};
 use restart::{retire, RestartPolicy};
 
 pub use metrics::ConsumerMetrics;
-pub use poison::PoisonPolicy;
+pub use poison::{Poison, PoisonPolicy};
 pub use restart::GROUP_STALL;
 pub use settings::ConsumerSettings;
 
@@ -119,7 +120,9 @@ fn consume_with_one_client<S: BatchSink>(
         return result;
     }
     let ctx = consumer.context();
-    let result = result.and_then(|()| ctx.apply_and_commit(&consumer, None, CommitMode::Sync));
+    let result = result
+        .and_then(|()| ctx.apply_and_commit(&consumer, None, CommitMode::Sync))
+        .and_then(|()| ctx.commit_stored(&consumer));
     if result.is_ok() {
         // Leave the group now, so the partitions move to another instance at once.
         consumer.unsubscribe();
@@ -206,7 +209,10 @@ fn poll_loop<S: BatchSink>(
             );
             continue;
         }
-        match codec::decode(msg.payload().unwrap_or_default()) {
+        let event = codec::decode(msg.payload().unwrap_or_default())
+            .map_err(Poison::from)
+            .and_then(|event| in_its_place(settings, msg.key(), partition, event));
+        match event {
             Ok(event) => {
                 let mut st = ctx.state();
                 st.pending.records.push(Record {
@@ -229,6 +235,30 @@ fn poll_loop<S: BatchSink>(
         batch_len += 1;
         batch_started.get_or_insert_with(Instant::now);
     }
+}
+
+/// The event, if it sits where its account's events are (when the sink keeps state per
+/// partition): keyed by its account id, in murmur2 of that id's partition.
+fn in_its_place(
+    settings: &ConsumerSettings,
+    key: Option<&[u8]>,
+    partition: i32,
+    event: Event,
+) -> Result<Event, Poison> {
+    let Some(partitions) = settings.partitions else {
+        return Ok(event);
+    };
+    let expected = partition_of(&event.account_id, partitions);
+    if key == Some(event.account_id.as_str().as_bytes()) && partition == expected {
+        return Ok(event);
+    }
+    Err(Poison::WrongPartition {
+        account: event.account_id.as_str().to_string(),
+        key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
+        partition,
+        expected,
+        partitions,
+    })
 }
 
 impl<S: BatchSink> LoopContext<S> {
@@ -261,6 +291,33 @@ impl<S: BatchSink> LoopContext<S> {
         if let Err(e) = consumer.commit(&tpl, mode) {
             self.metrics.commit_failures.inc();
             debug!(error = %e, "offset commit failed; progress is kept in the store");
+        }
+        Ok(())
+    }
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    /// Commits the stored offset of every assigned partition, synchronously: on a clean
+    /// stop, the group's committed offsets end exactly at the store's even when the last
+    /// asynchronous commit was lost (a commit during a rebalance, say).
+    fn commit_stored(&self, consumer: &BaseConsumer<Self>) -> Result<(), ConsumeError> {
+        let parts: Vec<i32> = self.state().positions.keys().copied().collect();
+        let mut tpl = TopicPartitionList::with_capacity(parts.len());
+        for p in parts {
+            let stored = self
+                .sink
+                .stored_offset(&self.topic, p)
+                .map_err(|e| ConsumeError::Sink(Box::new(e)))?;
+            if let Some(next) = stored {
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                    .expect("an explicit offset is always valid in a partition list");
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                self.metrics.commit_failures.inc();
+                warn!(error = %e, "final offset commit failed; progress is kept in the store");
+            }
         }
         Ok(())
     }
@@ -320,14 +377,14 @@ pub enum ConsumeError {
     /// The consumer thread panicked; nothing past the store's durable state was committed.
     #[error("the consumer thread panicked: {0}")]
     Panicked(String),
-    /// An undecodable event under [`PoisonPolicy::Halt`].
-    #[error("undecodable event at partition {partition} offset {offset}: {error}; halting without moving past it (--on-poison halt)")]
+    /// An event that cannot be applied, under [`PoisonPolicy::Halt`].
+    #[error("the event at partition {partition} offset {offset} cannot be applied ({}): {error}; halting without moving past it (--on-poison halt)", error.kind())]
     Poison {
         /// Its partition.
         partition: i32,
         /// Its offset.
         offset: i64,
-        /// Why it does not decode.
-        error: DecodeError,
+        /// Why it cannot be applied.
+        error: Poison,
     },
 }

@@ -1,7 +1,8 @@
-//! What becomes of an event that does not decode, as [`PoisonPolicy`] says: it goes to
-//! the dead-letter topic, and its partition moves past it only once that topic has
-//! acknowledged it; or the consumer makes the events before it durable and halts
-//! without moving past it. A poison is never skipped silently.
+//! What becomes of an event that cannot be applied (it does not decode, or it sits in
+//! another partition than its account's), as [`PoisonPolicy`] says: it goes to the
+//! dead-letter topic, and its partition moves past it only once that topic has
+//! acknowledged it; or the consumer makes the events before it durable and halts without
+//! moving past it. A poison is never skipped silently.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,40 @@ use super::context::LoopContext;
 use super::{BatchSink, ConsumeError, ConsumerSettings};
 use crate::codec::DecodeError;
 use crate::producer::{DeadLetter, EventProducer, ProduceError};
+
+/// Why an event is poison.
+#[derive(Debug, thiserror::Error)]
+pub enum Poison {
+    /// It does not decode.
+    #[error(transparent)]
+    Undecodable(#[from] DecodeError),
+    /// It decodes, but it is not where its account's events are. State is kept per
+    /// partition, so applying it would act on a second copy of the account (a hostile or
+    /// mistaken producer can write the same bytes under another key or partition).
+    #[error("the event of account {account} is in partition {partition} under key {key:?}; an account's events are in partition {expected} (murmur2 of the id over {partitions} partitions) with the account id as key")]
+    WrongPartition {
+        /// The account the event names.
+        account: String,
+        /// The record's key, lossily as text (`None` for no key).
+        key: Option<String>,
+        /// Where it is.
+        partition: i32,
+        /// Where its account's events are.
+        expected: i32,
+        /// The topic's partition count.
+        partitions: i32,
+    },
+}
+
+impl Poison {
+    /// A short stable label, for metrics and dead-letter headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Poison::Undecodable(e) => e.kind(),
+            Poison::WrongPartition { .. } => "wrong_partition",
+        }
+    }
+}
 
 /// What to do with an event that does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -33,7 +68,7 @@ pub(super) enum Poisoned {
     ShuttingDown,
 }
 
-/// Deals with an event that does not decode, as `settings.on_poison` says: halts (an
+/// Deals with an event that cannot be applied, as `settings.on_poison` says: halts (an
 /// error, once the events before it are durable), or writes it to the dead-letter topic
 /// and moves its partition past it.
 pub(super) fn deal_with_poison<S: BatchSink>(
@@ -42,7 +77,7 @@ pub(super) fn deal_with_poison<S: BatchSink>(
     dead_letters: &EventProducer,
     shutdown: &CancellationToken,
     msg: &BorrowedMessage<'_>,
-    error: DecodeError,
+    error: Poison,
 ) -> Result<Poisoned, ConsumeError> {
     let ctx = consumer.context();
     let (partition, offset) = (msg.partition(), msg.offset());
@@ -52,7 +87,7 @@ pub(super) fn deal_with_poison<S: BatchSink>(
                 .poison
                 .get_or_create(&vec![("action".into(), "halted".into())])
                 .inc();
-            error!(partition, offset, %error, "undecodable event; halting (--on-poison halt)");
+            error!(partition, offset, %error, kind = error.kind(), "event cannot be applied; halting (--on-poison halt)");
             // Events before it are fine: make them durable, stop at the poison.
             ctx.apply_and_commit(consumer, None, CommitMode::Sync)?;
             Err(ConsumeError::Poison {
@@ -88,7 +123,7 @@ pub(super) fn deal_with_poison<S: BatchSink>(
                 .poison
                 .get_or_create(&vec![("action".into(), "dead_lettered".into())])
                 .inc();
-            warn!(partition, offset, %error, dlq = %settings.dlq_topic, "undecodable event sent to the dead-letter topic");
+            warn!(partition, offset, %error, kind = error.kind(), dlq = %settings.dlq_topic, "event that cannot be applied sent to the dead-letter topic");
             let mut st = ctx.state();
             st.pending.next_offsets.insert(partition, offset + 1);
             st.positions.insert(partition, offset + 1);

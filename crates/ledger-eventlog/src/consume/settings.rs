@@ -26,8 +26,12 @@ pub struct ConsumerSettings {
     /// Longest a batch waits for more events once it has one. Events already fetched
     /// still join it past that, up to `batch_max_events`.
     pub batch_max_wait: Duration,
-    /// What to do with undecodable events.
+    /// What to do with events that cannot be applied.
     pub on_poison: PoisonPolicy,
+    /// The topic's partition count, when the sink keeps state per partition: every event
+    /// must then sit in its account's partition (murmur2 of the account id, which is also
+    /// the key), and one that does not is poison with reason `wrong_partition`.
+    pub partitions: Option<i32>,
 }
 
 /// The consumer's librdkafka properties: ours, then the operator's, then the ones that

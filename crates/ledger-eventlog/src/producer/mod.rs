@@ -426,6 +426,6 @@ pub struct DeadLetter<'a> {
     pub payload: Option<&'a [u8]>,
     /// Why it could not be decoded.
     pub error: &'a str,
-    /// [`crate::DecodeError::kind`].
+    /// [`crate::consume::Poison::kind`].
     pub error_kind: &'a str,
 }

@@ -119,19 +119,27 @@ pub async fn produce(brokers: &str, topic: &str, events: &[Event]) -> Vec<(Posit
     .collect()
 }
 
-/// Writes raw bytes under a key (for poison tests).
-pub async fn produce_raw(brokers: &str, topic: &str, key: &str, payload: &[u8]) -> Position {
+/// Writes raw bytes under a key (for poison tests), in the key's murmur2 partition or in
+/// the one given (as a hostile producer may).
+pub async fn produce_raw(
+    brokers: &str,
+    topic: &str,
+    key: &str,
+    partition: Option<i32>,
+    payload: &[u8],
+) -> Position {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let p: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("partitioner", "murmur2_random")
         .create()
         .unwrap();
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
     let (partition, offset) = p
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(10),
-        )
+        .send(record, Duration::from_secs(10))
         .await
         .map(|d| (d.partition, d.offset))
         .unwrap();
@@ -159,19 +167,22 @@ pub fn ends_of(positions: &[(Position, Event)]) -> BTreeMap<i32, i64> {
     ends
 }
 
-/// Every account and command in the store equals the model.
-pub fn assert_store_matches(store: &Store, model: &Model) {
-    let stored: BTreeMap<AccountId, _> = store.accounts().map(|r| r.unwrap()).collect();
+/// Every account and command of `topic` in the store equals the model.
+pub fn assert_store_matches(store: &Store, topic: &str, model: &Model) {
+    let stored: BTreeMap<AccountId, _> = store.accounts(topic).unwrap().into_iter().collect();
     assert_eq!(stored.len(), model.accounts.len(), "number of accounts");
     for (id, want) in &model.accounts {
         assert_eq!(stored.get(id), Some(want), "account {id}");
     }
-    for (id, want) in &model.commands {
+    for ((account, id), want) in &model.commands {
         let got = store
-            .command(id)
+            .command(topic, account, id)
             .unwrap()
-            .unwrap_or_else(|| panic!("command {id} missing"));
-        assert_eq!(got.status, want.status, "status of command {id}");
+            .unwrap_or_else(|| panic!("command {id} of {account} missing"));
+        assert_eq!(
+            got.status, want.status,
+            "status of command {id} of {account}"
+        );
         assert_eq!(got.account_id, want.account_id, "account of command {id}");
     }
 }
@@ -201,8 +212,12 @@ pub async fn assert_http_matches(base: &str, model: &Model) {
         );
         assert_eq!(v["open"], want.open, "{id}: {v}");
     }
-    for (id, want) in &model.commands {
-        let v = get_json(&http, &format!("{base}/v1/commands/{id}")).await;
+    for ((account, id), want) in &model.commands {
+        let v = get_json(
+            &http,
+            &format!("{base}/v1/commands/{id}?account_id={account}"),
+        )
+        .await;
         assert_eq!(
             v["status"],
             ledger_api::CommandOutcome::from(want.status).as_str(),
