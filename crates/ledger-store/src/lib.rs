@@ -17,7 +17,9 @@ mod records;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
+
+use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use std::time::{Duration, Instant};
 
 use ledger_domain::model::{apply_event, LedgerState};
@@ -129,6 +131,9 @@ pub struct Store {
     trees: Arc<RwLock<HashMap<(String, i32), sled::Tree>>>,
     path: PathBuf,
     workers: usize,
+    /// The threads that apply partitions in parallel, for good (a thread per batch
+    /// would churn the allocator's per-thread memory); none with one worker.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Store {
@@ -185,13 +190,27 @@ impl Store {
             meta,
             trees: Arc::default(),
             path: path.to_path_buf(),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        })
+            workers: 1,
+            pool: None,
+        }
+        .with_workers(std::thread::available_parallelism().map_or(1, |n| n.get())))
     }
 
     /// Applies partitions on at most `workers` threads (at least one).
+    ///
+    /// # Panics
+    /// If the OS cannot start the threads.
     pub fn with_workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
+        self.pool = (self.workers > 1).then(|| {
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(self.workers)
+                    .thread_name(|i| format!("ledger-store-{i}"))
+                    .build()
+                    .expect("the OS can start one thread per store worker"),
+            )
+        });
         self
     }
 
@@ -409,7 +428,13 @@ impl Store {
             workers,
             ..BatchStats::default()
         };
-        for result in run_parallel(jobs, workers, PartitionJob::apply) {
+        let results: Vec<Result<BatchStats, StoreError>> = match &self.pool {
+            Some(pool) if jobs.len() > 1 => {
+                pool.install(|| jobs.into_par_iter().map(PartitionJob::apply).collect())
+            }
+            _ => jobs.into_iter().map(PartitionJob::apply).collect(),
+        };
+        for result in results {
             stats.merge(result?);
         }
         stats.apply_time = started.elapsed();
@@ -423,40 +448,6 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
     }
-}
-
-/// Runs `f` over `jobs` on `workers` threads (the caller's among them), in the order
-/// given, and returns the results in that order.
-fn run_parallel<T: Send, R: Send>(jobs: Vec<T>, workers: usize, f: fn(T) -> R) -> Vec<R> {
-    if workers <= 1 || jobs.len() <= 1 {
-        return jobs.into_iter().map(f).collect();
-    }
-    let n = jobs.len();
-    let queue = Mutex::new(jobs.into_iter().enumerate());
-    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..n).map(|_| None).collect());
-    let work = || loop {
-        let next = queue
-            .lock()
-            .expect("the job queue lock is never held across a panic")
-            .next();
-        let Some((i, job)) = next else { return };
-        let r = f(job);
-        results
-            .lock()
-            .expect("the results lock is never held across a panic")[i] = Some(r);
-    };
-    std::thread::scope(|s| {
-        for _ in 1..workers {
-            s.spawn(work);
-        }
-        work();
-    });
-    results
-        .into_inner()
-        .expect("the workers have all ended")
-        .into_iter()
-        .map(|r| r.expect("every job ran: the queue was drained before the scope ended"))
-        .collect()
 }
 
 /// One partition's share of a batch.

@@ -47,8 +47,10 @@ pub struct Config {
     /// Where the sled store lives. One projector per directory.
     #[arg(long, env = "PROJECTOR_DATA_DIR", default_value = "./data/projector")]
     pub data_dir: PathBuf,
-    /// sled's cache, in MiB.
-    #[arg(long, env = "PROJECTOR_CACHE_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    /// sled's page cache, in MiB. Small by default: applying barely reads back (the
+    /// dedupe checks miss, accounts are cached per batch), so a larger cache mostly
+    /// raises memory use; queries read through the OS page cache either way.
+    #[arg(long, env = "PROJECTOR_CACHE_MB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     pub cache_mb: u64,
     /// How many partitions are applied in parallel, each on a thread of its own (default:
     /// the number of cores). Order within a partition is always kept.

@@ -7,8 +7,9 @@
 //! committed before they are given up, so the next owner starts exactly where this one
 //! stopped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ledger_domain::Batch;
@@ -39,11 +40,105 @@ pub(super) struct LoopContext<S: BatchSink> {
     pub(super) group: Mutex<GroupHealth>,
     /// Set once this client is being replaced: its callbacks must not touch the store.
     pub(super) retired: AtomicBool,
+    /// Applies batches on a thread of its own while the loop reads the next one.
+    pub(super) applier: Applier,
+    /// The next offsets of the batch the applier has, to commit once it is durable. At
+    /// most one batch is in flight: every other apply waits for it first, so applies
+    /// never overlap.
+    pub(super) in_flight: Mutex<Option<BTreeMap<i32, i64>>>,
+}
+
+/// A thread that applies the batches it is handed to the sink, one at a time, and
+/// answers each with the outcome. It lives as long as the consumer (a thread per batch
+/// would churn the allocator's per-thread memory).
+pub(super) struct Applier {
+    to: Option<mpsc::SyncSender<Batch>>,
+    /// Behind a lock only because the context must be `Sync`; only the consumer thread
+    /// reads it.
+    done: Mutex<mpsc::Receiver<Result<(), ConsumeError>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Applier {
+    fn new<S: BatchSink>(sink: Arc<S>, topic: String) -> Self {
+        let (to, batches) = mpsc::sync_channel::<Batch>(1);
+        let (answer, done) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("ledger-apply".into())
+            .spawn(move || {
+                for batch in batches {
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        sink.apply_batch(&topic, &batch)
+                    }));
+                    let outcome = match applied {
+                        Ok(r) => r.map_err(|e| ConsumeError::Sink(Box::new(e))),
+                        Err(panic) => Err(ConsumeError::Panicked(panic_text(&*panic))),
+                    };
+                    if answer.send(outcome).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("the OS can start one thread per consumer");
+        Applier {
+            to: Some(to),
+            done: Mutex::new(done),
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands a batch over; the caller has made sure none is in flight.
+    pub(super) fn start(&self, batch: Batch) -> Result<(), ConsumeError> {
+        self.to
+            .as_ref()
+            .expect("the sender lives until drop")
+            .send(batch)
+            .map_err(|_| ConsumeError::Panicked("the apply thread is gone".into()))
+    }
+}
+
+impl Applier {
+    /// The outcome of the batch in flight, waiting for it or not.
+    pub(super) fn outcome(&self, wait: bool) -> Option<Result<(), ConsumeError>> {
+        let done = self
+            .done
+            .lock()
+            .expect("only the consumer thread takes this lock, and it does not panic holding it");
+        let gone = || ConsumeError::Panicked("the apply thread is gone".into());
+        if wait {
+            return Some(done.recv().map_err(|_| gone()).and_then(|r| r));
+        }
+        match done.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(gone())),
+        }
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once its batch (if any) is done.
+        self.to.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A panic's message, as far as it can be read.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl<S: BatchSink> LoopContext<S> {
     pub(super) fn new(sink: Arc<S>, topic: String, metrics: ConsumerMetrics) -> Self {
         LoopContext {
+            applier: Applier::new(sink.clone(), topic.clone()),
             sink,
             topic,
             metrics,
@@ -54,6 +149,7 @@ impl<S: BatchSink> LoopContext<S> {
             }),
             group: Mutex::new(GroupHealth::default()),
             retired: AtomicBool::new(false),
+            in_flight: Mutex::new(None),
         }
     }
 

@@ -15,8 +15,11 @@
 //! contention.
 //!
 //! This module tells that story: [`run`] keeps a consumer going, `poll_loop` fills the
-//! batch in hand, and `apply_and_commit` hands it to the sink and only then commits. Around
-//! them:
+//! batch in hand, and `start_apply` hands it to the sink on a thread of its own, so that
+//! the next batch is read and decoded while this one is written; its offsets are committed
+//! once the sink returns. At most one batch is in flight, and every other apply (a revoke,
+//! a poison, shutdown: `apply_and_commit`) first waits for it, so applies never overlap
+//! and offsets are still committed only after their batch is durable. Around them:
 //!
 //! - `context`: the state the loop shares with librdkafka's rebalance callback, and the
 //!   callback, which starts partitions at their stored offsets and applies a revoked
@@ -33,7 +36,7 @@ mod poison;
 mod restart;
 mod settings;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,14 +118,26 @@ fn consume_with_one_client<S: BatchSink>(
     let result = poll_loop(&consumer, settings, dead_letters, shutdown);
     if result.as_ref().is_err_and(ConsumeError::is_client_fatal) {
         // This client cannot serve any more: it applies nothing further and a new one
-        // takes over from the store (see `restart`).
+        // takes over from the store (see `restart`), once the batch being applied is
+        // done, so that the two never apply at once. Its offsets are not committed.
+        let _ = consumer.context().wait_in_flight();
         retire(consumer);
         return result;
     }
     let ctx = consumer.context();
-    let result = result
-        .and_then(|()| ctx.apply_and_commit(&consumer, None, CommitMode::Sync))
-        .and_then(|()| ctx.commit_stored(&consumer));
+    let result = match result {
+        Ok(()) => ctx
+            .apply_and_commit(&consumer, None, CommitMode::Sync)
+            .and_then(|()| ctx.commit_stored(&consumer)),
+        Err(e) => {
+            // Stopping on an error: the batch being applied finishes (the store stays
+            // consistent either way) before anything else may touch the store.
+            if let Err(also) = ctx.wait_in_flight() {
+                warn!(error = %also, "the batch being applied failed too");
+            }
+            Err(e)
+        }
+    };
     if result.is_ok() {
         // Leave the group now, so the partitions move to another instance at once.
         consumer.unsubscribe();
@@ -159,12 +174,14 @@ fn poll_loop<S: BatchSink>(
             Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
         };
         let full = batch_started.is_some() && batch_len >= settings.batch_max_events;
+        // A batch applied in the background is committed as soon as it is done.
+        ctx.commit_if_applied(consumer)?;
         let polled = if full { None } else { consumer.poll(wait) };
         // A batch ends when full, or past the wait at the first empty poll: events already
         // fetched still join it, so a backlog makes full batches, which cost far less per
         // event.
         if full || (polled.is_none() && batch_started.is_some() && wait.is_zero()) {
-            ctx.apply_and_commit(consumer, None, CommitMode::Async)?;
+            ctx.start_apply(consumer)?;
             batch_started = None;
             batch_len = 0;
             continue;
@@ -262,14 +279,95 @@ fn in_its_place(
 }
 
 impl<S: BatchSink> LoopContext<S> {
+    /// Hands the batch in hand to the sink on a thread of its own and returns, so that
+    /// the loop reads the next batch while this one is applied (the broker's fetches and
+    /// the decoding overlap the store's writes). Waits first for the batch before it,
+    /// and commits that one's offsets.
+    fn start_apply(&self, consumer: &BaseConsumer<Self>) -> Result<(), ConsumeError> {
+        self.finish_in_flight(consumer, CommitMode::Async)?;
+        let batch = std::mem::take(&mut self.state().pending);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        *self.in_flight() = Some(batch.next_offsets.clone());
+        self.applier.start(batch)
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<i32, i64>>> {
+        self.in_flight
+            .lock()
+            .expect("the in-flight lock is only taken by the consumer thread, which does not panic while holding it")
+    }
+
+    /// Commits the batch applied in the background if it is done; never waits.
+    fn commit_if_applied(&self, consumer: &BaseConsumer<Self>) -> Result<(), ConsumeError> {
+        let mut in_flight = self.in_flight();
+        if in_flight.is_none() {
+            return Ok(());
+        }
+        let Some(outcome) = self.applier.outcome(false) else {
+            return Ok(());
+        };
+        let next_offsets = in_flight.take().expect("checked above");
+        drop(in_flight);
+        outcome?;
+        self.commit(consumer, &next_offsets, CommitMode::Async);
+        Ok(())
+    }
+
+    /// Waits for the batch applied in the background, if any, and returns its offsets
+    /// once durable; the caller decides whether to commit them.
+    fn wait_in_flight(&self) -> Result<Option<BTreeMap<i32, i64>>, ConsumeError> {
+        let Some(next_offsets) = self.in_flight().take() else {
+            return Ok(None);
+        };
+        self.applier
+            .outcome(true)
+            .expect("a waiting read always has an outcome")
+            .map(|()| Some(next_offsets))
+    }
+
+    /// Waits for the batch applied in the background, if any, and commits its offsets.
+    fn finish_in_flight(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        mode: CommitMode,
+    ) -> Result<(), ConsumeError> {
+        if let Some(next_offsets) = self.wait_in_flight()? {
+            self.commit(consumer, &next_offsets, mode);
+        }
+        Ok(())
+    }
+
+    /// Commits these next offsets; a failure is counted and logged, never fatal (the
+    /// store is the record of progress).
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        next_offsets: &BTreeMap<i32, i64>,
+        mode: CommitMode,
+    ) {
+        let mut tpl = TopicPartitionList::with_capacity(next_offsets.len());
+        for (&p, &next) in next_offsets {
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                .expect("an explicit offset is always valid in a partition list");
+        }
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            self.metrics.commit_failures.inc();
+            debug!(error = %e, "offset commit failed; progress is kept in the store");
+        }
+    }
+
     /// Applies the pending events of `only` (or of every partition) and commits their
-    /// offsets once the sink has made them durable.
+    /// offsets once the sink has made them durable, after the batch applied in the
+    /// background (whatever its partitions) is done and committed.
     fn apply_and_commit(
         &self,
         consumer: &BaseConsumer<Self>,
         only: Option<&BTreeSet<i32>>,
         mode: CommitMode,
     ) -> Result<(), ConsumeError> {
+        self.finish_in_flight(consumer, mode)?;
         let batch = {
             let mut st = self.state();
             match only {
@@ -283,15 +381,7 @@ impl<S: BatchSink> LoopContext<S> {
         self.sink
             .apply_batch(&self.topic, &batch)
             .map_err(|e| ConsumeError::Sink(Box::new(e)))?;
-        let mut tpl = TopicPartitionList::with_capacity(batch.next_offsets.len());
-        for (&p, &next) in &batch.next_offsets {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
-                .expect("an explicit offset is always valid in a partition list");
-        }
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            self.metrics.commit_failures.inc();
-            debug!(error = %e, "offset commit failed; progress is kept in the store");
-        }
+        self.commit(consumer, &batch.next_offsets, mode);
         Ok(())
     }
 }
