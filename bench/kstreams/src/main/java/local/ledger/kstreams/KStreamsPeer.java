@@ -251,6 +251,10 @@ public final class KStreamsPeer {
         // One broker: the changelog topics cannot have the default three replicas.
         p.put(StreamsConfig.REPLICATION_FACTOR_CONFIG, 1);
         p.put(StreamsConfig.consumerPrefix(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG), "earliest");
+        // exactly_once_v2's default, stated so that at_least_once (default 30 s) commits as
+        // often: the run is done when the offsets are committed, and a 30 s interval
+        // would time the interval, not the processing.
+        p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
         return p;
     }
 
