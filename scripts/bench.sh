@@ -18,13 +18,21 @@
 #   3. raw Kafka consume: org.apache.kafka.tools.ConsumerPerformance over a topic
 #      filled with N events (2 000 000; --quick 300 000) over 10 000 accounts;
 #   4. replay: a fresh projector over that same topic, from process start until all is
-#      applied: events/s, peak RSS, size of the sled directory;
+#      applied: events/s, peak RSS, size of the sled directory; then again with
+#      PROJECTOR_WORKERS=1 (a fresh directory and group), so the scaling shows;
+#   4b. the Kafka Streams peer (bench/kstreams, built here with Maven): the same rules as
+#      a Kafka Streams 4.1.1 application (processor API, persistent RocksDB stores with
+#      changelogs, 2 stream threads, a 512 MB heap) over that same topic, timed from JVM
+#      start until its group's committed offsets reach the topic's end: with
+#      exactly_once_v2, then with at_least_once. Its stores must end where the domain's
+#      own Model ends over the fill's events, or the run fails;
 #   5. end-to-end visibility lag at 2000 commands/s offered for 30 s (--quick 10 s);
 #   6. the store's ceiling, no Kafka: the same number of replay events through the
 #      projector's own Store::apply_batch, then the same keys as plain sled inserts;
 #   7. the ingest's recovery: single commands on 8 connections, the broker frozen
 #      (SIGSTOP) for 8 s, past the 5 s delivery timeout, then thawed: seconds to the
 #      first 202, and to the first whole second of nothing but 202s.
+# Needs Java 17 and Maven (as scripts/kafka-local.sh does).
 # Writes target/bench/summary.json (plus every step's JSON and the services' logs in
 # target/bench/) and prints a table.
 #
@@ -89,6 +97,8 @@ LOGS="$OUT/logs"
 TMP="$OUT/tmp-$RUN"
 BIN="$ROOT/target/release"
 BENCH="$BIN/ledger-bench"
+KSTREAMS="$ROOT/bench/kstreams"
+KSTREAMS_CP="$KSTREAMS/target/ledger-kstreams-peer-1.jar:$KSTREAMS/target/lib/*"
 KAFKA_STATE="$ROOT/.kafka-local"
 
 T_WARMUP="bench.$RUN.warmup"
@@ -132,12 +142,19 @@ cleanup() {
     for pid in "${!PIDS[@]}"; do
         stop_pid "$pid" 10
     done
-    # The projector ledger-bench spawns for the replay (it stops it itself; this is for
-    # the case where ledger-bench died first).
+    # The projector ledger-bench spawns for the replay and the peer it runs (it stops
+    # them itself; this is for the case where ledger-bench died first).
     if [[ -f "$TMP/replay.pid" ]]; then
         pid="$(cat "$TMP/replay.pid")"
         if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
             grep -q projector "/proc/$pid/cmdline" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    if [[ -f "$TMP/peer.pid" ]]; then
+        pid="$(cat "$TMP/peer.pid")"
+        if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+            grep -q KStreamsPeer "/proc/$pid/cmdline" 2>/dev/null; then
             kill -KILL "$pid" 2>/dev/null || true
         fi
     fi
@@ -180,6 +197,16 @@ BEGIN=$SECONDS
 step "building release binaries"
 cargo build --release --locked -p command-ingest -p projector -p ledger-bench
 
+step "building the Kafka Streams peer (bench/kstreams)"
+# lib/ anew, so a jar of an older dependency version never stays on the class path.
+rm -rf "$KSTREAMS/target/lib"
+if ! mvn -B -q -f "$KSTREAMS/pom.xml" package dependency:copy-dependencies \
+    >"$LOGS/kstreams-mvn.log" 2>&1; then
+    tail -n 50 "$LOGS/kstreams-mvn.log" >&2 || true
+    echo "bench: building bench/kstreams failed (full output: $LOGS/kstreams-mvn.log)" >&2
+    exit 1
+fi
+
 "$BENCH" machine-info >"$STEPS/machine.json"
 python3 - "$STEPS/machine.json" <<'PY' >&2
 import json, sys
@@ -210,6 +237,10 @@ step "event size"
 "$BENCH" event-size >"$STEPS/event_size.json"
 SIZE="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["event_size_bytes"])' "$STEPS/event_size.json")"
 note "a typical encoded event is $SIZE bytes"
+
+step "Kafka Streams peer self-test: its decoder against the encoder's test vector, its rules against the domain's examples"
+VECTOR="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["test_vector_hex"])' "$STEPS/event_size.json")"
+java -cp "$KSTREAMS_CP" local.ledger.kstreams.KStreamsPeer --self-test --vector "$VECTOR" >&2
 
 step "raw Kafka produce: ProducerPerformance, $RAW_RECORDS records of $SIZE bytes (acks=all, idempotent, linger.ms=5, lz4, batch.size=1000000)"
 TOPICS+=("$T_RAW")
@@ -292,10 +323,53 @@ print(json.dumps({
 PY
 
 step "replay: a fresh projector over $T_REPLAY"
-"$BENCH" replay --projector-bin "$BIN/projector" --brokers "$BROKERS" --topic "$T_REPLAY" \
-    --data-dir "$TMP/replay-data" --group-id "bench-replay-$RUN" \
+# With the projector's default worker count, whatever the caller's environment says.
+env -u PROJECTOR_WORKERS "$BENCH" replay --projector-bin "$BIN/projector" --brokers "$BROKERS" \
+    --topic "$T_REPLAY" --data-dir "$TMP/replay-data" --group-id "bench-replay-$RUN" \
     --log-file "$LOGS/projector-replay.log" --pid-file "$TMP/replay.pid" \
     --expect-events "$REPLAY_EVENTS" --watch "broker=$BROKER_PID" >"$STEPS/replay.json"
+
+step "replay with one worker: a fresh projector over $T_REPLAY, PROJECTOR_WORKERS=1"
+PROJECTOR_WORKERS=1 "$BENCH" replay --projector-bin "$BIN/projector" --brokers "$BROKERS" \
+    --topic "$T_REPLAY" --data-dir "$TMP/replay-data-1-worker" --group-id "bench-replay-1w-$RUN" \
+    --log-file "$LOGS/projector-replay-1-worker.log" --pid-file "$TMP/replay.pid" \
+    --expect-events "$REPLAY_EVENTS" --watch "broker=$BROKER_PID" >"$STEPS/replay_1_worker.json"
+
+# The Kafka Streams peer over $T_REPLAY with guarantee $1, into $STEPS/kstreams_$2.json;
+# fails unless its stores end where the domain's Model ends over the fill's events.
+kstreams_peer() {
+    local guarantee="$1" name="$2" app="bench-kstreams-$2-$RUN"
+    # Its changelog topics, deleted with the run's other topics.
+    TOPICS+=("$app-accounts-changelog" "$app-commands-changelog")
+    "$BENCH" peer --log-file "$LOGS/kstreams-$name.log" --pid-file "$TMP/peer.pid" \
+        --timeout-s 900 --watch "broker=$BROKER_PID" -- \
+        java -Xmx512m -cp "$KSTREAMS_CP" local.ledger.kstreams.KStreamsPeer \
+        --brokers "$BROKERS" --topic "$T_REPLAY" --application-id "$app" \
+        --state-dir "$TMP/kstreams-$name" --guarantee "$guarantee" --threads 2 \
+        --expect-events "$REPLAY_EVENTS" --deadline-s 600 >"$STEPS/kstreams_$name.json"
+    python3 - "$STEPS/fill.json" "$STEPS/kstreams_$name.json" <<'PY' >&2
+import json, sys
+want = json.load(open(sys.argv[1]))["expected"]
+peer = json.load(open(sys.argv[2]))
+got = peer["state"]
+diffs = [f"{k}: peer {got.get(k)}, rules {want[k]}"
+         for k in ("accounts", "accounts_open", "balance_sum", "applied_events", "commands") if got.get(k) != want[k]]
+recorded = {k: v for k, v in want["outcomes"].items() if k != "duplicate"}
+if got.get("commands_by_outcome") != recorded:
+    diffs.append(f"outcomes: peer {got.get('commands_by_outcome')}, rules {recorded}")
+if diffs:
+    sys.exit("bench: the Kafka Streams peer's stores differ from the rules' result:\n  " + "\n  ".join(diffs))
+print(f"    {peer['events']:,} events in {peer['seconds']} s from JVM start: {peer['per_s']:,}/s, "
+      f"peak RSS {peer['peak_rss_mb']:.0f} MB; its stores match the rules "
+      f"({got['applied_events']:,} applied, balances summing to {got['balance_sum']:,})")
+PY
+}
+
+step "Kafka Streams peer over $T_REPLAY: exactly_once_v2"
+kstreams_peer exactly_once_v2 eos
+
+step "Kafka Streams peer over $T_REPLAY: at_least_once"
+kstreams_peer at_least_once alos
 
 step "end-to-end visibility lag at $E2E_RATE commands/s for ${E2E_S}s (+${E2E_WARMUP_S}s warm-up)"
 TOPICS+=("$T_E2E" "$T_E2E.dlq")
@@ -331,6 +405,7 @@ import json, os, sys
 steps, out, mode, elapsed, commit, dirty = sys.argv[1:7]
 s = {f[:-5]: json.load(open(os.path.join(steps, f))) for f in os.listdir(steps) if f.endswith(".json")}
 sg, sb, e2e, rp = s["http_single"], s["http_batch"], s["e2e"], s["replay"]
+ks, ksa = s["kstreams_eos"], s["kstreams_alos"]
 lag = e2e["lag_202_to_visible"]
 
 def ms_le(v):
@@ -351,6 +426,8 @@ summary = {
     "raw_consume_per_s": s["raw_consume"]["records_per_s"],
     "raw_consume_fetch_per_s": s["raw_consume"]["fetch_records_per_s"],
     "replay_per_s": rp["replay_per_s"],
+    "replay_per_s_1_worker": s["replay_1_worker"]["replay_per_s"],
+    "replay_1_worker_peak_rss_mb": s["replay_1_worker"]["peak_rss_mb"],
     "replay_steady_per_s": rp["steady_per_s"],
     "replay_seconds": rp["seconds"],
     "replay_events": rp["events"],
@@ -359,6 +436,14 @@ summary = {
     "replay_apply_flush_share": rp["apply_flush_share_of_wall"],
     "replay_projector_cpu_cores": rp["projector_cpu_cores"],
     "sled_dir_mb": rp["sled_dir_mb"],
+    "peer_kstreams_eos_per_s": ks["per_s"],
+    "peer_kstreams_eos_seconds": ks["seconds"],
+    "peer_kstreams_eos_per_s_from_running": ks["per_s_from_running"],
+    "peer_kstreams_peak_rss_mb": ks["peak_rss_mb"],
+    "peer_kstreams_eos_cpu_cores": ks["cpu"]["cpu_cores_peer"],
+    "peer_kstreams_state_dir_mb": ks["state_dir_mb"],
+    "peer_kstreams_alos_per_s": ksa["per_s"],
+    "peer_kstreams_alos_peak_rss_mb": ksa["peak_rss_mb"],
     "store_apply_per_s": s["store_ceiling"]["store_apply_per_s"],
     "sled_plain_insert_per_s": s["store_ceiling"]["sled_plain_insert_per_s"],
     "fill_per_s": s["fill"]["fill_per_s"],
@@ -384,6 +469,7 @@ summary["loadgen_cpu_share"] = max(summary[k] for k in
     ("ingest_single_loadgen_cpu_share", "ingest_batch_loadgen_cpu_share", "e2e_loadgen_cpu_share"))
 summary["ingest_batch_vs_raw"] = ratio(summary["ingest_batch_per_s"], summary["raw_produce_per_s"])
 summary["replay_vs_raw_consume"] = ratio(summary["replay_per_s"], summary["raw_consume_per_s"])
+summary["replay_vs_kstreams_eos"] = ratio(summary["replay_per_s"], summary["peer_kstreams_eos_per_s"])
 summary["store_apply_vs_raw_consume"] = ratio(summary["store_apply_per_s"], summary["raw_consume_per_s"])
 summary["sled_plain_vs_raw_consume"] = ratio(summary["sled_plain_insert_per_s"], summary["raw_consume_per_s"])
 targets = {
@@ -393,6 +479,7 @@ targets = {
     "replay_vs_raw_consume": (">=", 0.5),
     "e2e_lag_p99_ms": ("<=", 50),
     "replay_peak_rss_mb": ("<=", 256),
+    "replay_vs_kstreams_eos": (">=", 2.0),
 }
 summary["targets"] = {
     k: {"target": f"{op} {v}", "value": summary[k],
@@ -439,11 +526,17 @@ rows = [
     ("Projector replay", None, None, None),
     ("replay_per_s", fmt(summary["replay_per_s"], "/s"), "", f"{summary['replay_events']:,} events in {summary['replay_seconds']} s from process start (steady {fmt(summary['replay_steady_per_s'], '/s')})"),
     ("replay_vs_raw_consume", fmt(summary["replay_vs_raw_consume"]), ">= 0.5", ""),
+    ("replay_per_s_1_worker", fmt(summary["replay_per_s_1_worker"], "/s"), "", f"the same with PROJECTOR_WORKERS=1 (peak RSS {fmt(summary['replay_1_worker_peak_rss_mb'], ' MB')})"),
     ("replay_peak_rss_mb", fmt(summary["replay_peak_rss_mb"], " MB"), "<= 256", "VmHWM"),
     ("sled_dir_mb", fmt(summary["sled_dir_mb"], " MB"), "", "du of the data directory after stop"),
     ("replay batches", fmt(summary["replay_mean_batch_size"]), "", f"mean events per batch; apply+flush {fmt(summary['replay_apply_flush_share'])} of wall time; projector {fmt(summary['replay_projector_cpu_cores'])} cores"),
     ("store alone (no Kafka)", fmt(summary["store_apply_per_s"], "/s"), "", f"Store::apply_batch, same events, batches of 5000: {fmt(summary['store_apply_vs_raw_consume'])} of raw consume"),
     ("sled plain inserts", fmt(summary["sled_plain_insert_per_s"], "/s"), "", f"same keys, no transaction (the floor of any sled layout): {fmt(summary['sled_plain_vs_raw_consume'])} of raw consume"),
+    ("Kafka Streams peer", None, None, None),
+    ("peer_kstreams_eos_per_s", fmt(summary["peer_kstreams_eos_per_s"], "/s"), "", f"exactly_once_v2, 2 threads, RocksDB: {summary['peer_kstreams_eos_seconds']} s from JVM start ({fmt(summary['peer_kstreams_eos_per_s_from_running'], '/s')} from RUNNING); {fmt(summary['peer_kstreams_eos_cpu_cores'])} cores"),
+    ("replay_vs_kstreams_eos", fmt(summary["replay_vs_kstreams_eos"]), ">= 2.0", "replay_per_s / peer_kstreams_eos_per_s"),
+    ("peer_kstreams_peak_rss_mb", fmt(summary["peer_kstreams_peak_rss_mb"], " MB"), "", f"peak RSS, -Xmx512m; state dir {fmt(summary['peer_kstreams_state_dir_mb'], ' MB')}"),
+    ("peer_kstreams_alos_per_s", fmt(summary["peer_kstreams_alos_per_s"], "/s"), "", f"at_least_once, otherwise the same (peak RSS {fmt(summary['peer_kstreams_alos_peak_rss_mb'], ' MB')})"),
     ("End to end", None, None, None),
     ("e2e_lag_p50_ms", fmt(summary["e2e_lag_p50_ms"], " ms"), "", f"202 -> visible, {fmt(summary['e2e_offered_per_s'])}/s offered, {fmt(summary['e2e_accepted_per_s'])}/s accepted"),
     ("e2e_lag_p99_ms", fmt(summary["e2e_lag_p99_ms"], " ms"), "<= 50", ""),

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ledger_domain::{ApplyResult, Model};
 use ledger_eventlog::admin::{ensure_topic, TopicSpec, TopicStatus};
 use ledger_eventlog::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -195,6 +196,8 @@ pub async fn fill(spec: &FillSpec<'_>) -> anyhow::Result<Value> {
         );
     }
     let next_offsets = ctx.next_offsets.lock().expect("not poisoned").clone();
+    // After the clock: it is not part of filling.
+    let expected = expected_state(spec.events, spec.accounts, spec.seed);
     Ok(json!({
         "topic": spec.topic,
         "events": ok,
@@ -205,5 +208,58 @@ pub async fn fill(spec: &FillSpec<'_>) -> anyhow::Result<Value> {
         "seconds": round3(seconds),
         "fill_per_s": (ok as f64 / seconds).round(),
         "next_offsets": next_offsets,
+        "expected": expected,
     }))
+}
+
+/// What the rules make of the events a fill writes, as totals that any correct consumer
+/// of the topic ends with: a peer's stores are checked against them. The same seed gives
+/// the same accounts and bodies in the same order (the ids differ between two
+/// generations, but each is fresh, so no event is a duplicate either way), and every
+/// account is on one partition, so per-account order is log order.
+pub fn expected_state(events: u64, accounts: u64, seed: u64) -> Value {
+    let mut model = Model::new();
+    let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for event in ReplayEvents::new(events, accounts, seed) {
+        let label = match model.apply(&event) {
+            ApplyResult::Applied => "applied",
+            ApplyResult::Duplicate => "duplicate",
+            ApplyResult::Rejected(r) => r.code(),
+        };
+        *outcomes.entry(label).or_insert(0) += 1;
+    }
+    let states = model.accounts.values();
+    json!({
+        "accounts": model.accounts.len(),
+        "accounts_open": states.clone().filter(|s| s.open).count(),
+        // (null past i64, where the peer's own sum would fail too)
+        "balance_sum": i64::try_from(states.clone().map(|s| i128::from(s.balance)).sum::<i128>()).ok(),
+        "applied_events": states.map(|s| s.applied_events).sum::<u64>(),
+        "commands": model.commands.len(),
+        "outcomes": outcomes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_state_adds_up_and_repeats() {
+        let e = expected_state(3000, 10, 7);
+        assert_eq!(e["accounts"], 10);
+        assert_eq!(e["accounts_open"], 10);
+        assert_eq!(e["commands"], 3000);
+        let outcomes = e["outcomes"].as_object().unwrap();
+        let total: u64 = outcomes.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(total, 3000);
+        assert_eq!(e["applied_events"], outcomes["applied"]);
+        // Withdrawals on young accounts are refused: the rules ran, not a tally.
+        assert!(outcomes["insufficient_funds"].as_u64().unwrap() > 0);
+        assert_eq!(
+            expected_state(3000, 10, 7),
+            e,
+            "the same seed, the same result"
+        );
+    }
 }

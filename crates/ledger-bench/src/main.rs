@@ -10,6 +10,7 @@ mod e2e;
 mod fill;
 mod http;
 mod ingest;
+mod peer;
 mod procfs;
 mod prom;
 mod recovery;
@@ -45,7 +46,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Size in bytes of a typical encoded event (the record size of the raw baseline).
+    /// Size in bytes of a typical encoded event (the record size of the raw baseline), and
+    /// the envelope's test vector as the encoder writes it (for a peer's self-test).
     EventSize,
     /// A free TCP port on 127.0.0.1 (plain number, for scripts).
     FreePort,
@@ -137,6 +139,26 @@ enum Cmd {
     },
     /// Times a fresh projector replaying a topic until everything is applied.
     Replay(ReplayArgs),
+    /// Runs a peer (another program doing the projector's job, e.g. the Kafka Streams
+    /// application in bench/kstreams) to completion: its own JSON result line, plus its
+    /// peak RSS and CPU time.
+    Peer {
+        /// Where the peer's stderr goes.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+        /// Write the peer's pid here (so a script can always clean up).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Kill it and fail after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout_s: u64,
+        /// Processes whose CPU use to report, as NAME=PID (repeatable).
+        #[arg(long = "watch", value_parser = parse_watched)]
+        watched: Vec<Watched>,
+        /// The peer's command line, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// The projector's store alone, no Kafka: replay events through the real
     /// `Store::apply_batch`, then the same keys as plain sled inserts (the ceiling).
     StoreCeiling {
@@ -342,10 +364,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
         Cmd::EventSize => {
             let e = workload::typical_event();
             let bytes = ledger_eventlog::encode(&e);
+            let vector = ledger_eventlog::encode(&ledger_eventlog::codec::test_vector_event());
             json!({
                 "event_size_bytes": bytes.len(),
                 "key_bytes": e.account_id.as_str().len(),
                 "example": format!("{e:?}"),
+                "test_vector_hex": vector.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             })
         }
         Cmd::FreePort => {
@@ -425,6 +449,22 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
             .await?
         }
         Cmd::Replay(a) => replay(a).await?,
+        Cmd::Peer {
+            log_file,
+            pid_file,
+            timeout_s,
+            watched,
+            command,
+        } => {
+            let spec = peer::PeerSpec {
+                command,
+                log: log_file,
+                pid_file,
+                timeout: Duration::from_secs(timeout_s),
+                watched,
+            };
+            tokio::task::spawn_blocking(move || peer::run(spec)).await??
+        }
         Cmd::StoreCeiling {
             dir,
             events,
