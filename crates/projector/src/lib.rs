@@ -243,11 +243,7 @@ pub async fn serve(
 
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into()),
+        Ok(p) => consume::panic_text(&*p),
         Err(e) => e.to_string(),
     }
 }

@@ -95,9 +95,7 @@ impl Applier {
             .send(batch)
             .map_err(|_| ConsumeError::Panicked("the apply thread is gone".into()))
     }
-}
 
-impl Applier {
     /// The outcome of the batch in flight, waiting for it or not.
     pub(super) fn outcome(&self, wait: bool) -> Option<Result<(), ConsumeError>> {
         let done = self
@@ -127,7 +125,7 @@ impl Drop for Applier {
 }
 
 /// A panic's message, as far as it can be read.
-pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<String>()
         .cloned()

@@ -57,6 +57,7 @@ use context::LoopContext;
 use poison::{deal_with_poison, Poisoned};
 use restart::{retire, RestartPolicy};
 
+pub use context::panic_text;
 pub use metrics::ConsumerMetrics;
 pub use poison::{Poison, PoisonPolicy};
 pub use restart::GROUP_STALL;
