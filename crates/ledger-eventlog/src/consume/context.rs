@@ -179,6 +179,22 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
             .filter(|e| e.topic() == self.topic)
             .map(|e| e.partition())
             .collect();
+        let assigning = matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS);
+        let revoking = matches!(err, RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS);
+        if parts.is_empty() && cooperative && (assigning || revoking) {
+            // The empty half of a cooperative rebalance (librdkafka sends `ASSIGN []` beside
+            // a revoke, and the reverse): acknowledge it; nothing is assigned or revoked, so
+            // nothing is counted and the batch in flight is not waited for.
+            let acknowledged = if assigning {
+                consumer.incremental_assign(tpl)
+            } else {
+                consumer.incremental_unassign(tpl)
+            };
+            if let Err(e) = acknowledged {
+                warn!(error = %e, "acknowledging an empty rebalance failed");
+            }
+            return;
+        }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.metrics
