@@ -380,14 +380,7 @@ impl Store {
             let name = records::partition_tree_name(topic, p);
             for kv in self.tree(topic, p)?.scan_prefix([records::ACCOUNT_PREFIX]) {
                 let (k, v) = kv?;
-                let id = std::str::from_utf8(&k[1..])
-                    .ok()
-                    .and_then(|s| AccountId::parse(s).ok())
-                    .ok_or_else(|| StoreError::BadRecord {
-                        tree: name.clone(),
-                        key: String::from_utf8_lossy(&k).into_owned(),
-                        detail: "the key's account id is not valid".into(),
-                    })?;
+                let id = records::account_in_key(&name, &k, 1)?;
                 out.push((id, records::decode_account(&name, &k, &v)?));
             }
         }

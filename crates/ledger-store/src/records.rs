@@ -188,6 +188,15 @@ pub(crate) fn encode_command(status: CommandStatus, offset: i64, event_time_ms: 
     v
 }
 
+/// The account id that ends `key`, after its first `from` bytes (the kind byte, and for a
+/// command the command id).
+pub(crate) fn account_in_key(tree: &str, key: &[u8], from: usize) -> Result<AccountId, StoreError> {
+    key.get(from..)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .and_then(|s| AccountId::parse(s).ok())
+        .ok_or_else(|| bad(tree, key, "the key's account id is not valid"))
+}
+
 /// Decodes a command record found under `key`, which starts with `prefix` (the command
 /// id's part): the rest of the key is the account id.
 pub(crate) fn decode_command(
@@ -200,10 +209,7 @@ pub(crate) fn decode_command(
     let v = fixed::<17>(tree, key, bytes)?;
     let status =
         status_of_byte(v[0]).ok_or_else(|| bad(tree, key, format!("status byte {}", v[0])))?;
-    let account = std::str::from_utf8(&key[prefix_len..])
-        .ok()
-        .and_then(|s| AccountId::parse(s).ok())
-        .ok_or_else(|| bad(tree, key, "the key's account id is not valid"))?;
+    let account = account_in_key(tree, key, prefix_len)?;
     Ok(StoredCommand {
         status,
         account_id: account,

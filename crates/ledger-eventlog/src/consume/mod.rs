@@ -302,30 +302,16 @@ impl<S: BatchSink> LoopContext<S> {
 
     /// Commits the batch applied in the background if it is done; never waits.
     fn commit_if_applied(&self, consumer: &BaseConsumer<Self>) -> Result<(), ConsumeError> {
-        let mut in_flight = self.in_flight();
-        if in_flight.is_none() {
-            return Ok(());
+        if let Some(next_offsets) = self.take_in_flight(false)? {
+            self.commit(consumer, &next_offsets, CommitMode::Async);
         }
-        let Some(outcome) = self.applier.outcome(false) else {
-            return Ok(());
-        };
-        let next_offsets = in_flight.take().expect("checked above");
-        drop(in_flight);
-        outcome?;
-        self.commit(consumer, &next_offsets, CommitMode::Async);
         Ok(())
     }
 
     /// Waits for the batch applied in the background, if any, and returns its offsets
     /// once durable; the caller decides whether to commit them.
     fn wait_in_flight(&self) -> Result<Option<BTreeMap<i32, i64>>, ConsumeError> {
-        let Some(next_offsets) = self.in_flight().take() else {
-            return Ok(None);
-        };
-        self.applier
-            .outcome(true)
-            .expect("a waiting read always has an outcome")
-            .map(|()| Some(next_offsets))
+        self.take_in_flight(true)
     }
 
     /// Waits for the batch applied in the background, if any, and commits its offsets.
@@ -334,20 +320,36 @@ impl<S: BatchSink> LoopContext<S> {
         consumer: &BaseConsumer<Self>,
         mode: CommitMode,
     ) -> Result<(), ConsumeError> {
-        if let Some(next_offsets) = self.wait_in_flight()? {
+        if let Some(next_offsets) = self.take_in_flight(true)? {
             self.commit(consumer, &next_offsets, mode);
         }
         Ok(())
     }
 
+    /// The offsets of the batch in flight once it is applied, taking it out of flight;
+    /// `None` when there is none, or (without `wait`) when it is not done yet.
+    fn take_in_flight(&self, wait: bool) -> Result<Option<BTreeMap<i32, i64>>, ConsumeError> {
+        let mut in_flight = self.in_flight();
+        if in_flight.is_none() {
+            return Ok(None);
+        }
+        let Some(outcome) = self.applier.outcome(wait) else {
+            return Ok(None);
+        };
+        let next_offsets = in_flight
+            .take()
+            .expect("checked above, and only this thread takes it");
+        outcome.map(|()| Some(next_offsets))
+    }
+
     /// Commits these next offsets; a failure is counted and logged, never fatal (the
-    /// store is the record of progress).
+    /// store is the record of progress). Returns whether the commit went through.
     fn commit(
         &self,
         consumer: &BaseConsumer<Self>,
         next_offsets: &BTreeMap<i32, i64>,
         mode: CommitMode,
-    ) {
+    ) -> bool {
         let mut tpl = TopicPartitionList::with_capacity(next_offsets.len());
         for (&p, &next) in next_offsets {
             tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
@@ -356,7 +358,9 @@ impl<S: BatchSink> LoopContext<S> {
         if let Err(e) = consumer.commit(&tpl, mode) {
             self.metrics.commit_failures.inc();
             debug!(error = %e, "offset commit failed; progress is kept in the store");
+            return false;
         }
+        true
     }
 
     /// Applies the pending events of `only` (or of every partition) and commits their
@@ -393,22 +397,18 @@ impl<S: BatchSink> LoopContext<S> {
     /// asynchronous commit was lost (a commit during a rebalance, say).
     fn commit_stored(&self, consumer: &BaseConsumer<Self>) -> Result<(), ConsumeError> {
         let parts: Vec<i32> = self.state().positions.keys().copied().collect();
-        let mut tpl = TopicPartitionList::with_capacity(parts.len());
+        let mut stored = BTreeMap::new();
         for p in parts {
-            let stored = self
+            let next = self
                 .sink
                 .stored_offset(&self.topic, p)
                 .map_err(|e| ConsumeError::Sink(Box::new(e)))?;
-            if let Some(next) = stored {
-                tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
-                    .expect("an explicit offset is always valid in a partition list");
+            if let Some(next) = next {
+                stored.insert(p, next);
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
-                self.metrics.commit_failures.inc();
-                warn!(error = %e, "final offset commit failed; progress is kept in the store");
-            }
+        if !stored.is_empty() && !self.commit(consumer, &stored, CommitMode::Sync) {
+            warn!("final offset commit failed; progress is kept in the store");
         }
         Ok(())
     }
