@@ -121,6 +121,9 @@ impl BatchStats {
     }
 }
 
+/// How long [`Store::open`] waits for a lock that is being released.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// The sled store. Cheap to clone: every clone is the same database.
 #[derive(Clone)]
 pub struct Store {
@@ -141,14 +144,27 @@ impl Store {
     /// as many threads as the machine has cores. A store of another layout is refused
     /// ([`StoreError::Layout`]).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            // Durability comes from the explicit flush after each batch; the background
-            // flusher only adds writes.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| classify_open_error(path, e))?;
+        // sled releases a directory's lock only once its I/O threads have let go of a
+        // dropped database, a moment after the drop: a store reopened at once in the same
+        // process (a restart in place, a test) can find it still locked. Another process
+        // that holds it keeps it, and is reported after this wait.
+        let deadline = Instant::now() + LOCK_RELEASE_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                // Durability comes from the explicit flush after each batch; the
+                // background flusher only adds writes.
+                .flush_every_ms(None)
+                .open()
+                .map_err(|e| classify_open_error(path, e));
+            match opened {
+                Err(StoreError::Locked(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let names = db.tree_names();
         let fresh = names.iter().all(|n| {
             n.as_ref() == b"__sled__default" || n.as_ref() == records::META_TREE.as_bytes()
