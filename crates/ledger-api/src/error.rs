@@ -64,11 +64,14 @@ pub enum ErrorCode {
     NotReady,
     /// 503: the request took longer than the service allows.
     Timeout,
+    /// 503 with `Retry-After`: the account's partition is moving between projector
+    /// instances and no instance can serve it yet; retrying shortly will succeed.
+    PartitionMoving,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownCommand,
         ErrorCode::MissingField,
@@ -92,6 +95,7 @@ impl ErrorCode {
         ErrorCode::NotYetConsistent,
         ErrorCode::NotReady,
         ErrorCode::Timeout,
+        ErrorCode::PartitionMoving,
     ];
 
     /// The code as it appears on the wire.
@@ -120,6 +124,7 @@ impl ErrorCode {
             ErrorCode::NotYetConsistent => "not_yet_consistent",
             ErrorCode::NotReady => "not_ready",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::PartitionMoving => "partition_moving",
         }
     }
 
@@ -148,7 +153,8 @@ impl ErrorCode {
             | ErrorCode::Overloaded
             | ErrorCode::NotYetConsistent
             | ErrorCode::NotReady
-            | ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            | ErrorCode::Timeout
+            | ErrorCode::PartitionMoving => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -317,9 +323,8 @@ mod tests {
 
     #[test]
     fn a_code_this_version_does_not_know_does_not_parse() {
-        let body = serde_json::from_str::<ErrorBody>(
-            r#"{"error":{"code":"partition_moving","message":"m"}}"#,
-        );
+        let body =
+            serde_json::from_str::<ErrorBody>(r#"{"error":{"code":"quantum_flux","message":"m"}}"#);
         assert!(body.is_err());
     }
 

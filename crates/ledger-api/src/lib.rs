@@ -7,15 +7,18 @@
 //!
 //! - [`command`]: commands and the ingest's answers;
 //! - [`query`]: the projector's answers;
+//! - [`cluster`]: a projector group as any instance sees it;
 //! - [`ops`]: health and readiness, on both services;
 //! - [`error`]: [`ErrorCode`] and the error body.
 
+pub mod cluster;
 pub mod command;
 pub mod error;
 pub mod openapi;
 pub mod ops;
 pub mod query;
 
+pub use cluster::{ClusterView, InstanceView, PartitionRole, PartitionRoleView};
 pub use command::{Accepted, BatchItem, BatchResults, CommandRequest};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ops::{Health, Readiness};

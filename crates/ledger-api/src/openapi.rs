@@ -10,6 +10,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::cluster::{ClusterView, InstanceView, PartitionRole, PartitionRoleView};
 use crate::command::{Accepted, BatchItem, BatchResults, CommandRequest};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::ops::{Health, Readiness};
@@ -36,6 +37,7 @@ use crate::query::{
         get_account,
         get_command,
         get_progress,
+        get_cluster,
         healthz,
         readyz,
         metrics,
@@ -51,6 +53,10 @@ use crate::query::{
         CommandOutcome,
         Progress,
         PartitionProgress,
+        ClusterView,
+        InstanceView,
+        PartitionRoleView,
+        PartitionRole,
         ErrorBody,
         ErrorDetail,
         ErrorCode,
@@ -154,7 +160,7 @@ fn submit_batch() {}
         (status = 400, description = "`invalid_account_id`, `invalid_token`, `invalid_timeout`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`account_not_found`", body = ErrorBody),
-        (status = 503, description = "`not_yet_consistent` with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`not_yet_consistent` or `partition_moving`, with `Retry-After`", body = ErrorBody),
     ),
     security((), ("bearer" = []))
 )]
@@ -176,7 +182,7 @@ fn get_account() {}
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 404, description = "`command_not_found` until the command is applied", body = ErrorBody),
         (status = 409, description = "`ambiguous_command_id`: several accounts used this id; name one with `?account_id=`", body = ErrorBody),
-        (status = 503, description = "`not_yet_consistent` with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`not_yet_consistent` or `partition_moving`, with `Retry-After`", body = ErrorBody),
     ),
     security((), ("bearer" = []))
 )]
@@ -192,11 +198,25 @@ fn get_command() {}
         (status = 200, description = "Applied offsets, high watermarks and lag", body = Progress),
         (status = 400, description = "`invalid_token`, `invalid_timeout`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 503, description = "`not_yet_consistent` with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`not_yet_consistent` or `partition_moving`, with `Retry-After`", body = ErrorBody),
     ),
     security((), ("bearer" = []))
 )]
 fn get_progress() {}
+
+/// The projector group as this instance sees it: every live instance, its address, and
+/// its role and applied offset per partition.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "projector",
+    responses(
+        (status = 200, description = "The live instances of the group", body = ClusterView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn get_cluster() {}
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
@@ -204,7 +224,8 @@ fn get_progress() {}
 fn healthz() {}
 
 /// Whether the service can do its work: the ingest once the topic is reachable and its
-/// producer delivers, the projector once it has partitions assigned.
+/// producer delivers, the projector once it has read the group's directory and serves a
+/// partition (or its group serves them all).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),

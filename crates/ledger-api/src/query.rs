@@ -84,7 +84,7 @@ pub struct Progress {
     pub broker_reachable: bool,
     /// The sum of every partition's lag; `null` while the brokers do not answer.
     pub total_lag: Option<i64>,
-    /// Every partition this projector has state for or the topic has.
+    /// Every partition of the topic, across the group.
     pub partitions: Vec<PartitionProgress>,
 }
 
@@ -99,8 +99,13 @@ pub struct PartitionProgress {
     pub high_watermark: Option<i64>,
     /// Events in the log not applied yet; `null` while the brokers do not answer.
     pub lag: Option<i64>,
-    /// Whether this projector currently consumes the partition.
+    /// Whether the instance that reported the partition consumes it in the group.
     pub assigned: bool,
+    /// The instance that serves the partition (its owner, or while it moves the one
+    /// draining or warming it); `null` when none is known.
+    pub owner: Option<String>,
+    /// What `owner` does with the partition.
+    pub role: Option<crate::cluster::PartitionRole>,
 }
 
 impl Progress {

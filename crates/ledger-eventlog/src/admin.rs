@@ -63,16 +63,54 @@ pub async fn ensure_topic(
     spec: &TopicSpec,
     timeout: Duration,
 ) -> Result<TopicStatus, AdminError> {
+    create_topic(
+        kafka,
+        spec,
+        &[("retention.ms", "-1"), ("retention.bytes", "-1")],
+        timeout,
+    )
+    .await
+}
+
+/// Creates a compacted topic of small, often rewritten entries (one per key is kept)
+/// unless it exists already: segments roll each minute so that compaction keeps it
+/// short, and a deleted key's tombstone is kept for a minute.
+pub async fn ensure_compacted_topic(
+    kafka: &KafkaConfig,
+    spec: &TopicSpec,
+    timeout: Duration,
+) -> Result<TopicStatus, AdminError> {
+    create_topic(
+        kafka,
+        spec,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "60000"),
+            ("min.cleanable.dirty.ratio", "0.1"),
+            ("delete.retention.ms", "60000"),
+        ],
+        timeout,
+    )
+    .await
+}
+
+async fn create_topic(
+    kafka: &KafkaConfig,
+    spec: &TopicSpec,
+    config: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<TopicStatus, AdminError> {
     let admin: AdminClient<DefaultClientContext> = kafka
         .client_config(&[("socket.connection.setup.timeout.ms", "3000")], &[])?
         .create()?;
-    let topic = NewTopic::new(
+    let mut topic = NewTopic::new(
         &spec.name,
         spec.partitions,
         TopicReplication::Fixed(spec.replication_factor),
-    )
-    .set("retention.ms", "-1")
-    .set("retention.bytes", "-1");
+    );
+    for (k, v) in config {
+        topic = topic.set(k, v);
+    }
     let opts = AdminOptions::new()
         .operation_timeout(Some(timeout))
         .request_timeout(Some(timeout));

@@ -11,6 +11,8 @@
 //! - [`admin`]: topic creation with the contract's settings;
 //! - [`position`]: a place in the log, and the consistency token that names it;
 //! - [`consume`]: the commit-after-apply consumer loop, with its dead-letter path;
+//! - [`follow`]: tailing partitions read-only into a store, outside the group, while
+//!   they are handed over;
 //! - [`tail`]: reading the topic as an outsider, for `ledger tail`.
 
 pub mod admin;
@@ -18,6 +20,7 @@ pub mod cloudevents;
 pub mod codec;
 pub mod config;
 pub mod consume;
+pub mod follow;
 pub mod position;
 pub mod probe;
 pub mod producer;

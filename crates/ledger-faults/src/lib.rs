@@ -6,6 +6,7 @@
 //! soak (`src/bin/soak.rs`, `scripts/soak.sh`) runs them in a random loop for as long as
 //! asked. Both use the binaries built next to them in `target/<profile>/`.
 
+pub mod group;
 pub mod scenario;
 
 use ledger_api::{Accepted, CommandRequest, ErrorBody};
@@ -164,6 +165,8 @@ pub struct Stack {
     pub dir: PathBuf,
     /// The binaries.
     pub bins: Bins,
+    /// Replicas of the topics the services create.
+    pub replication: u8,
 }
 
 impl Stack {
@@ -211,10 +214,33 @@ impl Stack {
             projector,
             dir: dir.to_path_buf(),
             bins: bins.clone(),
+            replication: replication.parse().expect("formatted above"),
         };
         try_wait_ready(&stack.ingest.url(), Duration::from_secs(60)).await?;
         try_wait_ready(&stack.projector.url(), Duration::from_secs(60)).await?;
         Ok(stack)
+    }
+
+    /// Starts another projector of the stack's group: static membership as
+    /// `projector-{name}`, a store of its own, not yet waited for.
+    pub fn add_projector(&self, name: &str) -> Result<Service> {
+        let mut a = projector_args(
+            &self.brokers,
+            &self.topic,
+            &self.group,
+            &self.dir.join(format!("p-{name}")),
+            Some(&format!("projector-{name}")),
+        );
+        a.extend(args(&[
+            "--replication-factor",
+            &self.replication.to_string(),
+        ]));
+        Service::start(
+            "projector",
+            &self.bins.projector,
+            a,
+            self.dir.join(format!("projector-{name}.log")),
+        )
     }
 
     /// Starts `ledger load --verify` against this stack in the background.

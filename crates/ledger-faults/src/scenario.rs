@@ -29,8 +29,10 @@ pub enum Fault {
     /// a busy partition; then stop a second broker, so that writes must be refused;
     /// then bring both back.
     LeaderKilled,
-    /// A second projector with its own store joins the group, works, and leaves.
-    SecondProjector,
+    /// Two more projectors, each with a store of its own, join the group (three in all);
+    /// one leaves (SIGTERM), one is killed (SIGKILL). Reads through every live instance
+    /// must never find an account that exists missing.
+    GroupOfThree,
     /// The projector's disk fills up; then the space comes back.
     DiskFull,
     /// This many undecodable messages are written into the topic during the load.
@@ -48,7 +50,12 @@ impl fmt::Display for Fault {
             Fault::LeaderKilled => {
                 write!(f, "leader SIGKILL, then a second broker down, on 3 brokers")
             }
-            Fault::SecondProjector => write!(f, "second projector joins and leaves"),
+            Fault::GroupOfThree => {
+                write!(
+                    f,
+                    "projectors join, one leaves, one is killed, in a group of three"
+                )
+            }
             Fault::DiskFull => write!(f, "projector disk full"),
             Fault::Poison(n) => write!(f, "{n} poison events"),
         }
@@ -196,26 +203,43 @@ pub async fn run(
                 .with_context(|| stack.ingest.log_tail())?;
             recovery = Some(first.max(back));
         }
-        Fault::SecondProjector => {
-            wait_progress(&stack.projector.url(), step * 2, &mut load, progress).await?;
-            let mut second = Service::start(
-                "projector",
-                &bins.projector,
-                projector_args(&brokers, topic, &stack.group, &dir.join("p2"), None),
-                dir.join("projector2.log"),
-            )?;
-            try_wait_ready(&second.url(), progress).await?;
-            // It takes partitions and applies them from its own store before it leaves.
-            let url2 = second.url();
-            try_wait_for("the second projector to apply events", progress, || async {
-                (applied_total(&url2).await.unwrap_or(0) > 100).then_some(())
-            })
-            .await?;
-            let status = second.terminate(Duration::from_secs(30))?;
+        Fault::GroupOfThree => {
+            wait_progress(&stack.projector.url(), step, &mut load, progress).await?;
+            let a: group::Instance = (stack.projector.url(), "projector-a".into());
+            let accounts = (0..spec.accounts)
+                .map(|i| format!("s{}-{i}", spec.seed))
+                .collect();
+            let reader = group::Reader::start(vec![a.clone()], accounts, 6, 2);
+            let mut b = stack.add_projector("b")?;
+            let mut c = stack.add_projector("c")?;
+            for p in [&b, &c] {
+                try_wait_ready(&p.url(), progress).await?;
+            }
+            let (b_i, c_i) = (
+                (b.url(), "projector-b".into()),
+                (c.url(), "projector-c".into()),
+            );
+            reader.set_instances(vec![a.clone(), b_i, c_i.clone()]);
+            let three = [a.0.clone(), b.url(), c.url()];
+            group::wait_settled(&three, 3, 6, progress).await?;
+            ensure!(load.running(), "the group must form during the load");
+            // One leaves.
+            reader.set_instances(vec![a.clone(), c_i]);
+            let status = b.terminate(Duration::from_secs(30))?;
             ensure!(
                 status.success(),
-                "the second projector left with {status}:\n{}",
-                second.log_tail()
+                "projector-b left with {status}:\n{}",
+                b.log_tail()
+            );
+            wait_progress(&stack.projector.url(), step, &mut load, progress).await?;
+            // One is killed.
+            reader.set_instances(vec![a.clone()]);
+            c.kill9()?;
+            group::wait_settled(std::slice::from_ref(&a.0), 1, 6, Duration::from_secs(90)).await?;
+            let report = reader.stop();
+            ensure!(
+                report.regressions.is_empty() && report.unexpected.is_empty(),
+                "reads through the group broke its promise: {report:?}"
             );
         }
         Fault::DiskFull => {

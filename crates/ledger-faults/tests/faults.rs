@@ -100,13 +100,13 @@ async fn ingest_killed_and_restarted_during_the_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_projector_joins_the_group_and_leaves() {
+async fn projectors_join_leave_and_are_killed_in_a_group_of_three() {
     case(
-        Fault::SecondProjector,
+        Fault::GroupOfThree,
         LoadSpec {
             accounts: 40,
-            commands: 8000,
-            rate: 1000,
+            commands: 20000,
+            rate: 1500,
             seed: 14,
         },
         None,

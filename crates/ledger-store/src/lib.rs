@@ -376,9 +376,20 @@ impl Store {
     /// partition and account order. A command id is an idempotency key per account, so
     /// more than one is possible; a caller must not pick one for the user.
     pub fn commands(&self, topic: &str, id: &CommandId) -> Result<Vec<StoredCommand>, StoreError> {
+        self.commands_in(topic, &self.partitions_held(topic), id)
+    }
+
+    /// As [`Store::commands`], in these partitions only (the ones an instance of a group
+    /// serves; its trees of other partitions may be stale).
+    pub fn commands_in(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        id: &CommandId,
+    ) -> Result<Vec<StoredCommand>, StoreError> {
         let prefix = records::command_prefix(id);
         let mut out = Vec::new();
-        for p in self.partitions_held(topic) {
+        for &p in partitions {
             let name = records::partition_tree_name(topic, p);
             for kv in self.tree(topic, p)?.scan_prefix(&prefix) {
                 let (k, v) = kv?;

@@ -37,13 +37,19 @@ pub struct Config {
     /// The consumer group.
     #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "ledger-projector")]
     pub group_id: String,
-    /// Static group membership (group.instance.id): a restarted instance takes its
-    /// partitions back at once, without a rebalance. Unset, membership is dynamic.
+    /// This instance's id in its group: static group membership (group.instance.id), so
+    /// that a restarted instance takes its partitions back at once, without a rebalance,
+    /// and its name in the group's directory. Unset, membership is dynamic and the
+    /// directory names the instance by its advertised address.
     #[arg(long, env = "PROJECTOR_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Address to serve HTTP on.
     #[arg(long, env = "PROJECTOR_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
+    /// The URL the other instances of the group reach this one at [default: http:// and
+    /// the address bound, with 127.0.0.1 for an unspecified address].
+    #[arg(long, env = "PROJECTOR_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Where the sled store lives. One projector per directory.
     #[arg(long, env = "PROJECTOR_DATA_DIR", default_value = "./data/projector")]
     pub data_dir: PathBuf,
@@ -90,6 +96,31 @@ impl Config {
         self.dlq_topic
             .clone()
             .unwrap_or_else(|| format!("{}.dlq", self.kafka.topic))
+    }
+
+    /// The URL the group reaches this instance at, once it listens on `bound`.
+    pub(crate) fn advertised(&self, bound: SocketAddr) -> String {
+        if let Some(url) = &self.advertise_url {
+            return url.trim_end_matches('/').to_string();
+        }
+        let ip = if bound.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            bound.ip()
+        };
+        format!("http://{}", SocketAddr::new(ip, bound.port()))
+    }
+
+    /// This instance's id in the group's directory: `--instance-id`, or else the
+    /// host and port of its advertised URL (stable across restarts, unique in a group).
+    pub(crate) fn directory_id(&self, advertised: &str) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            advertised
+                .split_once("://")
+                .map_or(advertised, |(_, rest)| rest)
+                .trim_end_matches('/')
+                .to_string()
+        })
     }
 
     pub(crate) fn poison_policy(&self) -> PoisonPolicy {

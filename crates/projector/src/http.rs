@@ -1,36 +1,56 @@
-//! The query API: accounts, commands and progress, each optionally waiting for a
-//! consistency token; plus health, readiness and metrics.
+//! The query API: accounts, commands, progress and the group, each optionally waiting
+//! for a consistency token; plus readiness.
+//!
+//! Any instance of a group answers any query. A query about one partition (an account,
+//! or a command named with its account) is answered where that partition is served:
+//! here, or, forwarded once, on the instance that serves it ([`Group::route`]); a
+//! forwarded query is answered where it lands and never forwarded again. A query about
+//! every partition (a command by id alone, the progress) asks every instance that
+//! serves some of them. A token of another partition than the query's is waited for
+//! first, where that partition is served. When nobody can serve a partition, the answer
+//! is 503 `partition_moving`, never a 404.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::future::join_all;
+use ledger_api::cluster::{FORWARDED_BY_HEADER, SERVED_BY_HEADER};
 use ledger_api::{
-    AccountView, CommandView, ConsistencyParams, ErrorCode, PartitionProgress, Progress, Readiness,
+    AccountView, ClusterView, CommandView, ConsistencyParams, ErrorBody, ErrorCode,
+    PartitionProgress, PartitionRole, Progress, Readiness,
 };
+use ledger_domain::partitioning::partition_of;
 use ledger_domain::{AccountId, CommandId};
 use ledger_eventlog::admin::{high_watermarks, topic_partitions};
 use ledger_eventlog::Position;
 use ledger_http::ApiError;
-use ledger_store::Store;
+use ledger_store::{Store, StoredCommand};
 use rdkafka::consumer::BaseConsumer;
 use tokio::sync::watch;
 
+use crate::group::{Group, Route};
 use crate::sink::Applied;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a forwarded query may take beyond its own token wait.
+const FORWARD_SLACK: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub(crate) struct QueryState {
     pub store: Store,
     pub topic: Arc<str>,
     pub applied: watch::Receiver<Applied>,
-    pub assigned: Arc<Mutex<BTreeSet<i32>>>,
     pub metadata: Arc<BaseConsumer>,
+    pub group: Arc<Group>,
+    pub http: reqwest::Client,
 }
 
 /// The query string, read leniently: the last of repeated parameters wins and unknown
@@ -39,8 +59,8 @@ type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// `?after=&timeout_ms=`. `timeout_ms` matters only with `after`, so it is read (and can
 /// be refused) only then.
-fn consistency_params(params: Params) -> Result<ConsistencyParams, ApiError> {
-    let Query(params) = params.map_err(|e| {
+fn consistency_params(params: &Params) -> Result<ConsistencyParams, ApiError> {
+    let Query(params) = params.as_ref().map_err(|e| {
         ApiError::new(
             ErrorCode::InvalidToken,
             format!("the query string could not be read: {}", e.body_text()),
@@ -69,69 +89,358 @@ fn consistency_params(params: Params) -> Result<ConsistencyParams, ApiError> {
     })
 }
 
-/// Waits until everything up to `?after=TOKEN` is applied, or fails with 503.
-async fn consistent(state: &QueryState, params: Params) -> Result<(), ApiError> {
-    let params = consistency_params(params)?;
-    let Some(token) = &params.after else {
-        return Ok(());
-    };
-    let pos = Position::from_token(token)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))?;
-    let wait_ms = params.wait_ms();
-    let mut rx = state.applied.clone();
-    let reached = |m: &Applied| m.get(&pos.partition).is_some_and(|&next| next > pos.offset);
-    let waited = tokio::time::timeout(Duration::from_millis(wait_ms), rx.wait_for(reached))
-        .await
-        .map(|r| r.is_ok());
-    match waited {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::new(
-            ErrorCode::NotYetConsistent,
-            "the projector is shutting down",
-        )),
-        Err(_) => {
-            let applied = rx.borrow().get(&pos.partition).copied();
-            Err(ApiError::new(
-                ErrorCode::NotYetConsistent,
-                format!(
-                    "partition {} has applied {} but the token needs offset {}; retry later or with a longer timeout_ms",
-                    pos.partition,
-                    applied.map_or_else(|| "nothing yet".to_string(), |n| format!("up to offset {}", n - 1)),
-                    pos.offset
-                ),
-            ))
+/// A query as received: whether another instance forwarded it, the credentials to pass
+/// on, and the token to wait for, with its deadline.
+struct Ask {
+    forwarded: bool,
+    auth: Option<HeaderValue>,
+    token: Option<Position>,
+    deadline: Instant,
+}
+
+impl Ask {
+    /// Reads the query; a token naming a partition the topic (of `count` partitions,
+    /// once known) does not have is refused.
+    fn read(headers: &HeaderMap, params: &Params, count: Option<i32>) -> Result<Self, ApiError> {
+        let consistency = consistency_params(params)?;
+        let token = consistency
+            .after
+            .as_deref()
+            .map(Position::from_token)
+            .transpose()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))?;
+        if let (Some(t), Some(count)) = (token, count) {
+            if t.partition >= count {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidToken,
+                    format!(
+                        "the token names partition {} but the topic has {count}: use a token returned by POST /v1/commands",
+                        t.partition
+                    ),
+                ));
+            }
+        }
+        Ok(Ask {
+            forwarded: headers.contains_key(FORWARDED_BY_HEADER),
+            auth: headers.get(header::AUTHORIZATION).cloned(),
+            token,
+            deadline: Instant::now() + Duration::from_millis(consistency.wait_ms()),
+        })
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The token's query parameters, to pass on.
+    fn token_query(&self) -> Vec<(&'static str, String)> {
+        match self.token {
+            Some(t) => vec![
+                ("after", t.token()),
+                ("timeout_ms", self.remaining().as_millis().to_string()),
+            ],
+            None => Vec::new(),
         }
     }
+}
+
+fn moving(state: &QueryState, partition: i32, why: &str) -> ApiError {
+    state.group.metrics().partition_moving.inc();
+    ApiError::new(
+        ErrorCode::PartitionMoving,
+        format!(
+            "partition {partition} is moving between projector instances and {why}; retry shortly"
+        ),
+    )
 }
 
 fn store_error(e: ledger_store::StoreError) -> ApiError {
     ApiError::internal(format!("store read failed: {e}"))
 }
 
+impl QueryState {
+    fn partition_count(&self) -> Result<i32, ApiError> {
+        self.group.partition_count().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotReady,
+                "the projector has not found its topic yet",
+            )
+        })
+    }
+
+    /// Waits until this instance has applied `pos`, or fails with 503.
+    async fn wait_here(&self, pos: Position, ask: &Ask) -> Result<(), ApiError> {
+        let mut rx = self.applied.clone();
+        let reached = |m: &Applied| m.get(&pos.partition).is_some_and(|&next| next > pos.offset);
+        let waited = tokio::time::timeout(ask.remaining(), rx.wait_for(reached))
+            .await
+            .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApiError::new(
+                ErrorCode::NotYetConsistent,
+                "the projector is shutting down",
+            )),
+            Err(_) => {
+                let applied = rx.borrow().get(&pos.partition).copied();
+                Err(ApiError::new(
+                    ErrorCode::NotYetConsistent,
+                    format!(
+                        "partition {} has applied {} but the token needs offset {}; retry later or with a longer timeout_ms",
+                        pos.partition,
+                        applied.map_or_else(|| "nothing yet".to_string(), |n| format!("up to offset {}", n - 1)),
+                        pos.offset
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Waits until the instance that serves the token's partition has applied it.
+    async fn wait_for_token(&self, pos: Position, ask: &Ask) -> Result<(), ApiError> {
+        match self.group.route(pos.partition, true, ask.forwarded) {
+            Route::Local => self.wait_here(pos, ask).await,
+            Route::Peer { id, url } => {
+                let query = [
+                    ("after", pos.token()),
+                    ("timeout_ms", ask.remaining().as_millis().to_string()),
+                ];
+                let answer = self
+                    .ask_peer(&id, &url, "/v1/progress", &query, ask)
+                    .await
+                    .map_err(|e| moving(self, pos.partition, &e))?;
+                if answer.status.is_success() {
+                    Ok(())
+                } else {
+                    Err(answer.error())
+                }
+            }
+            Route::Moving => Err(moving(
+                self,
+                pos.partition,
+                "no instance can serve it yet, so the token cannot be checked",
+            )),
+        }
+    }
+
+    /// Waits for a token of another partition than `partition` (where that one is
+    /// served) and drops it; a token of `partition` itself is kept, for whoever answers.
+    async fn settle_foreign_token(&self, mut ask: Ask, partition: i32) -> Result<Ask, ApiError> {
+        if let Some(pos) = ask.token.filter(|t| t.partition != partition) {
+            self.wait_for_token(pos, &ask).await?;
+            ask.token = None;
+        }
+        Ok(ask)
+    }
+
+    /// Sends a query to another instance, marked forwarded.
+    async fn ask_peer(
+        &self,
+        peer: &str,
+        url: &str,
+        path: &str,
+        query: &[(&str, String)],
+        ask: &Ask,
+    ) -> Result<PeerAnswer, String> {
+        let mut req = self
+            .http
+            .get(format!("{}{}", url.trim_end_matches('/'), path))
+            .query(query)
+            .header(FORWARDED_BY_HEADER, self.group.id.as_str())
+            .timeout(ask.remaining() + FORWARD_SLACK);
+        if let Some(auth) = &ask.auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        let outcome = req.send().await;
+        let label = if outcome.is_ok() { "ok" } else { "unreachable" };
+        self.group
+            .metrics()
+            .forwarded
+            .get_or_create(&vec![("outcome", label.to_string())])
+            .inc();
+        let answer =
+            outcome.map_err(|e| format!("its server {peer} at {url} did not answer ({e})"))?;
+        PeerAnswer::read(answer).await
+    }
+
+    /// Answers a query about one partition: here (`local`), or forwarded once to the
+    /// instance that serves it. A forwarded answer of `partition_moving` (the partition
+    /// moved on meanwhile) is retried once where the group now says it is.
+    async fn answer_for(
+        &self,
+        partition: i32,
+        ask: Ask,
+        path: &str,
+        mut query: Vec<(&'static str, String)>,
+        local: impl AsyncFnOnce(&Self) -> Result<Response, ApiError>,
+    ) -> Result<Response, ApiError> {
+        let ask = self.settle_foreign_token(ask, partition).await?;
+        let mut tried = None;
+        for _ in 0..2 {
+            match self
+                .group
+                .route(partition, ask.token.is_some(), ask.forwarded)
+            {
+                Route::Local => {
+                    if let Some(pos) = ask.token {
+                        self.wait_here(pos, &ask).await?;
+                    }
+                    let role = self.group.role(partition);
+                    let reached_token = ask.token.is_some() && role.is_some();
+                    if !role.is_some_and(PartitionRole::serves) && !reached_token {
+                        return Err(moving(self, partition, "this instance no longer serves it"));
+                    }
+                    return local(self).await;
+                }
+                Route::Peer { id, url } => {
+                    if tried.as_ref() == Some(&id) {
+                        break;
+                    }
+                    query.extend(ask.token_query());
+                    let answer = self
+                        .ask_peer(&id, &url, path, &query, &ask)
+                        .await
+                        .map_err(|e| moving(self, partition, &e))?;
+                    query.retain(|(k, _)| *k != "after" && *k != "timeout_ms");
+                    if answer.code() != Some(ErrorCode::PartitionMoving) {
+                        return Ok(answer.relay());
+                    }
+                    tried = Some(id);
+                }
+                Route::Moving => break,
+            }
+        }
+        Err(moving(self, partition, "no instance can serve it yet"))
+    }
+}
+
+/// Another instance's answer, read in full.
+struct PeerAnswer {
+    status: StatusCode,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: axum::body::Bytes,
+}
+
+impl PeerAnswer {
+    async fn read(answer: reqwest::Response) -> Result<Self, String> {
+        let status =
+            StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        // The headers that matter to a client.
+        let headers = [
+            header::CONTENT_TYPE,
+            header::RETRY_AFTER,
+            HeaderName::from_static(SERVED_BY_HEADER),
+        ]
+        .into_iter()
+        .filter_map(|name| {
+            let value = answer.headers().get(name.as_str())?;
+            Some((name, HeaderValue::from_bytes(value.as_bytes()).ok()?))
+        })
+        .collect();
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|e| format!("its answer broke off ({e})"))?;
+        Ok(PeerAnswer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// Its error code, when it is an error.
+    fn code(&self) -> Option<ErrorCode> {
+        self.json::<ErrorBody>().map(|b| b.error.code)
+    }
+
+    /// As this instance's error.
+    fn error(&self) -> ApiError {
+        match self.json::<ErrorBody>() {
+            Some(body) => ApiError::new(body.error.code, body.error.message),
+            None => ApiError::internal(format!(
+                "another instance answered {} without an error body",
+                self.status
+            )),
+        }
+    }
+
+    /// Passed on as it came.
+    fn relay(self) -> Response {
+        let mut resp = Response::new(Body::from(self.body));
+        *resp.status_mut() = self.status;
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
+        }
+        resp
+    }
+}
+
 /// `GET /v1/accounts/{id}`.
 pub(crate) async fn account(
     State(state): State<QueryState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     params: Params,
-) -> Result<Json<AccountView>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = AccountId::parse(&id)?;
-    consistent(&state, params).await?;
-    let acc = state
-        .store
-        .account(&state.topic, &id)
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::AccountNotFound,
-                format!("account {id} has not been opened (or not yet projected)"),
-            )
-        })?;
-    Ok(Json(AccountView {
-        account_id: id,
-        open: acc.open,
-        balance: acc.balance,
-        applied_events: acc.applied_events,
-    }))
+    let count = state.partition_count()?;
+    let ask = Ask::read(&headers, &params, Some(count))?;
+    let partition = partition_of(&id, count);
+    let path = format!("/v1/accounts/{id}");
+    state
+        .answer_for(partition, ask, &path, Vec::new(), async |s: &QueryState| {
+            let acc = s
+                .store
+                .account_in(&s.topic, partition, &id)
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::AccountNotFound,
+                        format!("account {id} has not been opened (or not yet projected)"),
+                    )
+                })?;
+            Ok(Json(AccountView {
+                account_id: id.clone(),
+                open: acc.open,
+                balance: acc.balance,
+                applied_events: acc.applied_events,
+            })
+            .into_response())
+        })
+        .await
+}
+
+fn command_view(c: StoredCommand, id: &CommandId) -> CommandView {
+    CommandView {
+        command_id: id.clone(),
+        status: c.status.into(),
+        reason: c.status.reason().map(str::to_owned),
+        account_id: c.account_id,
+        partition: c.partition,
+        offset: c.offset,
+    }
+}
+
+fn command_not_found(id: &CommandId) -> ApiError {
+    ApiError::new(
+        ErrorCode::CommandNotFound,
+        format!("command {id} has not been applied (yet)"),
+    )
+}
+
+fn ambiguous(id: &CommandId, accounts: &[String]) -> ApiError {
+    ApiError::new(
+        ErrorCode::AmbiguousCommandId,
+        format!(
+            "command id {id} was used on {} accounts ({}); a command id is an idempotency key per account, so name one with ?account_id=",
+            accounts.len(),
+            accounts.join(", ")
+        ),
+    )
 }
 
 /// `GET /v1/commands/{command_id}`, with `?account_id=` to name the account when more
@@ -139,8 +448,9 @@ pub(crate) async fn account(
 pub(crate) async fn command(
     State(state): State<QueryState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     params: Params,
-) -> Result<Json<CommandView>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = CommandId::parse(&id)?;
     let account = match &params {
         Ok(Query(p)) => p
@@ -149,116 +459,255 @@ pub(crate) async fn command(
             .transpose()?,
         Err(_) => None,
     };
-    consistent(&state, params).await?;
-    let not_found = || {
-        ApiError::new(
-            ErrorCode::CommandNotFound,
-            format!("command {id} has not been applied (yet)"),
-        )
-    };
-    let c = match account {
-        Some(account) => state
-            .store
-            .command(&state.topic, &account, &id)
-            .map_err(store_error)?
-            .ok_or_else(not_found)?,
-        None => {
-            let mut found = state
-                .store
-                .commands(&state.topic, &id)
-                .map_err(store_error)?;
-            if found.len() > 1 {
-                let accounts: Vec<&str> = found.iter().map(|c| c.account_id.as_str()).collect();
-                return Err(ApiError::new(
-                    ErrorCode::AmbiguousCommandId,
-                    format!(
-                        "command id {id} was used on {} accounts ({}); a command id is an idempotency key per account, so name one with ?account_id=",
-                        accounts.len(),
-                        accounts.join(", ")
-                    ),
-                ));
+    let count = state.partition_count()?;
+    let ask = Ask::read(&headers, &params, Some(count))?;
+    let path = format!("/v1/commands/{id}");
+    if let Some(account) = account {
+        let partition = partition_of(&account, count);
+        let query = vec![("account_id", account.to_string())];
+        return state
+            .answer_for(partition, ask, &path, query, async |s: &QueryState| {
+                let c = s
+                    .store
+                    .command(&s.topic, &account, &id)
+                    .map_err(store_error)?
+                    .ok_or_else(|| command_not_found(&id))?;
+                Ok(Json(command_view(c, &id)).into_response())
+            })
+            .await;
+    }
+    // By id alone: the command may be in any partition, so every server is asked.
+    let mut ask = ask;
+    if let Some(pos) = ask.token.take() {
+        state.wait_for_token(pos, &ask).await?;
+    }
+    let served = state.group.serving();
+    let mut found: Vec<CommandView> = state
+        .store
+        .commands_in(&state.topic, &served, &id)
+        .map_err(store_error)?
+        .into_iter()
+        .map(|c| command_view(c, &id))
+        .collect();
+    if ask.forwarded {
+        return match found.len() {
+            0 => Err(command_not_found(&id)),
+            1 => Ok(Json(found.pop().expect("one")).into_response()),
+            _ => {
+                let accounts: Vec<String> =
+                    found.iter().map(|c| c.account_id.to_string()).collect();
+                Err(ambiguous(&id, &accounts))
             }
-            found.pop().ok_or_else(not_found)?
+        };
+    }
+    let mut peers: BTreeMap<String, (String, Vec<i32>)> = BTreeMap::new();
+    let mut unserved = Vec::new();
+    for p in (0..count).filter(|p| !served.contains(p)) {
+        match state.group.route(p, false, false) {
+            Route::Peer { id, url } => peers.entry(id).or_insert((url, Vec::new())).1.push(p),
+            Route::Local | Route::Moving => unserved.push(p),
         }
-    };
-    Ok(Json(CommandView {
-        command_id: id,
-        status: c.status.into(),
-        reason: c.status.reason().map(str::to_owned),
-        account_id: c.account_id,
-        partition: c.partition,
-        offset: c.offset,
+    }
+    let answers = join_all(peers.iter().map(|(peer, (url, _))| {
+        let (state, ask, path) = (&state, &ask, &path);
+        async move { state.ask_peer(peer, url, path, &[], ask).await }
     }))
+    .await;
+    let mut more_accounts = Vec::new();
+    for ((peer, (_, parts)), answer) in peers.iter().zip(answers) {
+        let Ok(answer) = answer else {
+            unserved.extend(parts);
+            continue;
+        };
+        match answer.status {
+            StatusCode::OK => match answer.json::<CommandView>() {
+                Some(view) => found.push(view),
+                None => unserved.extend(parts),
+            },
+            StatusCode::CONFLICT => more_accounts.push(format!("several on instance {peer}")),
+            StatusCode::NOT_FOUND => {}
+            _ => unserved.extend(parts),
+        }
+    }
+    if found.len() + 2 * more_accounts.len() > 1 {
+        let mut accounts: Vec<String> = found.iter().map(|c| c.account_id.to_string()).collect();
+        accounts.extend(more_accounts);
+        return Err(ambiguous(&id, &accounts));
+    }
+    if let Some(view) = found.pop() {
+        return Ok(Json(view).into_response());
+    }
+    if let Some(&p) = unserved.first() {
+        unserved.sort_unstable();
+        return Err(moving(
+            &state,
+            p,
+            &format!(
+                "the command may be in partitions {unserved:?}, which no instance can serve yet"
+            ),
+        ));
+    }
+    Err(command_not_found(&id))
 }
 
-/// `GET /v1/progress`: per partition the applied offset, the high watermark and the lag.
+/// The partitions this instance holds, as progress rows (high watermarks filled in
+/// later).
+fn local_rows(state: &QueryState) -> Vec<PartitionProgress> {
+    state
+        .group
+        .held()
+        .into_iter()
+        .map(|(p, role)| PartitionProgress {
+            partition: p,
+            applied_offset: state.group.applied(p),
+            high_watermark: None,
+            lag: None,
+            assigned: role != PartitionRole::Draining,
+            owner: Some(state.group.id.clone()),
+            role: Some(role),
+        })
+        .collect()
+}
+
+/// Which of two instances' rows for one partition speaks for it: the owner's, then a
+/// draining one's, then a warming one's; the further applied among equals.
+fn rank(row: &PartitionProgress) -> (u8, i64) {
+    let role = match row.role {
+        Some(PartitionRole::Owner) => 3,
+        Some(PartitionRole::Draining) => 2,
+        Some(PartitionRole::Warming) => 1,
+        None => 0,
+    };
+    (role, row.applied_offset)
+}
+
+/// `GET /v1/progress`: every partition of the topic, with the instance that serves it,
+/// its applied offset, the high watermark and the lag. Forwarded, only this instance's
+/// partitions.
 pub(crate) async fn progress(
     State(state): State<QueryState>,
+    headers: HeaderMap,
     params: Params,
 ) -> Result<Json<Progress>, ApiError> {
-    consistent(&state, params).await?;
-    let applied = state.applied.borrow().clone();
-    let assigned = state
-        .assigned
-        .lock()
-        .expect("the assignment lock is never held across a panic")
-        .clone();
+    let mut ask = Ask::read(&headers, &params, state.group.partition_count())?;
+    if let Some(pos) = ask.token.take() {
+        state.wait_for_token(pos, &ask).await?;
+    }
+    let mut rows: BTreeMap<i32, PartitionProgress> = BTreeMap::new();
+    let mut consider = |row: PartitionProgress| {
+        let better = rows
+            .get(&row.partition)
+            .is_none_or(|have| rank(&row) > rank(have));
+        if better {
+            rows.insert(row.partition, row);
+        }
+    };
+    for row in local_rows(&state) {
+        consider(row);
+    }
+    let count = state.group.partition_count();
+    if !ask.forwarded {
+        let peers = state.group.live_peers();
+        let answers = join_all(peers.iter().map(|peer| {
+            let (state, ask) = (&state, &ask);
+            async move {
+                let answer = state
+                    .ask_peer(
+                        &peer.entry.instance_id,
+                        &peer.entry.url,
+                        "/v1/progress",
+                        &[],
+                        ask,
+                    )
+                    .await
+                    .ok()?;
+                answer.json::<Progress>()
+            }
+        }))
+        .await;
+        for (peer, answer) in peers.iter().zip(answers) {
+            match answer {
+                Some(p) => p.partitions.into_iter().for_each(&mut consider),
+                // Unreachable: what its directory entry last said.
+                None => {
+                    for v in &peer.entry.partitions {
+                        consider(PartitionProgress {
+                            partition: v.partition,
+                            applied_offset: v.applied_offset,
+                            high_watermark: None,
+                            lag: None,
+                            assigned: v.role != PartitionRole::Draining,
+                            owner: Some(peer.entry.instance_id.clone()),
+                            role: Some(v.role),
+                        });
+                    }
+                }
+            }
+        }
+        // Partitions nobody holds: what this store has of them, with no owner.
+        for p in 0..count.unwrap_or(0) {
+            consider(PartitionProgress {
+                partition: p,
+                applied_offset: 0,
+                high_watermark: None,
+                lag: None,
+                assigned: false,
+                owner: None,
+                role: None,
+            });
+        }
+    }
     let (client, topic) = (state.metadata.clone(), state.topic.to_string());
+    let wanted: Vec<i32> = rows.keys().copied().collect();
     let broker = tokio::task::spawn_blocking(move || {
         let parts = topic_partitions(&client, &topic, BROKER_TIMEOUT).ok()?;
+        let parts: Vec<i32> = parts.into_iter().filter(|p| wanted.contains(p)).collect();
         high_watermarks(&client, &topic, &parts, BROKER_TIMEOUT).ok()
     })
     .await
     .ok()
     .flatten();
-    let mut partitions: BTreeMap<i32, (Option<i64>, i64)> = applied
-        .iter()
-        .map(|(&p, &next)| (p, (None, next)))
-        .collect();
     for (p, hw) in broker.iter().flatten() {
-        partitions.entry(*p).or_insert((None, 0)).0 = Some(*hw);
+        if let Some(row) = rows.get_mut(p) {
+            row.high_watermark = Some(*hw);
+            row.lag = Some((hw - row.applied_offset).max(0));
+        }
     }
-    let mut total_lag = Some(0i64);
-    let rows = partitions
-        .iter()
-        .map(|(&p, &(hw, next))| {
-            let lag = hw.map(|hw| (hw - next).max(0));
-            total_lag = total_lag.zip(lag).map(|(a, b)| a + b);
-            PartitionProgress {
-                partition: p,
-                applied_offset: next,
-                high_watermark: hw,
-                lag,
-                assigned: assigned.contains(&p),
-            }
-        })
-        .collect();
+    let total_lag = broker
+        .is_some()
+        .then(|| rows.values().map(|r| r.lag.unwrap_or(0)).sum());
     Ok(Json(Progress {
         topic: state.topic.to_string(),
         broker_reachable: broker.is_some(),
-        total_lag: if broker.is_some() { total_lag } else { None },
-        partitions: rows,
+        total_lag,
+        partitions: rows.into_values().collect(),
     }))
 }
 
-/// `GET /readyz`: 200 once partitions are assigned.
+/// `GET /v1/cluster`: the group as this instance sees it.
+pub(crate) async fn cluster(State(state): State<QueryState>) -> Json<ClusterView> {
+    Json(state.group.cluster())
+}
+
+/// `GET /readyz`: 200 once this instance can answer queries (see [`Group::ready`]).
 pub(crate) async fn readyz(State(state): State<QueryState>) -> Response {
-    let assigned: Vec<i32> = state
-        .assigned
-        .lock()
-        .expect("the assignment lock is never held across a panic")
-        .iter()
-        .copied()
-        .collect();
-    if assigned.is_empty() {
-        ApiError::new(
-            ErrorCode::NotReady,
-            "no partitions are assigned to this projector yet",
-        )
-        .into_response()
-    } else {
-        Json(Readiness::ready(&*state.topic, Some(assigned))).into_response()
+    match state.group.ready() {
+        Ok(()) => {
+            Json(Readiness::ready(&*state.topic, Some(state.group.serving()))).into_response()
+        }
+        Err(why) => ApiError::new(ErrorCode::NotReady, why).into_response(),
     }
+}
+
+/// Names this instance on every answer that another instance did not already name
+/// (a forwarded one keeps its server's name).
+pub(crate) async fn served_by(State(id): State<HeaderValue>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key(SERVED_BY_HEADER) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(SERVED_BY_HEADER), id);
+    }
+    resp
 }
 
 #[cfg(test)]
@@ -270,7 +719,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        consistency_params(Ok(Query(map)))
+        consistency_params(&Ok(Query(map)))
     }
 
     #[test]
@@ -285,5 +734,29 @@ mod tests {
         assert_eq!(p.wait_ms(), ConsistencyParams::MAX_WAIT_MS);
         let p = params(&[("after", "v1.0.1")]).unwrap();
         assert_eq!(p.wait_ms(), ConsistencyParams::DEFAULT_WAIT_MS);
+    }
+
+    fn row(role: Option<PartitionRole>, applied: i64) -> PartitionProgress {
+        PartitionProgress {
+            partition: 0,
+            applied_offset: applied,
+            high_watermark: None,
+            lag: None,
+            assigned: true,
+            owner: None,
+            role,
+        }
+    }
+
+    #[test]
+    fn the_owner_speaks_for_a_partition_then_the_drainer_then_the_warmer() {
+        let owner = row(Some(PartitionRole::Owner), 5);
+        let draining = row(Some(PartitionRole::Draining), 9);
+        let warming = row(Some(PartitionRole::Warming), 10);
+        let nobody = row(None, 11);
+        assert!(rank(&owner) > rank(&draining));
+        assert!(rank(&draining) > rank(&warming));
+        assert!(rank(&warming) > rank(&nobody));
+        assert!(rank(&row(Some(PartitionRole::Owner), 6)) > rank(&owner));
     }
 }

@@ -6,8 +6,14 @@
 //! batches to [`sink::ProjectorSink`], which applies each one in a single sled
 //! transaction with the partition offsets and flushes before the offsets go to Kafka.
 //! Queries can wait for a consistency token, woken by applies.
+//!
+//! Instances of one group share the partitions (see `group`): each publishes what it
+//! holds to the group's directory (`directory`), hands partitions over warm, and
+//! answers any query, forwarding it once to the instance that serves it (`http`).
 
 mod config;
+mod directory;
+mod group;
 mod http;
 mod metrics;
 mod sink;
@@ -24,6 +30,7 @@ use ledger_eventlog::admin::{
     ensure_topic, high_watermarks, metadata_client, topic_partitions, AdminError, TopicSpec,
 };
 use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings};
+use ledger_eventlog::follow::Follower;
 use ledger_eventlog::probe::{watch_reachability, MetadataProbe};
 use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings, Supervision};
 use ledger_http::auth::{require_bearer, BearerAuth};
@@ -104,11 +111,26 @@ pub async fn serve(
     info!(data_dir = %config.data_dir.display(), workers = store.workers(), offsets = ?stored, "store opened");
     let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
     let assigned = Arc::new(Mutex::new(BTreeSet::new()));
+    // Stopping for any reason (signal, consumer error, server error) stops everything.
+    let stop = shutdown.child_token();
+    let addr = listener.local_addr()?;
+    let url = config.advertised(addr);
+    let group = Arc::new(group::Group::new(
+        config.directory_id(&url),
+        url,
+        config.kafka.topic.clone(),
+        store.clone(),
+        metrics.clone(),
+        applied_rx.clone(),
+        stop.clone(),
+    ));
+    info!(instance_id = %group.id, url = %group.url, "joining the projector group");
     let sink = Arc::new(sink::ProjectorSink {
         store: store.clone(),
         metrics: metrics.clone(),
         applied: applied_tx,
         assigned: assigned.clone(),
+        group: group.clone(),
     });
     let dead_letters = EventProducer::new(
         &kafka,
@@ -120,8 +142,6 @@ pub async fn serve(
     )?;
     let metadata = Arc::new(metadata_client(&kafka)?);
     let tracker = TaskTracker::new();
-    // Stopping for any reason (signal, consumer error, server error) stops everything.
-    let stop = shutdown.child_token();
 
     tracker.spawn(create_dlq_topic(
         kafka.clone(),
@@ -146,11 +166,17 @@ pub async fn serve(
         restarts: metrics.dlq_producer_restarts.clone(),
     };
     tracker.spawn(dead_letters.clone().supervise(supervision, stop.clone()));
-    tracker.spawn(track_lag(
+    tracker.spawn(watch_partitions(
         metadata.clone(),
-        config.kafka.topic.clone(),
+        group.clone(),
         applied_rx.clone(),
-        assigned.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    tracker.spawn(run_directory(
+        kafka.clone(),
+        group.clone(),
+        config.replication_factor,
         metrics.clone(),
         stop.clone(),
     ));
@@ -168,7 +194,7 @@ pub async fn serve(
     };
     let consumer = {
         let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
-        let (metadata, store) = (metadata.clone(), store.clone());
+        let (metadata, store, group) = (metadata.clone(), store.clone(), group.clone());
         tokio::task::spawn_blocking(move || {
             // However this thread ends, a panic included, everything else stops too.
             let _stop_all = stop.clone().drop_guard();
@@ -185,6 +211,15 @@ pub async fn serve(
                 return Err(ConsumeError::Sink(Box::new(e)));
             }
             settings.partitions = Some(partitions);
+            group.set_partition_count(partitions);
+            // Partitions handed over are tailed read-only by this, until their new owner
+            // serves them.
+            match Follower::start(&kafka, &settings, sink.clone(), stop.clone()) {
+                Ok(f) => group.set_follower(f),
+                Err(e) => {
+                    warn!(error = %e, "cannot start the read-only tail; partitions handed over stop being served at once")
+                }
+            }
             let res = consume::run(
                 &kafka,
                 &settings,
@@ -205,25 +240,32 @@ pub async fn serve(
         store,
         topic: config.kafka.topic.clone().into(),
         applied: applied_rx,
-        assigned,
         metadata,
+        group: group.clone(),
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .expect("a plain HTTP client always builds"),
     };
     let auth = BearerAuth(config.service.auth_token.clone().map(Into::into));
     let v1 = Router::new()
         .route("/v1/accounts/{id}", get(http::account))
         .route("/v1/commands/{command_id}", get(http::command))
         .route("/v1/progress", get(http::progress))
+        .route("/v1/cluster", get(http::cluster))
         .route_layer(middleware::from_fn_with_state(auth, require_bearer))
         .with_state(query.clone());
     // Token waits end by 30 s; anything longer is stuck.
+    let served_by = axum::http::HeaderValue::from_str(&group.id)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unnamed"));
     let app = ledger_http::ops::service_router(
         v1,
         get(http::readyz).with_state(query),
         registry,
         Duration::from_secs(35),
-    );
+    )
+    .layer(middleware::from_fn_with_state(served_by, http::served_by));
 
-    let addr = listener.local_addr()?;
     info!(%addr, topic = %config.kafka.topic, group = %config.group_id, "projector listening");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let served = ledger_http::serve::serve(listener, app, stop.clone(), grace).await;
@@ -250,7 +292,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 
 /// Retries with a constant `pause` after each failure, for as long as the caller's
 /// condition (`when`, or a `stop` around it) allows.
-fn every(pause: Duration) -> ConstantBuilder {
+pub(crate) fn every(pause: Duration) -> ConstantBuilder {
     ConstantBuilder::new().with_delay(pause).without_max_times()
 }
 
@@ -304,26 +346,29 @@ async fn create_dlq_topic(
     }
 }
 
-/// Keeps the per-partition lag gauges current.
-async fn track_lag(
+/// Keeps the per-partition lag gauges current, and gives each warming partition its
+/// target: the partition's end when it was assigned.
+async fn watch_partitions(
     client: Arc<rdkafka::consumer::BaseConsumer>,
-    topic: String,
+    group: Arc<group::Group>,
     applied: watch::Receiver<sink::Applied>,
-    assigned: Arc<Mutex<BTreeSet<i32>>>,
     metrics: metrics::ProjectorMetrics,
     stop: CancellationToken,
 ) {
+    let topic = group.topic.clone();
+    let mut last_lag = std::time::Instant::now() - Duration::from_secs(60);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
-        let parts: Vec<i32> = assigned
-            .lock()
-            .expect("the assignment lock is never held across a panic")
-            .iter()
-            .copied()
-            .collect();
+        let lag_due = last_lag.elapsed() >= Duration::from_secs(2);
+        let untargeted = group.untargeted();
+        let parts: Vec<i32> = if lag_due {
+            group.held().into_keys().collect()
+        } else {
+            untargeted.clone()
+        };
         if parts.is_empty() {
             continue;
         }
@@ -335,13 +380,50 @@ async fn track_lag(
         else {
             continue;
         };
-        let applied = applied.borrow().clone();
-        for (p, hw) in hws {
-            let next = applied.get(&p).copied().unwrap_or(0);
-            metrics
-                .lag
-                .get_or_create(&vec![("partition", p.to_string())])
-                .set((hw - next).max(0));
+        for &(p, hw) in &hws {
+            if untargeted.contains(&p) {
+                group.set_target(p, hw);
+            }
+        }
+        group.set_high_watermarks(&hws);
+        if lag_due {
+            last_lag = std::time::Instant::now();
+            let applied = applied.borrow().clone();
+            for (p, hw) in hws {
+                let next = applied.get(&p).copied().unwrap_or(0);
+                metrics
+                    .lag
+                    .get_or_create(&vec![("partition", p.to_string())])
+                    .set((hw - next).max(0));
+            }
         }
     }
+}
+
+/// Creates the group's directory topic, then publishes this instance's entry and reads
+/// everyone else's until `stop`.
+async fn run_directory(
+    kafka: ledger_eventlog::KafkaConfig,
+    group: Arc<group::Group>,
+    replication_factor: i32,
+    metrics: metrics::ProjectorMetrics,
+    stop: CancellationToken,
+) {
+    let topic = directory::topic_of(&group.topic);
+    if !directory::create_topic(&kafka, &topic, replication_factor, &stop).await {
+        return;
+    }
+    let reader = {
+        let (group, kafka, topic, metrics, stop) = (
+            group.clone(),
+            kafka.clone(),
+            topic.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || directory::read(group, kafka, topic, metrics, stop))
+    };
+    group.changed.notify_one();
+    directory::publish(group, kafka, topic, metrics, stop).await;
+    let _ = reader.await;
 }

@@ -25,6 +25,22 @@ pub(crate) struct ProjectorMetrics {
     pub dlq_producer_restarts: Family<Vec<(&'static str, &'static str)>, Counter>,
     /// Rebuilds of the dead-letter probe's metadata client after failures in a row.
     pub probe_rebuilds: Counter,
+    /// Partitions this instance holds, by role.
+    pub partition_roles: Family<Labels, Gauge>,
+    /// Partitions entering a role (or `none`: let go), by role.
+    pub role_changes: Family<Labels, Counter>,
+    /// Seconds from a partition's assignment to this instance serving it as its owner.
+    pub warming_seconds: Histogram,
+    /// Queries forwarded to another instance, by outcome.
+    pub forwarded: Family<Labels, Counter>,
+    /// Answers `partition_moving`: no instance could serve the partition yet.
+    pub partition_moving: Counter,
+    /// Instances of the group this one hears from, itself included.
+    pub directory_instances: Gauge,
+    /// Directory entries that could not be published or read, by direction.
+    pub directory_failures: Family<Labels, Counter>,
+    /// Directory producers replaced because they had stopped delivering.
+    pub directory_restarts: Counter,
 }
 
 impl ProjectorMetrics {
@@ -41,6 +57,14 @@ impl ProjectorMetrics {
             consumer: ConsumerMetrics::default(),
             dlq_producer_restarts: Family::default(),
             probe_rebuilds: Counter::default(),
+            partition_roles: Family::default(),
+            role_changes: Family::default(),
+            warming_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 16)),
+            forwarded: Family::default(),
+            partition_moving: Counter::default(),
+            directory_instances: Gauge::default(),
+            directory_failures: Family::default(),
+            directory_restarts: Counter::default(),
         };
         registry.register(
             "projector_events_applied",
@@ -91,6 +115,46 @@ impl ProjectorMetrics {
             "projector_metadata_probe_rebuilds",
             "Rebuilds of the dead-letter probe's Kafka client after failures in a row",
             m.probe_rebuilds.clone(),
+        );
+        registry.register(
+            "projector_partitions",
+            "Partitions this instance holds, by role (owner, warming, draining)",
+            m.partition_roles.clone(),
+        );
+        registry.register(
+            "projector_partition_role_changes",
+            "Partitions entering a role on this instance, by role (none: let go)",
+            m.role_changes.clone(),
+        );
+        registry.register(
+            "projector_warming_seconds",
+            "Time from a partition's assignment to this instance serving it as its owner",
+            m.warming_seconds.clone(),
+        );
+        registry.register(
+            "projector_forwarded_queries",
+            "Queries forwarded to the instance that serves their partition, by outcome",
+            m.forwarded.clone(),
+        );
+        registry.register(
+            "projector_partition_moving",
+            "Queries answered partition_moving: no instance could serve the partition yet",
+            m.partition_moving.clone(),
+        );
+        registry.register(
+            "projector_directory_instances",
+            "Live instances of the group this one hears from, itself included",
+            m.directory_instances.clone(),
+        );
+        registry.register(
+            "projector_directory_failures",
+            "Directory entries that could not be published or read, by direction",
+            m.directory_failures.clone(),
+        );
+        registry.register(
+            "projector_directory_producer_restarts",
+            "Directory producers replaced because they had stopped delivering",
+            m.directory_restarts.clone(),
         );
         m.consumer.register(registry);
         m

@@ -1,5 +1,7 @@
 //! The projector's [`BatchSink`]: applies batches to the sled store, counts what they
-//! did, and publishes the new applied offsets to waiting queries.
+//! did, publishes the new applied offsets to waiting queries, and tells the group's
+//! role table of assignments, revocations and progress. The group's loop and the
+//! read-only tail of drained partitions both apply through it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -10,6 +12,7 @@ use ledger_store::{Store, StoreError};
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::group::Group;
 use crate::metrics::ProjectorMetrics;
 
 /// Next offset applied per partition, durably. Queries with a token wait on it.
@@ -20,6 +23,7 @@ pub(crate) struct ProjectorSink {
     pub metrics: ProjectorMetrics,
     pub applied: watch::Sender<Applied>,
     pub assigned: Arc<Mutex<BTreeSet<i32>>>,
+    pub group: Arc<Group>,
 }
 
 impl ProjectorSink {
@@ -85,7 +89,12 @@ impl BatchSink for ProjectorSink {
                 *e = (*e).max(next);
             }
         });
+        self.group.after_apply();
         Ok(())
+    }
+
+    fn before_assign(&self, partitions: &[i32]) {
+        self.group.claim(partitions);
     }
 
     fn on_assigned(&self, partitions: &[i32]) {
@@ -102,5 +111,7 @@ impl BatchSink for ProjectorSink {
         }
         self.metrics.assigned_partitions.set(a.len() as i64);
         info!(?partitions, total = a.len(), "revoked");
+        drop(a);
+        self.group.release(partitions);
     }
 }

@@ -8,6 +8,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::Value;
 
+mod common;
+
 #[derive(Debug, Clone)]
 struct Request {
     method: reqwest::Method,
@@ -93,18 +95,16 @@ fn arbitrary_queries_get_a_2xx_or_a_json_4xx_never_a_5xx() {
     cfg.kafka.topic = ledger_testkit::unique_topic("hostile");
     cfg.service.auth_token = None;
     let store = projector::open_store(&cfg).unwrap();
+    let topic = cfg.kafka.topic.clone();
     let (base, stop, task) = rt.block_on(async {
+        common::create_topic(&ledger_testkit::brokers(), &topic).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(projector::serve(cfg, store, listener, stop.clone()));
-        ledger_testkit::wait_for("healthz", Duration::from_secs(10), || async {
-            reqwest::get(format!("{base}/healthz"))
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        })
-        .await;
+        // Ready: it serves every partition, so only a token not yet reached may be
+        // unavailable.
+        ledger_testkit::wait_ready(&base, Duration::from_secs(30)).await;
         (base, stop, task)
     });
     let http = reqwest::Client::new();

@@ -29,6 +29,11 @@ pub(super) struct LoopState {
     pub(super) positions: HashMap<i32, i64>,
     /// An error raised inside a rebalance callback, for the loop to return.
     pub(super) fatal: Option<ConsumeError>,
+    /// The group's committed offset per assigned partition, as last known (`-1`: none);
+    /// `None` until fetched after the assignment. An offset is committed only above it,
+    /// so that the group's committed offset never moves backwards while an instance
+    /// catches up from below it.
+    pub(super) committed: HashMap<i32, Option<i64>>,
 }
 
 /// The consumer's context: what the loop and librdkafka's callbacks share.
@@ -144,6 +149,7 @@ impl<S: BatchSink> LoopContext<S> {
                 pending: Batch::default(),
                 positions: HashMap::new(),
                 fatal: None,
+                committed: HashMap::new(),
             }),
             group: Mutex::new(GroupHealth::default()),
             retired: AtomicBool::new(false),
@@ -201,6 +207,9 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                     .rebalances
                     .get_or_create(&vec![("kind".into(), "assign".into())])
                     .inc();
+                // Whatever else writes these partitions' state (a read-only tail) stops
+                // before their stored offsets are read.
+                self.sink.before_assign(&parts);
                 let mut starts = Vec::with_capacity(parts.len());
                 for &p in &parts {
                     match self.sink.stored_offset(&self.topic, p) {
@@ -208,7 +217,10 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                             let offset = stored.map_or(Offset::Beginning, Offset::Offset);
                             tpl.set_partition_offset(&self.topic, p, offset)
                                 .expect("the partition is in the list we were handed");
-                            self.state().positions.insert(p, stored.unwrap_or(0));
+                            let mut st = self.state();
+                            st.positions.insert(p, stored.unwrap_or(0));
+                            st.committed.insert(p, None);
+                            drop(st);
                             starts.push((p, stored.unwrap_or(0)));
                         }
                         Err(e) => {
@@ -246,6 +258,7 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                     let mut st = self.state();
                     for p in &revoked {
                         st.positions.remove(p);
+                        st.committed.remove(p);
                     }
                 }
                 let res = if cooperative {
@@ -267,6 +280,7 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                 let mut st = self.state();
                 let all: Vec<i32> = st.positions.keys().copied().collect();
                 st.positions.clear();
+                st.committed.clear();
                 drop(st);
                 self.sink.on_revoked(&all);
             }

@@ -17,6 +17,9 @@ pub struct ConsumerMetrics {
     pub rebalances: Family<Vec<(String, String)>, Counter>,
     /// Consumers recreated after a fatal client error or a wedged group membership.
     pub restarts: Counter,
+    /// Offset commits of a partition held back because the group's committed offset is
+    /// ahead of this instance's (it is catching up from below it).
+    pub commits_withheld: Counter,
 }
 
 impl ConsumerMetrics {
@@ -46,6 +49,11 @@ impl ConsumerMetrics {
             "projector_consumer_restarts",
             "Kafka consumers recreated after a fatal client error or a wedged group membership",
             self.restarts.clone(),
+        );
+        registry.register(
+            "projector_offset_commits_withheld",
+            "Partition offset commits held back because the group's committed offset is ahead (catching up from below it)",
+            self.commits_withheld.clone(),
         );
     }
 }

@@ -160,6 +160,7 @@ fn poll_loop<S: BatchSink>(
     let idle_poll = Duration::from_millis(100);
     let mut batch_started: Option<Instant> = None;
     let mut batch_len = 0usize;
+    let mut committed_asked: Option<Instant> = None;
     loop {
         if let Some(e) = ctx.state().fatal.take() {
             return Err(e);
@@ -175,6 +176,7 @@ fn poll_loop<S: BatchSink>(
             Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
         };
         let full = batch_started.is_some() && batch_len >= settings.batch_max_events;
+        ctx.learn_committed(consumer, &mut committed_asked);
         // A batch applied in the background is committed as soon as it is done.
         ctx.commit_if_applied(consumer)?;
         let polled = if full { None } else { consumer.poll(wait) };
@@ -257,7 +259,7 @@ fn poll_loop<S: BatchSink>(
 
 /// The event, if it sits where its account's events are (when the sink keeps state per
 /// partition): keyed by its account id, in murmur2 of that id's partition.
-fn in_its_place(
+pub(crate) fn in_its_place(
     settings: &ConsumerSettings,
     key: Option<&[u8]>,
     partition: i32,
@@ -344,6 +346,10 @@ impl<S: BatchSink> LoopContext<S> {
 
     /// Commits these next offsets; a failure is counted and logged, never fatal (the
     /// store is the record of progress). Returns whether the commit went through.
+    ///
+    /// Only offsets above the group's committed one are committed: an instance catching
+    /// up from below it (a fresh store, a stale one) commits nothing for that partition
+    /// until it passes it, so the group's committed offset only ever moves forward.
     fn commit(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -351,9 +357,35 @@ impl<S: BatchSink> LoopContext<S> {
         mode: CommitMode,
     ) -> bool {
         let mut tpl = TopicPartitionList::with_capacity(next_offsets.len());
-        for (&p, &next) in next_offsets {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
-                .expect("an explicit offset is always valid in a partition list");
+        {
+            let mut st = self.state();
+            for (&p, &next) in next_offsets {
+                match st.committed.get_mut(&p) {
+                    Some(Some(committed)) if next > *committed => {
+                        *committed = next;
+                        tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
+                            .expect("an explicit offset is always valid in a partition list");
+                    }
+                    Some(Some(committed)) if next < *committed => {
+                        self.metrics.commits_withheld.inc();
+                        debug!(
+                            partition = p,
+                            next,
+                            committed = *committed,
+                            "offset not committed: the group's committed offset is ahead"
+                        );
+                    }
+                    // Not known yet: nothing is committed until it is.
+                    Some(None) => {
+                        self.metrics.commits_withheld.inc();
+                    }
+                    // Already there, or no longer assigned here.
+                    Some(Some(_)) | None => {}
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return true;
         }
         if let Err(e) = consumer.commit(&tpl, mode) {
             self.metrics.commit_failures.inc();
@@ -391,7 +423,54 @@ impl<S: BatchSink> LoopContext<S> {
     }
 }
 
+/// How often the group's committed offsets of newly assigned partitions are asked for
+/// while the brokers do not answer.
+const COMMITTED_RETRY: Duration = Duration::from_secs(1);
+
 impl<S: BatchSink> LoopContext<S> {
+    /// Learns the group's committed offset of partitions assigned since the last call
+    /// (never inside the rebalance callback: it is a round trip to the coordinator).
+    /// Until it is known, nothing is committed for them.
+    fn learn_committed(&self, consumer: &BaseConsumer<Self>, asked: &mut Option<Instant>) {
+        let unknown: Vec<i32> = self
+            .state()
+            .committed
+            .iter()
+            .filter(|(_, c)| c.is_none())
+            .map(|(&p, _)| p)
+            .collect();
+        if unknown.is_empty() || asked.is_some_and(|t| t.elapsed() < COMMITTED_RETRY) {
+            return;
+        }
+        *asked = Some(Instant::now());
+        let mut tpl = TopicPartitionList::with_capacity(unknown.len());
+        for &p in &unknown {
+            tpl.add_partition(&self.topic, p);
+        }
+        let answer = match consumer.committed_offsets(tpl, Duration::from_secs(2)) {
+            Ok(answer) => answer,
+            Err(e) => {
+                debug!(error = %e, "cannot fetch the group's committed offsets yet");
+                return;
+            }
+        };
+        let mut st = self.state();
+        for e in answer.elements_for_topic(&self.topic) {
+            let committed = match e.offset() {
+                Offset::Offset(n) => n,
+                _ => -1,
+            };
+            // Only if it is still assigned and not yet known.
+            if let Some(slot @ None) = st.committed.get_mut(&e.partition()) {
+                *slot = Some(committed);
+                debug!(
+                    partition = e.partition(),
+                    committed, "group's committed offset"
+                );
+            }
+        }
+    }
+
     /// Commits the stored offset of every assigned partition, synchronously: on a clean
     /// stop, the group's committed offsets end exactly at the store's even when the last
     /// asynchronous commit was lost (a commit during a rebalance, say).
@@ -426,6 +505,10 @@ pub trait BatchSink: Send + Sync + 'static {
     /// Applies the batch and stores its next offsets atomically, and returns only once
     /// both are durable.
     fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<(), Self::Error>;
+
+    /// These partitions are being assigned to this consumer: called before their stored
+    /// offsets are read, so that anything else that writes them stops first.
+    fn before_assign(&self, _partitions: &[i32]) {}
 
     /// These partitions are now assigned to this consumer.
     fn on_assigned(&self, _partitions: &[i32]) {}

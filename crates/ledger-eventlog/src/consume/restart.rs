@@ -181,6 +181,7 @@ pub(super) fn retire<S: BatchSink>(consumer: BaseConsumer<LoopContext<S>>) {
     let all: Vec<i32> = {
         let mut st = ctx.state();
         st.pending = Batch::default();
+        st.committed.clear();
         st.positions.drain().map(|(p, _)| p).collect()
     };
     // This client is done: its partitions are no longer served by it.

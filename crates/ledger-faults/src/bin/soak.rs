@@ -63,7 +63,7 @@ async fn main() -> Result<()> {
             0 => Fault::KillProjector(rng.random_range(1..=5)),
             1 => Fault::KillIngest(rng.random_range(1..=3)),
             2 => Fault::BrokerOutage(rng.random_range(3..=10)),
-            3 => Fault::SecondProjector,
+            3 => Fault::GroupOfThree,
             6 => Fault::BrokerFrozen(rng.random_range(4..=12)),
             7 => Fault::BrokerRestartStorm(rng.random_range(2..=10)),
             8 => Fault::LeaderKilled,
@@ -145,7 +145,7 @@ fn kind(f: Fault) -> &'static str {
         Fault::BrokerFrozen(_) => "broker frozen",
         Fault::BrokerRestartStorm(_) => "broker restart storm",
         Fault::LeaderKilled => "leader killed (3 brokers)",
-        Fault::SecondProjector => "second projector",
+        Fault::GroupOfThree => "group of three: join, leave, kill",
         Fault::DiskFull => "disk full",
         Fault::Poison(_) => "poison events",
     }
