@@ -331,3 +331,65 @@ async fn scaling_one_to_three_to_two_with_a_sigkill_never_reads_an_account_as_mi
     drop(b);
     drop(stack);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_stopped_with_sigterm_serves_its_partitions_until_they_are_handed_over() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path(), "groupleave").await;
+    let seed = 33;
+    let n_accounts = 40;
+    let b = stack.add_projector("b").unwrap();
+    let mut c = stack.add_projector("c").unwrap();
+    let a: Instance = (stack.projector.url(), "projector-a".into());
+    let b_i: Instance = (b.url(), "projector-b".into());
+    for (url, _) in [&a, &b_i] {
+        wait_ready(url, SETTLE).await;
+    }
+    wait_ready(&c.url(), SETTLE).await;
+    let three = [a.0.clone(), b_i.0.clone(), c.url()];
+    wait_settled(&three, 3, PARTITIONS, SETTLE).await.unwrap();
+    let mut load = stack.load(n_accounts, 12000, 800, seed).unwrap();
+    let reader = Reader::start(
+        vec![a.clone(), b_i.clone()],
+        accounts(seed, n_accounts),
+        PARTITIONS,
+        4,
+    );
+    wait_progress(&stack.projector.url(), 2000, &mut load, SETTLE)
+        .await
+        .unwrap();
+    assert!(load.running(), "the scale-down must happen under load");
+
+    // c leaves cleanly: static membership keeps its partitions assigned to it until its
+    // session times out, and it serves them (draining) until their new owners do.
+    let leave = Instant::now();
+    let status = c.terminate(Duration::from_secs(40)).unwrap();
+    let left = leave.elapsed();
+    assert!(status.success(), "{status}\n{}", c.log_tail());
+    let two = [a.0.clone(), b_i.0.clone()];
+    wait_settled(&two, 2, PARTITIONS, SETTLE).await.unwrap();
+    let settled_two = Instant::now();
+    let r = load.finish(Duration::from_secs(240)).await.unwrap();
+    let report = reader.stop();
+    assert_eq!(
+        (r.lost, r.applied_twice, r.mismatches),
+        (0, 0, 0),
+        "{}",
+        summary(&r)
+    );
+    assert!(report.regressions.is_empty(), "{report:?}");
+    assert!(report.unexpected.is_empty(), "{report:?}");
+    let window = report.moving_window(leave, settled_two);
+    eprintln!(
+        "SIGTERM 3→2: the instance served for {:.1} s while handing over, settled in {:.1} s, \
+         partition_moving window {:.2} s ({} answers); {} reads, {} forwarded",
+        left.as_secs_f64(),
+        (settled_two - leave).as_secs_f64(),
+        window.as_secs_f64(),
+        report.moving_answers(leave, settled_two),
+        report.reads,
+        report.forwarded,
+    );
+    assert!(window < Duration::from_secs(1), "{window:?} {report:?}");
+}

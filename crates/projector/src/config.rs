@@ -73,6 +73,11 @@ pub struct Config {
     /// What to do with an event that does not decode.
     #[arg(long, env = "PROJECTOR_ON_POISON", value_enum, default_value_t = OnPoison::DeadLetter)]
     pub on_poison: OnPoison,
+    /// On SIGTERM, how long this instance of a group goes on serving the partitions it
+    /// held (draining) until their new owners serve them, in ms; 0 to stop at once. With
+    /// static membership (--instance-id) they move when its session times out (10 s).
+    #[arg(long, env = "PROJECTOR_HANDOFF_MS", default_value_t = 25_000)]
+    pub handoff_ms: u64,
     /// On SIGTERM, how long to wait for HTTP requests in flight.
     #[arg(long, env = "PROJECTOR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,

@@ -90,8 +90,19 @@ pub(crate) struct Group {
     high_watermarks: Mutex<BTreeMap<i32, i64>>,
     follower: OnceLock<Follower>,
     directory_loaded: AtomicBool,
-    /// Once set, nothing new is drained: the instance is going away.
-    stopping: CancellationToken,
+    stopping: Stopping,
+}
+
+/// How far this instance is in stopping, which decides whether a partition it lets go
+/// of is drained.
+pub(crate) struct Stopping {
+    /// Set on shutdown: the consumer leaves. A partition let go of is then drained only
+    /// when another instance lives to take it over, and `hand_over` is on.
+    pub leaving: CancellationToken,
+    /// Set once everything stops: nothing is drained any more.
+    pub gone: CancellationToken,
+    /// Whether a leaving instance hands its partitions over (`--handoff-ms` > 0).
+    pub hand_over: bool,
 }
 
 impl Group {
@@ -103,7 +114,7 @@ impl Group {
         store: Store,
         metrics: ProjectorMetrics,
         applied: watch::Receiver<Applied>,
-        stopping: CancellationToken,
+        stopping: Stopping,
     ) -> Self {
         Group {
             id,
@@ -243,9 +254,11 @@ impl Group {
                     None
                 }
             };
-            let drain = !self.stopping.is_cancelled()
+            let leaving = self.stopping.leaving.is_cancelled();
+            let drain = !self.stopping.gone.is_cancelled()
                 && was == Some(PartitionRole::Owner)
-                && stored.is_some();
+                && stored.is_some()
+                && (!leaving || (self.stopping.hand_over && !self.live_peers().is_empty()));
             match (drain, self.follower.get(), stored) {
                 (true, Some(f), Some(from)) => {
                     f.follow(p, from);
@@ -296,6 +309,14 @@ impl Group {
             successor_seen: None,
         };
         self.set(local, partition, Some(held));
+    }
+
+    /// How many partitions this instance drains.
+    pub(crate) fn draining(&self) -> usize {
+        self.local()
+            .values()
+            .filter(|h| h.role == PartitionRole::Draining)
+            .count()
     }
 
     /// Warming partitions whose target is not known yet.
@@ -524,6 +545,9 @@ impl Group {
     /// Whether this instance can answer queries: it has read the directory, and it
     /// serves a partition itself or the group serves every one.
     pub(crate) fn ready(&self) -> Result<(), String> {
+        if self.stopping.leaving.is_cancelled() {
+            return Err("stopping: handing its partitions over to the rest of the group".into());
+        }
         if !self.directory_loaded.load(Ordering::Acquire) {
             return Err("the group's directory has not been read yet".into());
         }

@@ -111,8 +111,20 @@ pub async fn serve(
     info!(data_dir = %config.data_dir.display(), workers = store.workers(), offsets = ?stored, "store opened");
     let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
     let assigned = Arc::new(Mutex::new(BTreeSet::new()));
-    // Stopping for any reason (signal, consumer error, server error) stops everything.
-    let stop = shutdown.child_token();
+    // Everything stops on `stop`: at once on an error (of the consumer, of the server),
+    // and on `shutdown` once this instance has handed its partitions over. The consumer
+    // stops first, on `consume_stop`.
+    let stop = CancellationToken::new();
+    let consume_stop = stop.child_token();
+    {
+        let (shutdown, consume_stop, stop) = (shutdown.clone(), consume_stop.clone(), stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => consume_stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     let addr = listener.local_addr()?;
     let url = config.advertised(addr);
     let group = Arc::new(group::Group::new(
@@ -122,7 +134,11 @@ pub async fn serve(
         store.clone(),
         metrics.clone(),
         applied_rx.clone(),
-        stop.clone(),
+        group::Stopping {
+            leaving: consume_stop.clone(),
+            gone: stop.clone(),
+            hand_over: config.handoff_ms > 0,
+        },
     ));
     info!(instance_id = %group.id, url = %group.url, "joining the projector group");
     let sink = Arc::new(sink::ProjectorSink {
@@ -195,12 +211,11 @@ pub async fn serve(
     let consumer = {
         let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
         let (metadata, store, group) = (metadata.clone(), store.clone(), group.clone());
+        let consume_stop = consume_stop.clone();
         tokio::task::spawn_blocking(move || {
-            // However this thread ends, a panic included, everything else stops too.
-            let _stop_all = stop.clone().drop_guard();
             // librdkafka notices a topic created after subscribing only at its next
             // metadata refresh (minutes); wait for the ingest to create it instead.
-            let Some(partitions) = wait_for_topic(&metadata, &settings.topic, &stop) else {
+            let Some(partitions) = wait_for_topic(&metadata, &settings.topic, &consume_stop) else {
                 return Ok(());
             };
             // State is kept per partition: a topic that gained partitions has moved keys,
@@ -226,10 +241,42 @@ pub async fn serve(
                 sink.clone(),
                 &dead_letters,
                 metrics.clone(),
-                stop.clone(),
+                consume_stop,
             );
             if let Err(e) = &res {
                 error!(error = %e, "consumer stopped");
+            }
+            res
+        })
+    };
+    // Once the consumer is done: on an error (a panic included) everything stops at once;
+    // on shutdown, the partitions this instance drains are served until their new owners
+    // serve them (at most --handoff-ms), and then everything stops.
+    let consumer = {
+        let (stop, group) = (stop.clone(), group.clone());
+        let handoff = Duration::from_millis(config.handoff_ms);
+        tokio::spawn(async move {
+            // A panic in the consumer thread (sled on a failing disk, say) must still end
+            // the process with a clear error and a non-zero exit.
+            let res = consumer
+                .await
+                .unwrap_or_else(|e| Err(ConsumeError::Panicked(panic_message(e))));
+            if res.is_ok() && !stop.is_cancelled() && group.draining() > 0 {
+                let partitions = group.draining();
+                info!(partitions, handoff_ms = handoff.as_millis() as u64, "handing over: serving the partitions this instance held until their new owners do");
+                let handed_over = tokio::time::timeout(handoff, async {
+                    while group.draining() > 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+                .await;
+                match handed_over {
+                    Ok(()) => info!("every partition handed over"),
+                    Err(_) => warn!(
+                        still_draining = group.draining(),
+                        "hand-over time is up; leaving the rest to their new owners"
+                    ),
+                }
             }
             stop.cancel();
             res
@@ -270,8 +317,6 @@ pub async fn serve(
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let served = ledger_http::serve::serve(listener, app, stop.clone(), grace).await;
     stop.cancel();
-    // A panic in the consumer thread (sled on a failing disk, say) must still end the
-    // process with a clear error and a non-zero exit.
     let consumed = consumer
         .await
         .unwrap_or_else(|e| Err(ConsumeError::Panicked(panic_message(e))));
