@@ -54,3 +54,6 @@ cargo test --workspace --locked
 
 step "the demo (scripts/demo.sh) against the same broker"
 KAFKA_BROKERS="$LEDGER_TEST_BROKERS" DEMO_PROFILE=dev DEMO_SKIP_BUILD=1 scripts/demo.sh
+
+step "the group demo (scripts/demo-group.sh) against the same broker"
+KAFKA_BROKERS="$LEDGER_TEST_BROKERS" DEMO_PROFILE=dev DEMO_SKIP_BUILD=1 scripts/demo-group.sh

@@ -114,11 +114,11 @@ impl Follower {
         }
         let (done, stopped) = mpsc::sync_channel(1);
         if self.orders.send(Order::Stop { partition, done }).is_ok() {
-            // The thread answers within one poll and one batch; it is gone when
-            // the sender is dropped, which also ends the wait.
+            // The thread answers within one poll and one batch, having taken the
+            // partition out of the set itself (so that a `follow` racing this stop is not
+            // undone here); it is gone when the sender is dropped, which also ends the wait.
             let _ = stopped.recv();
         }
-        self.following_set().remove(&partition);
     }
 
     /// Whether `partition` is being tailed (it stops by itself when its store fails or
@@ -202,9 +202,13 @@ impl<S: BatchSink> Run<S> {
                             offset,
                             event,
                         }),
-                        // The group's owner dead-letters it; a follower only steps over it.
+                        // What becomes of it is the owner's decision (dead letter, or halt);
+                        // a follower never moves past it: it stops following there.
                         Err(error) => {
-                            warn!(partition, offset, %error, "follower steps over an event that cannot be applied")
+                            warn!(partition, offset, %error, "an event that cannot be applied; no longer following the partition (its owner deals with it)");
+                            self.apply();
+                            self.drop_partition(partition);
+                            continue;
                         }
                     }
                     self.pending.next_offsets.insert(partition, offset + 1);
@@ -266,7 +270,15 @@ impl<S: BatchSink> Run<S> {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.sink.apply_batch(&self.topic, &batch) {
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.sink.apply_batch(&self.topic, &batch)
+        }));
+        let failure = match applied {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => Some(format!("panicked: {}", crate::consume::panic_text(&*panic))),
+        };
+        if let Some(e) = failure {
             // The store is still consistent with its offsets; stop following rather
             // than serve state that no longer moves.
             error!(error = %e, "the follower cannot apply; no longer following");

@@ -29,10 +29,16 @@ use crate::metrics::ProjectorMetrics;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Entry {
     pub instance_id: String,
+    /// Its consumer group: groups projecting the same topic share the directory, and
+    /// each reads only its own entries.
+    pub group_id: String,
     /// Where the other instances reach it.
     pub url: String,
     /// What it holds, in partition order.
     pub partitions: Vec<PartitionRoleView>,
+    /// It is stopping: it takes no partition over, so nobody waits for it to.
+    #[serde(default)]
+    pub leaving: bool,
     /// When it was published, in ms since the Unix epoch by the publisher's clock; an
     /// entry far older than that is ignored on reading the directory's history.
     pub published_ms: u64,
@@ -105,13 +111,7 @@ pub(crate) async fn publish(
     metrics: ProjectorMetrics,
     stop: CancellationToken,
 ) {
-    let mut producer = match new_producer(&kafka) {
-        Ok(p) => p,
-        Err(e) => {
-            warn!(error = %e, "cannot build the directory producer; this instance stays unknown to the others");
-            return;
-        }
-    };
+    let mut producer = None;
     let mut failures = 0u32;
     loop {
         tokio::select! {
@@ -121,12 +121,22 @@ pub(crate) async fn publish(
         }
         let g = group.clone();
         let _ = tokio::task::spawn_blocking(move || g.end_draining()).await;
+        if producer.is_none() {
+            match new_producer(&kafka) {
+                Ok(p) => producer = Some(p),
+                Err(e) => {
+                    warn!(error = %e, "cannot build the directory producer; this instance stays unknown to the others");
+                    continue;
+                }
+            }
+        }
+        let Some(p) = producer.as_ref() else { continue };
         let entry = group.entry();
         let payload = serde_json::to_vec(&entry).expect("an entry always serializes");
         let record = FutureRecord::to(&topic)
             .key(group.id.as_str())
             .payload(&payload);
-        match producer.send(record, Duration::from_secs(3)).await {
+        match p.send(record, Duration::from_secs(3)).await {
             Ok(_) => failures = 0,
             Err((e, _)) => {
                 failures += 1;
@@ -138,14 +148,13 @@ pub(crate) async fn publish(
                 if failures >= PUBLISH_FAILURES_BEFORE_RESTART {
                     warn!(failures, error = %e, "the directory producer has stopped delivering; replacing it");
                     metrics.directory_restarts.inc();
-                    if let Ok(p) = new_producer(&kafka) {
-                        producer = p;
-                    }
+                    producer = None;
                     failures = 0;
                 }
             }
         }
     }
+    let Some(producer) = producer else { return };
     let tombstone = FutureRecord::<str, [u8]>::to(&topic).key(group.id.as_str());
     match producer.send(tombstone, Duration::from_secs(2)).await {
         Ok(_) => info!(instance_id = %group.id, "left the group's directory"),
@@ -231,7 +240,7 @@ pub(crate) fn read(
             continue;
         };
         match serde_json::from_slice::<Entry>(payload) {
-            Ok(entry) if entry.published_ms + HISTORY_HORIZON_MS < now_ms() => {
+            Ok(entry) if entry.published_ms.saturating_add(HISTORY_HORIZON_MS) < now_ms() => {
                 debug!(instance_id = %entry.instance_id, "an old directory entry, ignored");
             }
             Ok(entry) => group.heard(entry),

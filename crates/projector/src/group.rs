@@ -77,6 +77,7 @@ pub(crate) enum Route {
 /// directory tasks and the query handlers.
 pub(crate) struct Group {
     pub id: String,
+    pub group_id: String,
     pub url: String,
     pub topic: String,
     store: Store,
@@ -109,6 +110,7 @@ impl Group {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: String,
+        group_id: String,
         url: String,
         topic: String,
         store: Store,
@@ -118,6 +120,7 @@ impl Group {
     ) -> Self {
         Group {
             id,
+            group_id,
             url,
             topic,
             store,
@@ -258,7 +261,7 @@ impl Group {
             let drain = !self.stopping.gone.is_cancelled()
                 && was == Some(PartitionRole::Owner)
                 && stored.is_some()
-                && (!leaving || (self.stopping.hand_over && !self.live_peers().is_empty()));
+                && (!leaving || (self.stopping.hand_over && self.has_successors()));
             match (drain, self.follower.get(), stored) {
                 (true, Some(f), Some(from)) => {
                     f.follow(p, from);
@@ -363,7 +366,7 @@ impl Group {
 
     /// Another instance's entry, just read from the directory.
     pub(crate) fn heard(&self, entry: Entry) {
-        if entry.instance_id == self.id {
+        if entry.instance_id == self.id || entry.group_id != self.group_id {
             return;
         }
         let mut peers = self.peers();
@@ -398,6 +401,11 @@ impl Group {
         });
         self.metrics.directory_instances.set(peers.len() as i64 + 1);
         peers.values().cloned().collect()
+    }
+
+    /// Whether a live instance that is not stopping itself could take partitions over.
+    pub(crate) fn has_successors(&self) -> bool {
+        self.live_peers().iter().any(|p| !p.entry.leaving)
     }
 
     /// Lets go of drained partitions whose new owner has served them for
@@ -503,6 +511,7 @@ impl Group {
         let held = self.held();
         Entry {
             instance_id: self.id.clone(),
+            group_id: self.group_id.clone(),
             url: self.url.clone(),
             partitions: held
                 .into_iter()
@@ -513,6 +522,7 @@ impl Group {
                     lag: self.lag(p),
                 })
                 .collect(),
+            leaving: self.stopping.leaving.is_cancelled(),
             published_ms: crate::directory::now_ms(),
         }
     }

@@ -529,6 +529,10 @@ pub(crate) async fn command(
             _ => unserved.extend(parts),
         }
     }
+    // A partition being handed over is served by two instances at once: the same
+    // command, found twice.
+    found.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    found.dedup_by(|a, b| a.account_id == b.account_id);
     if found.len() + 2 * more_accounts.len() > 1 {
         let mut accounts: Vec<String> = found.iter().map(|c| c.account_id.to_string()).collect();
         accounts.extend(more_accounts);

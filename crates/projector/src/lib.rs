@@ -109,26 +109,21 @@ pub async fn serve(
             .set(*next);
     }
     info!(data_dir = %config.data_dir.display(), workers = store.workers(), offsets = ?stored, "store opened");
-    let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
-    let assigned = Arc::new(Mutex::new(BTreeSet::new()));
     // Everything stops on `stop`: at once on an error (of the consumer, of the server),
     // and on `shutdown` once this instance has handed its partitions over. The consumer
     // stops first, on `consume_stop`.
     let stop = CancellationToken::new();
     let consume_stop = stop.child_token();
-    {
-        let (shutdown, consume_stop, stop) = (shutdown.clone(), consume_stop.clone(), stop.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => consume_stop.cancel(),
-                () = stop.cancelled() => {}
-            }
-        });
-    }
+    let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
+    let assigned = Arc::new(Mutex::new(BTreeSet::new()));
     let addr = listener.local_addr()?;
     let url = config.advertised(addr);
+    if config.advertise_url.is_none() && config.listen.ip().is_unspecified() {
+        warn!(%url, "listening on every address with no --advertise-url: other hosts cannot reach this instance at the URL it advertises; set --advertise-url (and --instance-id) when the group spans hosts");
+    }
     let group = Arc::new(group::Group::new(
         config.directory_id(&url),
+        config.group_id.clone(),
         url,
         config.kafka.topic.clone(),
         store.clone(),
@@ -140,6 +135,20 @@ pub async fn serve(
             hand_over: config.handoff_ms > 0,
         },
     ));
+    {
+        let (shutdown, consume_stop, stop) = (shutdown.clone(), consume_stop.clone(), stop.clone());
+        let group = group.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    consume_stop.cancel();
+                    // The others learn at once that this one is leaving.
+                    group.changed.notify_one();
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     info!(instance_id = %group.id, url = %group.url, "joining the projector group");
     let sink = Arc::new(sink::ProjectorSink {
         store: store.clone(),
@@ -264,13 +273,18 @@ pub async fn serve(
             if res.is_ok() && !stop.is_cancelled() && group.draining() > 0 {
                 let partitions = group.draining();
                 info!(partitions, handoff_ms = handoff.as_millis() as u64, "handing over: serving the partitions this instance held until their new owners do");
+                // Done when every partition is served elsewhere, or when every other
+                // instance is stopping too (the whole group goes down: nobody takes over).
                 let handed_over = tokio::time::timeout(handoff, async {
-                    while group.draining() > 0 {
+                    while group.draining() > 0 && group.has_successors() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 })
                 .await;
                 match handed_over {
+                    Ok(()) if group.draining() > 0 => {
+                        info!("every other instance is stopping too; nobody takes over")
+                    }
                     Ok(()) => info!("every partition handed over"),
                     Err(_) => warn!(
                         still_draining = group.draining(),
@@ -417,9 +431,14 @@ async fn watch_partitions(
         if parts.is_empty() {
             continue;
         }
+        // Partition by partition: one that does not answer holds up no other.
         let (c, t) = (client.clone(), topic.clone());
-        let Ok(Ok(hws)) = tokio::task::spawn_blocking(move || {
-            high_watermarks(&c, &t, &parts, Duration::from_secs(2))
+        let Ok(hws) = tokio::task::spawn_blocking(move || {
+            parts
+                .iter()
+                .filter_map(|&p| high_watermarks(&c, &t, &[p], Duration::from_secs(2)).ok())
+                .flatten()
+                .collect::<Vec<(i32, i64)>>()
         })
         .await
         else {

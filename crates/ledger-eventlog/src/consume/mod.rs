@@ -361,7 +361,13 @@ impl<S: BatchSink> LoopContext<S> {
             let mut st = self.state();
             for (&p, &next) in next_offsets {
                 match st.committed.get_mut(&p) {
-                    Some(Some(committed)) if next > *committed => {
+                    // A synchronous commit (a revoke, the final one) sends the offset again
+                    // even when an asynchronous commit of it was queued: that one may have
+                    // failed, and this one decides where the next owner starts.
+                    Some(Some(committed))
+                        if next > *committed
+                            || (next == *committed && matches!(mode, CommitMode::Sync)) =>
+                    {
                         *committed = next;
                         tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))
                             .expect("an explicit offset is always valid in a partition list");
@@ -456,6 +462,10 @@ impl<S: BatchSink> LoopContext<S> {
         };
         let mut st = self.state();
         for e in answer.elements_for_topic(&self.topic) {
+            // A partition the coordinator could not answer for is asked again later.
+            if e.error().is_err() {
+                continue;
+            }
             let committed = match e.offset() {
                 Offset::Offset(n) => n,
                 _ => -1,
