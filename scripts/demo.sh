@@ -26,38 +26,11 @@ ROOT=$(pwd)
 PROFILE=${DEMO_PROFILE:-release}
 case "$PROFILE" in dev) BIN="$ROOT/target/debug" ;; *) BIN="$ROOT/target/$PROFILE" ;; esac
 
-if [[ -t 1 ]]; then B=$'\033[1m'; G=$'\033[32m'; R=$'\033[31m'; D=$'\033[2m'; N=$'\033[0m'; else B= G= R= D= N=; fi
-say()  { printf '\n%s%s%s\n' "$B" "$*" "$N"; }
-note() { printf '   %s\n' "$*"; }
-show() { printf '   %s$ %s%s\n' "$D" "$*" "$N"; }
-FAILED=0
-CHECKS=0
-check() { # check "what" command...
-  local what=$1; shift
-  CHECKS=$((CHECKS + 1))
-  if "$@"; then printf '   %s✔ %s%s\n' "$G" "$what" "$N"; else printf '   %s✘ %s%s\n' "$R" "$what" "$N"; FAILED=$((FAILED + 1)); fi
-}
-now_ms() { date +%s%3N; }
-json() { # json 'expr on d' <<< "$doc"
-  python3 -c 'import json,sys; d=json.load(sys.stdin); v=eval(sys.argv[1]); print("" if v is None else v)' "$1"
-}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # wait_http url seconds
-  local deadline=$(( $(date +%s) + $2 ))
-  until curl -fsS -o /dev/null "$1" 2>/dev/null; do
-    if (( $(date +%s) > deadline )); then echo "timed out waiting for $1" >&2; return 1; fi
-    sleep 0.1
-  done
-}
+# shellcheck source=scripts/lib/demo-common.sh
+source "$ROOT/scripts/lib/demo-common.sh"
 
 # ---------------------------------------------------------------------------------------
-if [[ "${DEMO_SKIP_BUILD:-}" == 1 ]]; then
-  say "Using the binaries already built in $BIN"
-else
-  say "Building ($PROFILE)"
-  cargo build --locked --profile "$PROFILE" -p command-ingest -p projector -p ledger-cli
-fi
-for b in command-ingest projector ledger; do [[ -x "$BIN/$b" ]] || { echo "missing $BIN/$b" >&2; exit 1; }; done
+demo_build
 START=$(date +%s)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ledger-demo.XXXXXX")
@@ -77,20 +50,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [[ -n "${KAFKA_BROKERS:-}" ]]; then
-  BROKERS=$KAFKA_BROKERS
-  say "Using the broker at $BROKERS"
-else
-  export KAFKA_PORT=${DEMO_KAFKA_PORT:-9092}
-  if scripts/kafka-local.sh status >/dev/null 2>&1; then
-    say "Using the local broker already running on 127.0.0.1:$KAFKA_PORT"
-  else
-    say "Starting a local Kafka broker (KRaft) on 127.0.0.1:$KAFKA_PORT"
-    scripts/kafka-local.sh start >/dev/null
-    STARTED_BROKER=$KAFKA_PORT
-  fi
-  BROKERS=127.0.0.1:$KAFKA_PORT
-fi
+demo_broker
 
 INGEST_PORT=$(free_port)
 PROJ_PORT=$(free_port)
