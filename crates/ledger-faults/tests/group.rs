@@ -205,6 +205,27 @@ async fn a_forwarded_query_with_a_token_waits_on_the_owners_apply() {
     );
     assert_eq!(body["balance"], 70, "{body}");
 
+    // A command by its id alone, asked through a: found on b, the instance that serves
+    // its account's partition.
+    let command_id = format!("{account}-cmd");
+    let t = post(serde_json::json!({"type":"deposit","account_id":account,"amount":5,"command_id":command_id})).await;
+    let (status, served_by, body) = get(
+        &http,
+        &format!(
+            "{}/v1/commands/{command_id}?after={t}&timeout_ms=10000",
+            urls[0]
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["account_id"], account.as_str(), "{body}");
+    assert_eq!(body["status"], "applied", "{body}");
+    assert_eq!(
+        served_by.as_deref(),
+        Some("projector-a"),
+        "merged by the instance asked"
+    );
+
     // A token the owner cannot reach in time: the owner's 503, passed on.
     let pos: Vec<&str> = last.split('.').collect();
     let future = format!("v1.{}.{}", pos[1], pos[2].parse::<i64>().unwrap() + 1000);

@@ -482,9 +482,29 @@ pub(crate) async fn command(
         state.wait_for_token(pos, &ask).await?;
     }
     let served = state.group.serving();
+    // Asked by another instance: only in the partitions it routed here
+    // (`?partitions=`), each of which this instance must still serve; a 404 then means
+    // "in none of them", never "in one this instance no longer has".
+    let wanted = match (&params, ask.forwarded) {
+        (Ok(Query(p)), true) => p.get("partitions").map(|list| {
+            list.split(',')
+                .filter_map(|p| p.trim().parse::<i32>().ok())
+                .collect::<Vec<i32>>()
+        }),
+        _ => None,
+    };
+    let searched = match wanted {
+        Some(wanted) => {
+            if let Some(&gone) = wanted.iter().find(|p| !served.contains(p)) {
+                return Err(moving(&state, gone, "this instance no longer serves it"));
+            }
+            wanted
+        }
+        None => served.clone(),
+    };
     let mut found: Vec<CommandView> = state
         .store
-        .commands_in(&state.topic, &served, &id)
+        .commands_in(&state.topic, &searched, &id)
         .map_err(store_error)?
         .into_iter()
         .map(|c| command_view(c, &id))
@@ -508,9 +528,11 @@ pub(crate) async fn command(
             Route::Local | Route::Moving => unserved.push(p),
         }
     }
-    let answers = join_all(peers.iter().map(|(peer, (url, _))| {
+    let answers = join_all(peers.iter().map(|(peer, (url, parts))| {
         let (state, ask, path) = (&state, &ask, &path);
-        async move { state.ask_peer(peer, url, path, &[], ask).await }
+        let list: Vec<String> = parts.iter().map(i32::to_string).collect();
+        let query = [("partitions", list.join(","))];
+        async move { state.ask_peer(peer, url, path, &query, ask).await }
     }))
     .await;
     let mut more_accounts = Vec::new();
