@@ -26,9 +26,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-PROFILE=${DEMO_PROFILE:-release}
-case "$PROFILE" in dev) BIN="$ROOT/target/debug" ;; *) BIN="$ROOT/target/$PROFILE" ;; esac
-
 # shellcheck source=scripts/lib/demo-common.sh
 source "$ROOT/scripts/lib/demo-common.sh"
 

@@ -1,5 +1,10 @@
-# Shared by scripts/demo.sh and scripts/demo-group.sh (sourced, not run): output helpers,
-# the build, and the broker. Each demo sets PROFILE and BIN first, and keeps its own cleanup.
+# shellcheck shell=bash
+# Shared by scripts/demo.sh and scripts/demo-group.sh (sourced, not run, from the repository
+# root, with ROOT set to it): the binaries' profile, output helpers, the build, and the
+# broker. Each demo keeps its own cleanup.
+
+PROFILE=${DEMO_PROFILE:-release}
+case "$PROFILE" in dev) BIN="$ROOT/target/debug" ;; *) BIN="$ROOT/target/$PROFILE" ;; esac
 
 if [[ -t 1 ]]; then B=$'\033[1m'; G=$'\033[32m'; R=$'\033[31m'; D=$'\033[2m'; N=$'\033[0m'; else B='' G='' R='' D='' N=''; fi
 say()  { printf '\n%s%s%s\n' "$B" "$*" "$N"; }
@@ -50,6 +55,7 @@ demo_broker() {
     else
       say "Starting a local Kafka broker (KRaft) on 127.0.0.1:$KAFKA_PORT"
       scripts/kafka-local.sh start >/dev/null
+      # shellcheck disable=SC2034 # read by the demo's cleanup
       STARTED_BROKER=$KAFKA_PORT
     fi
     BROKERS=127.0.0.1:$KAFKA_PORT

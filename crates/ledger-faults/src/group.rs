@@ -17,6 +17,14 @@ use ledger_testkit::try_wait_for;
 use rand::Rng;
 use tokio::task::JoinHandle;
 
+/// The instance an answer names as its server (`Ledger-Served-By`).
+pub fn served_by(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(SERVED_BY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// `GET /v1/cluster` of one instance.
 pub async fn cluster(base: &str) -> Option<ClusterView> {
     reqwest::get(format!("{base}/v1/cluster"))
@@ -276,11 +284,7 @@ async fn read_once(
         return;
     };
     let status = resp.status().as_u16();
-    let served_by = resp
-        .headers()
-        .get(SERVED_BY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let served_by = served_by(&resp);
     let body = resp.text().await.unwrap_or_default();
     let code = serde_json::from_str::<ErrorBody>(&body)
         .ok()

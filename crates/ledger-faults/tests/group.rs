@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use ledger_api::cluster::SERVED_BY_HEADER;
 use ledger_api::{PartitionRole, Progress};
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::AccountId;
-use ledger_faults::group::{cluster, wait_settled, Instance, Reader};
+use ledger_faults::group::{cluster, served_by, wait_settled, Instance, Reader};
 use ledger_faults::{summary, wait_progress, Bins, Stack};
 use ledger_testkit::wait_ready;
 use serde_json::Value;
@@ -43,13 +42,11 @@ fn accounts(seed: u64, n: u32) -> Vec<String> {
 
 async fn get(http: &reqwest::Client, url: &str) -> (u16, Option<String>, Value) {
     let r = http.get(url).send().await.expect("answered");
-    let status = r.status().as_u16();
-    let served_by = r
-        .headers()
-        .get(SERVED_BY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    (status, served_by, r.json().await.unwrap_or(Value::Null))
+    (
+        r.status().as_u16(),
+        served_by(&r),
+        r.json().await.unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
