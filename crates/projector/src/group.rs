@@ -55,6 +55,18 @@ struct Held {
     successor_seen: Option<Instant>,
 }
 
+impl Held {
+    /// A partition entering `role` now.
+    fn new(role: PartitionRole) -> Self {
+        Held {
+            role,
+            since: Instant::now(),
+            target: None,
+            successor_seen: None,
+        }
+    }
+}
+
 /// Another instance, as last heard.
 #[derive(Clone, Debug)]
 pub(crate) struct Peer {
@@ -219,6 +231,12 @@ impl Group {
                 .get_or_create(&vec![("role", role.as_str().to_string())])
                 .set(n as i64);
         }
+        // Assigned by the consumer group: every partition held but a draining one.
+        let assigned = local
+            .values()
+            .filter(|h| h.role != PartitionRole::Draining)
+            .count();
+        self.metrics.assigned_partitions.set(assigned as i64);
         info!(partition, from = ?before.map(|r| r.as_str()), to = name, applied = self.applied(partition), "partition role changed");
         self.changed.notify_one();
     }
@@ -233,13 +251,7 @@ impl Group {
         }
         let mut local = self.local();
         for &p in partitions {
-            let held = Held {
-                role: PartitionRole::Warming,
-                since: Instant::now(),
-                target: None,
-                successor_seen: None,
-            };
-            self.set(&mut local, p, Some(held));
+            self.set(&mut local, p, Some(Held::new(PartitionRole::Warming)));
         }
     }
 
@@ -247,6 +259,9 @@ impl Group {
     /// applied: each is drained (tailed read-only and served) until its new owner serves
     /// it, unless this instance is going away. Runs in the rebalance callback.
     pub(crate) fn release(&self, partitions: &[i32]) {
+        let may_drain = !self.stopping.gone.is_cancelled()
+            && (!self.stopping.leaving.is_cancelled()
+                || (self.stopping.hand_over && self.has_successors()));
         let mut local = self.local();
         for &p in partitions {
             let was = local.get(&p).map(|h| h.role);
@@ -257,21 +272,11 @@ impl Group {
                     None
                 }
             };
-            let leaving = self.stopping.leaving.is_cancelled();
-            let drain = !self.stopping.gone.is_cancelled()
-                && was == Some(PartitionRole::Owner)
-                && stored.is_some()
-                && (!leaving || (self.stopping.hand_over && self.has_successors()));
+            let drain = may_drain && was == Some(PartitionRole::Owner) && stored.is_some();
             match (drain, self.follower.get(), stored) {
                 (true, Some(f), Some(from)) => {
                     f.follow(p, from);
-                    let held = Held {
-                        role: PartitionRole::Draining,
-                        since: Instant::now(),
-                        target: None,
-                        successor_seen: None,
-                    };
-                    self.set(&mut local, p, Some(held));
+                    self.set(&mut local, p, Some(Held::new(PartitionRole::Draining)));
                 }
                 _ => self.set(&mut local, p, None),
             }
@@ -305,13 +310,7 @@ impl Group {
             warming_ms = h.since.elapsed().as_millis() as u64,
             "caught up; serving as the owner"
         );
-        let held = Held {
-            role: PartitionRole::Owner,
-            since: Instant::now(),
-            target: None,
-            successor_seen: None,
-        };
-        self.set(local, partition, Some(held));
+        self.set(local, partition, Some(Held::new(PartitionRole::Owner)));
     }
 
     /// How many partitions this instance drains.

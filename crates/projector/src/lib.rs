@@ -18,9 +18,8 @@ mod http;
 mod metrics;
 mod sink;
 
-use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -115,7 +114,6 @@ pub async fn serve(
     let stop = CancellationToken::new();
     let consume_stop = stop.child_token();
     let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
-    let assigned = Arc::new(Mutex::new(BTreeSet::new()));
     let addr = listener.local_addr()?;
     let url = config.advertised(addr);
     if config.advertise_url.is_none() && config.listen.ip().is_unspecified() {
@@ -154,7 +152,6 @@ pub async fn serve(
         store: store.clone(),
         metrics: metrics.clone(),
         applied: applied_tx,
-        assigned: assigned.clone(),
         group: group.clone(),
     });
     let dead_letters = EventProducer::new(

@@ -3,8 +3,8 @@
 //! role table of assignments, revocations and progress. The group's loop and the
 //! read-only tail of drained partitions both apply through it.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ledger_domain::Batch;
 use ledger_eventlog::consume::BatchSink;
@@ -22,16 +22,9 @@ pub(crate) struct ProjectorSink {
     pub store: Store,
     pub metrics: ProjectorMetrics,
     pub applied: watch::Sender<Applied>,
-    pub assigned: Arc<Mutex<BTreeSet<i32>>>,
+    /// The roles per partition, which assignments, revocations and applies change; the
+    /// assigned-partitions gauge is derived from them.
     pub group: Arc<Group>,
-}
-
-impl ProjectorSink {
-    fn assigned(&self) -> std::sync::MutexGuard<'_, BTreeSet<i32>> {
-        self.assigned
-            .lock()
-            .expect("the assignment lock is never held across a panic")
-    }
 }
 
 impl BatchSink for ProjectorSink {
@@ -98,20 +91,11 @@ impl BatchSink for ProjectorSink {
     }
 
     fn on_assigned(&self, partitions: &[i32]) {
-        let mut a = self.assigned();
-        a.extend(partitions);
-        self.metrics.assigned_partitions.set(a.len() as i64);
-        info!(?partitions, total = a.len(), "assigned");
+        info!(?partitions, "assigned");
     }
 
     fn on_revoked(&self, partitions: &[i32]) {
-        let mut a = self.assigned();
-        for p in partitions {
-            a.remove(p);
-        }
-        self.metrics.assigned_partitions.set(a.len() as i64);
-        info!(?partitions, total = a.len(), "revoked");
-        drop(a);
+        info!(?partitions, "revoked");
         self.group.release(partitions);
     }
 }
