@@ -10,13 +10,14 @@ use prometheus_client::registry::Registry;
 type Labels = Vec<(&'static str, &'static str)>;
 
 /// The `type` labels of `accepted`, in [`kind_index`] order.
-const KINDS: [&str; 3] = ["open_account", "deposit", "withdraw"];
+const KINDS: [&str; 4] = ["open_account", "deposit", "withdraw", "transfer"];
 
 fn kind_index(kind: &CommandKind) -> usize {
     match kind {
         CommandKind::OpenAccount => 0,
         CommandKind::Deposit(_) => 1,
         CommandKind::Withdraw(_) => 2,
+        CommandKind::Transfer { .. } => 3,
     }
 }
 
@@ -27,7 +28,7 @@ pub(crate) struct IngestMetrics {
     accepted: Family<Labels, Counter>,
     /// The three children of `accepted`, resolved once: the family's lookup (a label
     /// vector, a hash, a lock) was per command.
-    accepted_by_kind: [Counter; 3],
+    accepted_by_kind: [Counter; 4],
     /// Commands refused, by error code.
     pub rejected: Family<Labels, Counter>,
     /// Time from produce to the broker's acknowledgement.

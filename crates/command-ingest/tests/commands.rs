@@ -132,7 +132,7 @@ async fn every_command_kind_is_acknowledged_and_lands_in_the_log() {
             &records[&(acc.partition, acc.offset)],
             acc,
             account,
-            *event,
+            event.clone(),
             *command_id,
             &what,
         );
@@ -590,7 +590,7 @@ async fn a_batch_answers_in_input_order_and_writes_exactly_its_valid_items() {
         match expect {
             Ok((account, command_id, event)) => {
                 let acc = accepted(result, &what);
-                ok.push((acc, *account, *command_id, *event, what));
+                ok.push((acc, *account, *command_id, event.clone(), what));
             }
             Err(code) => {
                 assert_error_body(result, code, &what);
@@ -612,7 +612,7 @@ async fn a_batch_answers_in_input_order_and_writes_exactly_its_valid_items() {
             &records[&(acc.partition, acc.offset)],
             acc,
             account,
-            *event,
+            event.clone(),
             *command_id,
             what,
         );

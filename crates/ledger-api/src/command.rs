@@ -51,24 +51,48 @@ pub enum CommandRequest {
         #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
         command_id: Option<CommandId>,
     },
+    /// Moves money from one open account to another: the source is debited when the
+    /// projector applies the event (keyed by `from_account`), then the destination is
+    /// credited by a follow-up event, or the source refunded.
+    Transfer {
+        /// The source; 1 to 64 characters of `[A-Za-z0-9._-]`; also the event's Kafka key.
+        #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "acc-1")]
+        from_account: AccountId,
+        /// The destination; never the source (`invalid_transfer`).
+        #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "acc-2")]
+        to_account: AccountId,
+        /// Minor units, an integer from 1 to 1000000000000.
+        #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000_000_u64, example = 500)]
+        amount: Amount,
+        /// The idempotency key, scoped to the source account; generated when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+        command_id: Option<CommandId>,
+    },
 }
 
 impl From<&Command> for CommandRequest {
     fn from(c: &Command) -> Self {
         let (account_id, command_id) = (c.account_id.clone(), c.command_id.clone());
-        match c.kind {
+        match &c.kind {
             CommandKind::OpenAccount => CommandRequest::OpenAccount {
                 account_id,
                 command_id,
             },
             CommandKind::Deposit(amount) => CommandRequest::Deposit {
                 account_id,
-                amount,
+                amount: *amount,
                 command_id,
             },
             CommandKind::Withdraw(amount) => CommandRequest::Withdraw {
                 account_id,
-                amount,
+                amount: *amount,
+                command_id,
+            },
+            CommandKind::Transfer { to, amount } => CommandRequest::Transfer {
+                from_account: account_id,
+                to_account: to.clone(),
+                amount: *amount,
                 command_id,
             },
         }
@@ -92,6 +116,19 @@ impl From<CommandRequest> for Command {
                 amount,
                 command_id,
             } => (account_id, command_id, CommandKind::Withdraw(amount)),
+            CommandRequest::Transfer {
+                from_account,
+                to_account,
+                amount,
+                command_id,
+            } => (
+                from_account,
+                command_id,
+                CommandKind::Transfer {
+                    to: to_account,
+                    amount,
+                },
+            ),
         };
         Command {
             account_id,

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     InvalidAccountId,
     /// 400: `command_id` is not 1 to 128 of `[A-Za-z0-9._:-]`.
     InvalidCommandId,
+    /// 400: a transfer's `from_account` and `to_account` are the same account.
+    InvalidTransfer,
     /// 400: `?after=` is not a token this product issued.
     InvalidToken,
     /// 400: `?timeout_ms=` is not an integer.
@@ -71,7 +73,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownCommand,
         ErrorCode::MissingField,
@@ -79,6 +81,7 @@ impl ErrorCode {
         ErrorCode::InvalidAmount,
         ErrorCode::InvalidAccountId,
         ErrorCode::InvalidCommandId,
+        ErrorCode::InvalidTransfer,
         ErrorCode::InvalidToken,
         ErrorCode::InvalidTimeout,
         ErrorCode::Unauthorized,
@@ -108,6 +111,7 @@ impl ErrorCode {
             ErrorCode::InvalidAmount => "invalid_amount",
             ErrorCode::InvalidAccountId => "invalid_account_id",
             ErrorCode::InvalidCommandId => "invalid_command_id",
+            ErrorCode::InvalidTransfer => "invalid_transfer",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidTimeout => "invalid_timeout",
             ErrorCode::Unauthorized => "unauthorized",
@@ -138,6 +142,7 @@ impl ErrorCode {
             | ErrorCode::InvalidAmount
             | ErrorCode::InvalidAccountId
             | ErrorCode::InvalidCommandId
+            | ErrorCode::InvalidTransfer
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidTimeout => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -181,6 +186,7 @@ impl From<&ValidationError> for ErrorCode {
             ValidationError::InvalidAmount(_) => ErrorCode::InvalidAmount,
             ValidationError::InvalidAccountId(_) => ErrorCode::InvalidAccountId,
             ValidationError::InvalidCommandId(_) => ErrorCode::InvalidCommandId,
+            ValidationError::InvalidTransfer(_) => ErrorCode::InvalidTransfer,
         }
     }
 }

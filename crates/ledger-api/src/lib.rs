@@ -23,5 +23,6 @@ pub use command::{Accepted, BatchItem, BatchResults, CommandRequest};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ops::{Health, Readiness};
 pub use query::{
-    AccountView, CommandOutcome, CommandView, ConsistencyParams, PartitionProgress, Progress,
+    AccountView, CommandOutcome, CommandView, ConsistencyParams, LogPosition, PartitionProgress,
+    PartitionTotals, Progress, TotalsView, TransferView,
 };

@@ -1,6 +1,6 @@
 //! What the projector answers: accounts, command outcomes and progress.
 
-use ledger_domain::{AccountId, CommandId};
+use ledger_domain::{AccountId, Amount, CommandId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -23,10 +23,15 @@ pub struct AccountView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommandOutcome {
-    /// It took effect.
+    /// It took effect (a transfer: the destination was credited).
     Applied,
     /// It changed nothing; `reason` says why.
     Rejected,
+    /// A transfer debited its source and is on its way: neither credited nor refunded yet.
+    Pending,
+    /// A transfer the destination refused; `reason` says why, and the amount is back on
+    /// the source.
+    Refunded,
 }
 
 impl CommandOutcome {
@@ -35,7 +40,14 @@ impl CommandOutcome {
         match self {
             CommandOutcome::Applied => "applied",
             CommandOutcome::Rejected => "rejected",
+            CommandOutcome::Pending => "pending",
+            CommandOutcome::Refunded => "refunded",
         }
+    }
+
+    /// Whether the outcome can still change (a pending transfer).
+    pub const fn is_final(self) -> bool {
+        !matches!(self, CommandOutcome::Pending)
     }
 }
 
@@ -50,6 +62,8 @@ impl From<ledger_domain::CommandStatus> for CommandOutcome {
         match s {
             ledger_domain::CommandStatus::Applied => CommandOutcome::Applied,
             ledger_domain::CommandStatus::Rejected(_) => CommandOutcome::Rejected,
+            ledger_domain::CommandStatus::Pending => CommandOutcome::Pending,
+            ledger_domain::CommandStatus::Refunded(_) => CommandOutcome::Refunded,
         }
     }
 }
@@ -60,10 +74,12 @@ pub struct CommandView {
     /// The command's id.
     #[schema(value_type = String, example = "c-42")]
     pub command_id: CommandId,
-    /// The first outcome under this id; a retry never changes it.
+    /// The first outcome under this id; a retry never changes it. Only a transfer's
+    /// moves on: from `pending` to `applied` or `refunded`.
     pub status: CommandOutcome,
     /// Why it was rejected: `account_already_open`, `account_not_open`,
-    /// `insufficient_funds` or `balance_overflow`; `null` when applied.
+    /// `insufficient_funds` or `balance_overflow`; why a transfer was refunded:
+    /// `destination_not_open` or `destination_balance_overflow`; `null` otherwise.
     #[schema(example = "insufficient_funds")]
     pub reason: Option<String>,
     /// The account the command acted on.
@@ -73,6 +89,137 @@ pub struct CommandView {
     pub partition: i32,
     /// The offset of that event.
     pub offset: i64,
+    /// A transfer's terms and where it settled; absent for other commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferView>,
+}
+
+/// A transfer's terms and where it settled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TransferView {
+    /// The destination.
+    #[schema(value_type = String, example = "acc-2")]
+    pub to_account: AccountId,
+    /// Minor units.
+    #[schema(value_type = u64, example = 500)]
+    pub amount: Amount,
+    /// Where it settled: the credit's place in the destination's partition (`applied`),
+    /// or the refund's in the source's (`refunded`); `null` while pending.
+    pub settled_at: Option<LogPosition>,
+}
+
+/// A place in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct LogPosition {
+    /// The partition.
+    pub partition: i32,
+    /// The offset within it.
+    pub offset: i64,
+}
+
+/// `GET /v1/totals`: the money in the ledger, summed over every partition of the group.
+///
+/// `balance_sum + pending_transfers_sum == deposits_sum - withdrawals_sum` holds for every
+/// partition's figures whenever they were read, so it holds for the sum: `conserved`.
+/// Sums are integers of minor units, which may exceed 64 bits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TotalsView {
+    /// Every account's balance, summed.
+    #[schema(value_type = i64)]
+    pub balance_sum: i128,
+    /// Transfers debited and neither credited nor refunded yet.
+    #[schema(value_type = i64)]
+    pub pending_transfers_sum: i128,
+    /// Applied deposits.
+    #[schema(value_type = u64)]
+    pub deposits_sum: u128,
+    /// Applied withdrawals.
+    #[schema(value_type = u64)]
+    pub withdrawals_sum: u128,
+    /// Transfers debited from their sources.
+    #[schema(value_type = u64)]
+    pub transfers_debited_sum: u128,
+    /// Transfers credited to their destinations.
+    #[schema(value_type = u64)]
+    pub transfers_credited_sum: u128,
+    /// Transfers refunded to their sources.
+    #[schema(value_type = u64)]
+    pub transfers_refunded_sum: u128,
+    /// Whether the balances and the transfers in flight add up to the money deposited
+    /// and not withdrawn.
+    pub conserved: bool,
+    /// Whether every partition of the topic is counted: `false` while one cannot be
+    /// served (it is moving, or its instance is unreachable).
+    pub complete: bool,
+    /// Each partition counted, with the offset its figures are as of.
+    pub as_of: Vec<PartitionTotals>,
+}
+
+/// One partition's money, as of an applied offset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PartitionTotals {
+    /// The partition.
+    pub partition: i32,
+    /// The next offset to apply: the figures include every event below it.
+    pub applied_offset: i64,
+    /// The instance whose store the figures come from.
+    pub served_by: String,
+    /// What that instance does with the partition.
+    pub role: crate::cluster::PartitionRole,
+    /// Every account's balance in the partition, summed.
+    #[schema(value_type = i64)]
+    pub balance_sum: i128,
+    /// Applied deposits.
+    #[schema(value_type = u64)]
+    pub deposits_sum: u128,
+    /// Applied withdrawals.
+    #[schema(value_type = u64)]
+    pub withdrawals_sum: u128,
+    /// Transfers debited from the partition's accounts.
+    #[schema(value_type = u64)]
+    pub transfers_debited_sum: u128,
+    /// Transfers credited to the partition's accounts.
+    #[schema(value_type = u64)]
+    pub transfers_credited_sum: u128,
+    /// Transfers refunded to the partition's accounts.
+    #[schema(value_type = u64)]
+    pub transfers_refunded_sum: u128,
+}
+
+impl PartitionTotals {
+    /// The domain's totals of these figures.
+    pub fn totals(&self) -> ledger_domain::Totals {
+        ledger_domain::Totals {
+            balance_sum: self.balance_sum,
+            deposits: self.deposits_sum,
+            withdrawals: self.withdrawals_sum,
+            debited: self.transfers_debited_sum,
+            credited: self.transfers_credited_sum,
+            refunded: self.transfers_refunded_sum,
+        }
+    }
+}
+
+impl TotalsView {
+    /// Sums partitions' figures; `complete` when they cover `partition_count`.
+    pub fn sum(as_of: Vec<PartitionTotals>, partition_count: i32) -> Self {
+        let mut t = ledger_domain::Totals::default();
+        for p in &as_of {
+            t.add(&p.totals());
+        }
+        TotalsView {
+            balance_sum: t.balance_sum,
+            pending_transfers_sum: t.pending(),
+            deposits_sum: t.deposits,
+            withdrawals_sum: t.withdrawals,
+            transfers_debited_sum: t.debited,
+            transfers_credited_sum: t.credited,
+            transfers_refunded_sum: t.refunded,
+            conserved: t.conserved(),
+            complete: as_of.len() == usize::try_from(partition_count).unwrap_or(0),
+            as_of,
+        }
+    }
 }
 
 /// `GET /v1/progress`: how far the projector has applied the log.

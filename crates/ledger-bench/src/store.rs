@@ -119,6 +119,7 @@ fn apply_through_store(spec: &StoreSpec, dir: &Path) -> anyhow::Result<(f64, f64
         let batch = Batch {
             records,
             next_offsets,
+            emit_from: BTreeMap::new(),
         };
         let stats = store.apply_batch("bench", &batch)?;
         apply += stats.apply_time.as_secs_f64();

@@ -62,6 +62,15 @@ fn command_json(account: &str, body: EventBody) -> String {
         EventBody::Withdraw { amount } => {
             format!(r#"{{"type":"withdraw","account_id":"{account}","amount":{amount}}}"#)
         }
+        EventBody::Transfer { to, amount } => format!(
+            r#"{{"type":"transfer","from_account":"{account}","to_account":"{to}","amount":{amount}}}"#,
+            to = to.as_str()
+        ),
+        // Follow-ups are the projector's to write, never a client's: the ingest refuses
+        // this as an unknown command.
+        EventBody::TransferCredit { .. }
+        | EventBody::TransferRefund { .. }
+        | EventBody::TransferCompleted { .. } => r#"{"type":"follow_up"}"#.to_string(),
     }
 }
 

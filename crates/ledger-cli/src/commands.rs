@@ -179,10 +179,13 @@ async fn submit_one(
         command_id: Some(command_id.clone()),
         kind,
     };
-    let what = match kind {
+    let what = match &command.kind {
         CommandKind::OpenAccount => format!("open_account {}", command.account_id),
         CommandKind::Deposit(a) => format!("deposit of {a} into {}", command.account_id),
         CommandKind::Withdraw(a) => format!("withdraw of {a} from {}", command.account_id),
+        CommandKind::Transfer { to, amount } => {
+            format!("transfer of {amount} from {} to {to}", command.account_id)
+        }
     };
     let submitted = client.submit(&CommandRequest::from(&command)).await?;
     let a = submitted.accepted;

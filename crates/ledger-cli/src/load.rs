@@ -247,7 +247,7 @@ mod tests {
         let d = generate(&spec(50, 5000, 7), "other");
         let strip = |w: &Workload| -> Vec<(OpKind, AccountId, CommandKind)> {
             w.ops()
-                .map(|o| (o.kind, o.command.account_id.clone(), o.command.kind))
+                .map(|o| (o.kind, o.command.account_id.clone(), o.command.kind.clone()))
                 .collect()
         };
         assert_eq!(strip(&a), strip(&d));

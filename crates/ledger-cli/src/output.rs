@@ -167,6 +167,7 @@ mod tests {
             account_id: ledger_domain::AccountId::parse("acc-1").unwrap(),
             partition: 2,
             offset: 41,
+            transfer: None,
         };
         assert_eq!(
             command_line(&c),

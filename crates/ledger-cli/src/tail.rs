@@ -59,9 +59,12 @@ fn line(t: Tailed) -> Line {
             time: cloudevents::time(e.time_ms),
             amount: match e.body {
                 EventBody::OpenAccount => None,
-                EventBody::Deposit { amount } | EventBody::Withdraw { amount } => {
-                    Some(amount.minor_units())
-                }
+                EventBody::Deposit { amount }
+                | EventBody::Withdraw { amount }
+                | EventBody::Transfer { amount, .. }
+                | EventBody::TransferCredit { amount, .. }
+                | EventBody::TransferRefund { amount, .. }
+                | EventBody::TransferCompleted { amount, .. } => Some(amount.minor_units()),
             },
         },
         Err(e) => Content::Undecodable {

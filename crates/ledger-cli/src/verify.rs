@@ -64,7 +64,13 @@ pub fn build_model(placed: &[Placed]) -> Oracle {
             .clone()
             .expect("placed commands carry their command id");
         let event = Event::from_command(&p.command, command_id.clone(), n as u128, 0);
-        oracle.model.apply(&event);
+        oracle.model.apply(
+            &event,
+            ledger_domain::Position {
+                partition: p.partition,
+                offset: p.offset,
+            },
+        );
         oracle
             .first_position
             .entry((p.command.account_id.clone(), command_id))

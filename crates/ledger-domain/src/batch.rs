@@ -29,12 +29,26 @@ pub struct Batch {
     pub records: Vec<Record>,
     /// Partition → next offset to read once this batch is applied.
     pub next_offsets: BTreeMap<i32, i64>,
+    /// Partition → the offset from which its events' follow-ups are written to the log:
+    /// the group's committed offset when the partition was assigned (below it, an earlier
+    /// owner wrote them before committing). A partition absent here causes none: a
+    /// read-only tail or a rebuild never writes to the log.
+    pub emit_from: BTreeMap<i32, i64>,
 }
 
 impl Batch {
     /// Whether applying the batch would change nothing at all.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty() && self.next_offsets.is_empty()
+    }
+
+    /// The partitions the batch moves or holds events of.
+    pub fn partitions(&self) -> BTreeSet<i32> {
+        self.records
+            .iter()
+            .map(|r| r.partition)
+            .chain(self.next_offsets.keys().copied())
+            .collect()
     }
 
     /// Takes out the part of the batch that belongs to these partitions (their records
@@ -46,14 +60,19 @@ impl Batch {
             .partition(|r| partitions.contains(&r.partition));
         self.records = kept;
         let mut next_offsets = BTreeMap::new();
+        let mut emit_from = BTreeMap::new();
         for p in partitions {
             if let Some(o) = self.next_offsets.remove(p) {
                 next_offsets.insert(*p, o);
+            }
+            if let Some(o) = self.emit_from.remove(p) {
+                emit_from.insert(*p, o);
             }
         }
         Batch {
             records: taken,
             next_offsets,
+            emit_from,
         }
     }
 }
@@ -82,10 +101,13 @@ mod tests {
         let mut b = Batch {
             records: vec![rec(0, 1), rec(1, 7), rec(0, 2), rec(2, 3)],
             next_offsets: [(0, 3), (1, 8), (2, 4), (3, 10)].into_iter().collect(),
+            emit_from: [(0, 0), (1, 0)].into_iter().collect(),
         };
         let taken = b.split_off_partitions(&[0, 3].into_iter().collect());
         assert_eq!(taken.records, vec![rec(0, 1), rec(0, 2)]);
         assert_eq!(taken.next_offsets, [(0, 3), (3, 10)].into_iter().collect());
+        assert_eq!(taken.emit_from, [(0, 0)].into_iter().collect());
+        assert_eq!(b.emit_from, [(1, 0)].into_iter().collect());
         assert_eq!(b.records, vec![rec(1, 7), rec(2, 3)]);
         assert_eq!(b.next_offsets, [(1, 8), (2, 4)].into_iter().collect());
     }

@@ -20,7 +20,7 @@ pub struct Command {
 }
 
 /// What a command asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandKind {
     /// Open the account with a balance of 0.
     OpenAccount,
@@ -28,6 +28,13 @@ pub enum CommandKind {
     Deposit(Amount),
     /// Take money out; never below 0.
     Withdraw(Amount),
+    /// Move money from the command's account (`from_account` in JSON) to `to`.
+    Transfer {
+        /// The destination account; never the source.
+        to: AccountId,
+        /// Minor units.
+        amount: Amount,
+    },
 }
 
 impl CommandKind {
@@ -37,6 +44,7 @@ impl CommandKind {
             CommandKind::OpenAccount => "open_account",
             CommandKind::Deposit(_) => "deposit",
             CommandKind::Withdraw(_) => "withdraw",
+            CommandKind::Transfer { .. } => "transfer",
         }
     }
 }
@@ -65,9 +73,12 @@ pub enum ValidationError {
     /// `command_id` is malformed.
     #[error("{0}")]
     InvalidCommandId(String),
+    /// A transfer whose source and destination are the same account.
+    #[error("{0}")]
+    InvalidTransfer(String),
 }
 
-const KNOWN_TYPES: &str = "open_account, deposit, withdraw";
+const KNOWN_TYPES: &str = "open_account, deposit, withdraw, transfer";
 
 impl Command {
     /// Parses and validates one command from a JSON body.
@@ -92,20 +103,35 @@ impl Command {
             #[serde(rename = "type", borrow)]
             kind: &'a str,
             #[serde(borrow)]
-            account_id: &'a str,
+            account_id: Option<&'a str>,
+            #[serde(borrow)]
+            from_account: Option<&'a str>,
+            #[serde(borrow)]
+            to_account: Option<&'a str>,
             amount: Option<u64>,
             #[serde(borrow)]
             command_id: Option<&'a str>,
         }
         let w: Wire<'_> = serde_json::from_slice(body).ok()?;
-        let kind = match (w.kind, w.amount) {
-            ("open_account", None) => CommandKind::OpenAccount,
-            ("deposit", Some(a)) => CommandKind::Deposit(Amount::new(a).ok()?),
-            ("withdraw", Some(a)) => CommandKind::Withdraw(Amount::new(a).ok()?),
+        let (account, kind) = match (w.kind, w.account_id, w.from_account, w.to_account, w.amount) {
+            ("open_account", Some(acc), None, None, None) => (acc, CommandKind::OpenAccount),
+            ("deposit", Some(acc), None, None, Some(a)) => {
+                (acc, CommandKind::Deposit(Amount::new(a).ok()?))
+            }
+            ("withdraw", Some(acc), None, None, Some(a)) => {
+                (acc, CommandKind::Withdraw(Amount::new(a).ok()?))
+            }
+            ("transfer", None, Some(from), Some(to), Some(a)) if from != to => (
+                from,
+                CommandKind::Transfer {
+                    to: AccountId::parse(to).ok()?,
+                    amount: Amount::new(a).ok()?,
+                },
+            ),
             _ => return None,
         };
         Some(Command {
-            account_id: AccountId::parse(w.account_id).ok()?,
+            account_id: AccountId::parse(account).ok()?,
             command_id: match w.command_id {
                 Some(c) => Some(CommandId::parse(c).ok()?),
                 None => None,
@@ -136,9 +162,10 @@ impl Command {
                 )))
             }
         };
-        let takes_amount = match type_name {
-            "open_account" => false,
-            "deposit" | "withdraw" => true,
+        let (takes_amount, transfer) = match type_name {
+            "open_account" => (false, false),
+            "deposit" | "withdraw" => (true, false),
+            "transfer" => (true, true),
             other => {
                 return Err(ValidationError::UnknownCommand(format!(
                     "unknown command type {}: expected one of {KNOWN_TYPES}",
@@ -146,8 +173,12 @@ impl Command {
                 )))
             }
         };
-        let allowed = |k: &str| {
-            matches!(k, "type" | "account_id" | "command_id") || (takes_amount && k == "amount")
+        let allowed = |k: &str| match k {
+            "type" | "command_id" => true,
+            "account_id" => !transfer,
+            "from_account" | "to_account" => transfer,
+            "amount" => takes_amount,
+            _ => false,
         };
         if let Some(field) = obj.keys().find(|k| !allowed(k)) {
             return Err(ValidationError::UnknownField(format!(
@@ -156,14 +187,27 @@ impl Command {
             )));
         }
 
-        let account_id = match required(obj, "account_id", type_name)? {
-            Value::String(s) => AccountId::parse(s)?,
-            other => {
-                return Err(ValidationError::InvalidAccountId(format!(
-                    "account_id must be a string, got {}",
-                    json_kind(other)
-                )))
-            }
+        let account_field = |field: &str| match required(obj, field, type_name)? {
+            Value::String(s) => AccountId::parse(s).map_err(|e| match e {
+                ValidationError::InvalidAccountId(m) => {
+                    ValidationError::InvalidAccountId(m.replacen("account_id", field, 1))
+                }
+                other => other,
+            }),
+            other => Err(ValidationError::InvalidAccountId(format!(
+                "{field} must be a string, got {}",
+                json_kind(other)
+            ))),
+        };
+        let account_id = account_field(if transfer {
+            "from_account"
+        } else {
+            "account_id"
+        })?;
+        let to_account = if transfer {
+            Some(account_field("to_account")?)
+        } else {
+            None
         };
         let command_id = match obj.get("command_id") {
             None | Some(Value::Null) => None,
@@ -177,10 +221,16 @@ impl Command {
         };
         let kind = if takes_amount {
             let amount = parse_amount(required(obj, "amount", type_name)?)?;
-            if type_name == "deposit" {
-                CommandKind::Deposit(amount)
-            } else {
-                CommandKind::Withdraw(amount)
+            match (type_name, to_account) {
+                ("deposit", _) => CommandKind::Deposit(amount),
+                (_, Some(to)) if to == account_id => {
+                    return Err(ValidationError::InvalidTransfer(format!(
+                        "from_account and to_account are both {}: a transfer moves money between two accounts",
+                        shorten(to.as_str())
+                    )))
+                }
+                (_, Some(to)) => CommandKind::Transfer { to, amount },
+                _ => CommandKind::Withdraw(amount),
             }
         } else {
             CommandKind::OpenAccount
@@ -263,6 +313,40 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_names_two_different_accounts() {
+        let c = Command::from_json_slice(
+            br#"{"type":"transfer","from_account":"acc-1","to_account":"acc-2","amount":500,"command_id":"t-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.account_id.as_str(), "acc-1");
+        assert_eq!(
+            c.kind,
+            CommandKind::Transfer {
+                to: AccountId::parse("acc-2").unwrap(),
+                amount: Amount::new(500).unwrap()
+            }
+        );
+        let same = Command::from_json_slice(
+            br#"{"type":"transfer","from_account":"a","to_account":"a","amount":5}"#,
+        );
+        assert!(matches!(same, Err(ValidationError::InvalidTransfer(_))));
+        let account_id = Command::from_json_slice(
+            br#"{"type":"transfer","account_id":"a","to_account":"b","amount":5}"#,
+        );
+        assert!(matches!(account_id, Err(ValidationError::UnknownField(_))));
+        let no_to =
+            Command::from_json_slice(br#"{"type":"transfer","from_account":"a","amount":5}"#);
+        assert!(matches!(no_to, Err(ValidationError::MissingField(_))));
+        let bad_to = Command::from_json_slice(
+            br#"{"type":"transfer","from_account":"a","to_account":"b c","amount":5}"#,
+        );
+        assert!(
+            matches!(&bad_to, Err(ValidationError::InvalidAccountId(m)) if m.starts_with("to_account")),
+            "{bad_to:?}"
+        );
+    }
+
+    #[test]
     fn null_command_id_means_absent() {
         let c = Command::from_json_slice(
             br#"{"type":"open_account","account_id":"a","command_id":null}"#,
@@ -282,6 +366,11 @@ mod tests {
             r#"{"type":"deposit","account_id":"a","amount":0}"#,
             r#"{"type":"deposit","account_id":"a\u0041","amount":1}"#,
             r#"{"type":"deposit","account_id":"a","amount":1,"amount":2}"#,
+            r#"{"type":"transfer","from_account":"a","to_account":"b","amount":5}"#,
+            r#"{"type":"transfer","from_account":"a","to_account":"a","amount":5}"#,
+            r#"{"type":"transfer","account_id":"a","to_account":"b","amount":5}"#,
+            r#"{"type":"transfer","from_account":"a","amount":5}"#,
+            r#"{"type":"deposit","from_account":"a","amount":5}"#,
         ] {
             let slow = serde_json::from_str::<Value>(body)
                 .map_err(|e| ValidationError::InvalidJson(e.to_string()))
@@ -314,8 +403,14 @@ mod tests {
                 .prop_filter("finite", |f| f.is_finite())
                 .prop_map(Value::from),
             "[A-Za-z0-9._:\\- ]{0,10}".prop_map(Value::from),
-            prop_oneof![Just("open_account"), Just("deposit"), Just("withdraw")]
-                .prop_map(Value::from),
+            prop_oneof![
+                Just("open_account"),
+                Just("deposit"),
+                Just("withdraw"),
+                Just("transfer")
+            ]
+            .prop_map(Value::from),
+            prop_oneof![Just("a"), Just("b")].prop_map(Value::from),
         ]
     }
 
@@ -326,6 +421,7 @@ mod tests {
                 (proptest::prop_oneof![
                     proptest::strategy::Just("type"), proptest::strategy::Just("account_id"),
                     proptest::strategy::Just("amount"), proptest::strategy::Just("command_id"),
+                    proptest::strategy::Just("from_account"), proptest::strategy::Just("to_account"),
                     proptest::strategy::Just("x")
                 ], arb_leaf()),
                 0..6,

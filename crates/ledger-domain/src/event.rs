@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandKind};
 use crate::ids::{AccountId, Amount, CommandId};
+use crate::position::Position;
+use crate::rules::Rejection;
 
 /// One event of the log. Its encoding on the wire lives in the event-log crate's codec.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +27,12 @@ pub struct Event {
 }
 
 /// The body of an event. New variants go at the end: the codec numbers them by position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The first four are commands the ingest accepted. The last three are follow-ups: the
+/// projector emits them to the log while it applies a transfer, keyed by the account
+/// they act on, with ids derived from the event that caused them ([`follow_up_id`]).
+/// Each carries the transfer's command id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventBody {
     /// An `open_account` command was accepted.
     OpenAccount,
@@ -39,6 +46,102 @@ pub enum EventBody {
         /// Minor units.
         amount: Amount,
     },
+    /// A `transfer` command was accepted: debit this account, then credit `to`.
+    Transfer {
+        /// The destination account.
+        to: AccountId,
+        /// Minor units.
+        amount: Amount,
+    },
+    /// Follow-up of a debited transfer, keyed by the destination: credit this account.
+    TransferCredit {
+        /// The source account, which is told of the outcome.
+        from: AccountId,
+        /// Minor units.
+        amount: Amount,
+    },
+    /// Follow-up of a credit the destination refused, keyed by the source: give the
+    /// amount back and mark the transfer refunded.
+    TransferRefund {
+        /// The destination that refused it.
+        to: AccountId,
+        /// Minor units.
+        amount: Amount,
+        /// Why the destination refused it.
+        reason: Rejection,
+    },
+    /// Follow-up of an applied credit, keyed by the source: mark the transfer applied.
+    TransferCompleted {
+        /// The destination that was credited.
+        to: AccountId,
+        /// Minor units.
+        amount: Amount,
+    },
+}
+
+impl EventBody {
+    /// Whether the projector emits this event (a follow-up) rather than the ingest.
+    pub fn is_follow_up(&self) -> bool {
+        matches!(
+            self,
+            EventBody::TransferCredit { .. }
+                | EventBody::TransferRefund { .. }
+                | EventBody::TransferCompleted { .. }
+        )
+    }
+}
+
+/// Which follow-up an event caused; part of the follow-up's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FollowUpKind {
+    /// The credit a debited transfer causes.
+    Credit = 1,
+    /// The refund a refused credit causes.
+    Refund = 2,
+    /// The completion an applied credit causes.
+    Completed = 3,
+}
+
+/// Top byte of every follow-up id: the envelope's magic byte.
+const FOLLOW_UP_TAG: u128 = 0xEB;
+
+/// The id of the follow-up `kind` caused by the event at `cause`.
+///
+/// Deterministic, so that a follow-up emitted again after a crash (the projector emits
+/// before it stores, and replays what it had not stored) carries the same id, and its
+/// destination applies it once. It is laid out as a version-8 UUID (RFC 9562, custom):
+/// the tag byte, the kind byte, the partition, the version nibble, then the offset split
+/// around the variant bits. The ingest's ids are version 7, so the two never collide.
+pub fn follow_up_id(cause: Position, kind: FollowUpKind) -> u128 {
+    let offset = cause.offset as u64 as u128;
+    let partition = cause.partition as u32 as u128;
+    (FOLLOW_UP_TAG << 120)
+        | ((kind as u128) << 112)
+        | (partition << 80)
+        | (0x8 << 76)
+        | (((offset >> 51) & 0xFFF) << 64)
+        | (0b10 << 62)
+        | ((offset & ((1 << 51) - 1)) << 11)
+}
+
+/// The event that caused a follow-up, and which follow-up it is, read back from the
+/// follow-up's id; `None` for an id that is not a follow-up's.
+pub fn follow_up_cause(id: u128) -> Option<(Position, FollowUpKind)> {
+    if id >> 120 != FOLLOW_UP_TAG || (id >> 76) & 0xF != 0x8 || (id >> 62) & 0b11 != 0b10 {
+        return None;
+    }
+    let kind = match (id >> 112) & 0xFF {
+        1 => FollowUpKind::Credit,
+        2 => FollowUpKind::Refund,
+        3 => FollowUpKind::Completed,
+        _ => return None,
+    };
+    let offset = (((id >> 64) & 0xFFF) << 51) | ((id >> 11) & ((1 << 51) - 1));
+    let position = Position {
+        partition: i32::try_from((id >> 80) & 0xFFFF_FFFF).ok()?,
+        offset: i64::try_from(offset).ok()?,
+    };
+    (follow_up_id(position, kind) == id).then_some((position, kind))
 }
 
 impl From<CommandKind> for EventBody {
@@ -47,6 +150,7 @@ impl From<CommandKind> for EventBody {
             CommandKind::OpenAccount => EventBody::OpenAccount,
             CommandKind::Deposit(amount) => EventBody::Deposit { amount },
             CommandKind::Withdraw(amount) => EventBody::Withdraw { amount },
+            CommandKind::Transfer { to, amount } => EventBody::Transfer { to, amount },
         }
     }
 }
@@ -65,7 +169,52 @@ impl Event {
             command_id,
             account_id: command.account_id.clone(),
             time_ms,
-            body: command.kind.into(),
+            body: command.kind.clone().into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn follow_up_ids_name_their_cause(partition in 0..=i32::MAX, offset in 0..=i64::MAX, k in 0..3usize) {
+            let kind = [FollowUpKind::Credit, FollowUpKind::Refund, FollowUpKind::Completed][k];
+            let cause = Position { partition, offset };
+            let id = follow_up_id(cause, kind);
+            prop_assert_eq!(follow_up_cause(id), Some((cause, kind)));
+            // A version-8 UUID with the RFC variant, never a version-7 one.
+            prop_assert_eq!((id >> 76) & 0xF, 8);
+            prop_assert_eq!((id >> 62) & 0b11, 0b10);
+        }
+
+        #[test]
+        fn other_ids_are_not_follow_ups(id in any::<u128>()) {
+            if let Some((cause, kind)) = follow_up_cause(id) {
+                prop_assert_eq!(follow_up_id(cause, kind), id);
+            }
+        }
+    }
+
+    #[test]
+    fn distinct_causes_and_kinds_give_distinct_ids() {
+        let at = |partition, offset| Position { partition, offset };
+        let ids = [
+            follow_up_id(at(0, 0), FollowUpKind::Credit),
+            follow_up_id(at(0, 0), FollowUpKind::Refund),
+            follow_up_id(at(0, 1), FollowUpKind::Credit),
+            follow_up_id(at(1, 0), FollowUpKind::Credit),
+            follow_up_id(at(0, 1 << 51), FollowUpKind::Credit),
+        ];
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        // A version-7 UUID (what the ingest writes) is never read as a follow-up.
+        assert_eq!(
+            follow_up_cause(0x0192_3456_789a_7bcd_8ef0_1234_5678_9abc),
+            None
+        );
     }
 }

@@ -5,6 +5,11 @@
 //! with [`rules`], and tests and the `ledger` tool check results against [`model`], so all
 //! three agree by construction. A [`Batch`] is what the event log reads and the store
 //! applies, kept here so that the store needs no Kafka client.
+//!
+//! A transfer composes through the log: its debit causes a credit event, and the credit
+//! a completion or a refund, each a follow-up event that [`model::apply_event`] returns
+//! for the projector to write to the log, with an id derived from its cause
+//! ([`follow_up_id`]) so that it is applied once however often it is written.
 
 pub mod batch;
 pub mod command;
@@ -12,13 +17,18 @@ pub mod event;
 pub mod ids;
 pub mod model;
 pub mod partitioning;
+pub mod position;
 pub mod rules;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use batch::{Batch, Record};
 pub use command::{Command, CommandKind, ValidationError};
-pub use event::{Event, EventBody};
+pub use event::{follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind};
 pub use ids::{AccountId, Amount, CommandId, MAX_AMOUNT};
-pub use model::{ApplyResult, CommandRecord, CommandStatus, Model};
-pub use rules::{decide, AccountState, Rejection};
+pub use model::{
+    Applied, ApplyResult, CommandRecord, CommandStatus, FollowUpRecord, Model, Totals,
+    TransferRecord,
+};
+pub use position::{Position, TokenError};
+pub use rules::{decide, AccountState, Rejection, REJECTIONS};

@@ -33,6 +33,16 @@ pub enum Rejection {
     /// A deposit that would take the balance past the signed 64-bit range.
     #[error("the balance would overflow")]
     BalanceOverflow,
+    /// A transfer's destination was not open when its credit arrived: refunded.
+    #[error("the destination account is not open")]
+    DestinationNotOpen,
+    /// A transfer's credit would take the destination's balance past the signed 64-bit
+    /// range: refunded.
+    #[error("the destination's balance would overflow")]
+    DestinationBalanceOverflow,
+    /// A refund or a completion names no pending transfer of its source account.
+    #[error("no pending transfer matches this follow-up")]
+    UnknownTransfer,
 }
 
 impl Rejection {
@@ -43,6 +53,9 @@ impl Rejection {
             Rejection::AccountNotOpen => "account_not_open",
             Rejection::InsufficientFunds => "insufficient_funds",
             Rejection::BalanceOverflow => "balance_overflow",
+            Rejection::DestinationNotOpen => "destination_not_open",
+            Rejection::DestinationBalanceOverflow => "destination_balance_overflow",
+            Rejection::UnknownTransfer => "unknown_transfer",
         }
     }
 
@@ -53,16 +66,41 @@ impl Rejection {
             "account_not_open" => Rejection::AccountNotOpen,
             "insufficient_funds" => Rejection::InsufficientFunds,
             "balance_overflow" => Rejection::BalanceOverflow,
+            "destination_not_open" => Rejection::DestinationNotOpen,
+            "destination_balance_overflow" => Rejection::DestinationBalanceOverflow,
+            "unknown_transfer" => Rejection::UnknownTransfer,
             _ => return None,
         })
     }
 }
 
+/// Every rejection, for labelling metrics up front and for exhaustive tests.
+pub const REJECTIONS: [Rejection; 7] = [
+    Rejection::AccountAlreadyOpen,
+    Rejection::AccountNotOpen,
+    Rejection::InsufficientFunds,
+    Rejection::BalanceOverflow,
+    Rejection::DestinationNotOpen,
+    Rejection::DestinationBalanceOverflow,
+    Rejection::UnknownTransfer,
+];
+
 /// Applies one event body to an account (`None` when it does not exist yet) and returns
 /// its new state, or why the event changes nothing.
+///
+/// A transfer debits like a withdrawal, and its credit adds like a deposit, refused for
+/// the destination's own reasons. A completion changes no account: it only settles the
+/// transfer's status, which [`crate::model::apply_event`] records.
 pub fn decide(state: Option<&AccountState>, body: &EventBody) -> Result<AccountState, Rejection> {
     let open = state.filter(|s| s.open);
     let mut next = match (body, open) {
+        (EventBody::TransferCredit { amount, .. }, _) => {
+            return decide(state, &EventBody::Deposit { amount: *amount }).map_err(|r| match r {
+                Rejection::AccountNotOpen => Rejection::DestinationNotOpen,
+                Rejection::BalanceOverflow => Rejection::DestinationBalanceOverflow,
+                other => other,
+            })
+        }
         (EventBody::OpenAccount, Some(_)) => return Err(Rejection::AccountAlreadyOpen),
         (EventBody::OpenAccount, None) => AccountState {
             open: true,
@@ -70,7 +108,8 @@ pub fn decide(state: Option<&AccountState>, body: &EventBody) -> Result<AccountS
             applied_events: state.map_or(0, |s| s.applied_events),
         },
         (_, None) => return Err(Rejection::AccountNotOpen),
-        (EventBody::Deposit { amount }, Some(s)) => {
+        (EventBody::TransferCompleted { .. }, Some(s)) => return Ok(*s),
+        (EventBody::Deposit { amount } | EventBody::TransferRefund { amount, .. }, Some(s)) => {
             let amount =
                 i64::try_from(amount.minor_units()).map_err(|_| Rejection::BalanceOverflow)?;
             let balance = s
@@ -79,7 +118,7 @@ pub fn decide(state: Option<&AccountState>, body: &EventBody) -> Result<AccountS
                 .ok_or(Rejection::BalanceOverflow)?;
             AccountState { balance, ..*s }
         }
-        (EventBody::Withdraw { amount }, Some(s)) => {
+        (EventBody::Withdraw { amount } | EventBody::Transfer { amount, .. }, Some(s)) => {
             let amount =
                 i64::try_from(amount.minor_units()).map_err(|_| Rejection::InsufficientFunds)?;
             if s.balance < amount {
@@ -145,12 +184,7 @@ mod tests {
 
     #[test]
     fn reason_codes_round_trip() {
-        for r in [
-            Rejection::AccountAlreadyOpen,
-            Rejection::AccountNotOpen,
-            Rejection::InsufficientFunds,
-            Rejection::BalanceOverflow,
-        ] {
+        for r in REJECTIONS {
             assert_eq!(Rejection::from_code(r.code()), Some(r));
         }
         assert_eq!(Rejection::from_code("nope"), None);

@@ -30,3 +30,11 @@ pub fn withdraw(n: u64) -> EventBody {
         amount: Amount::new(n).expect("tests pass valid amounts"),
     }
 }
+
+/// A transfer of `n` minor units to `to` (the event's account is the source).
+pub fn transfer(to: &str, n: u64) -> EventBody {
+    EventBody::Transfer {
+        to: AccountId::parse(to).expect("tests pass valid account ids"),
+        amount: Amount::new(n).expect("tests pass valid amounts"),
+    }
+}

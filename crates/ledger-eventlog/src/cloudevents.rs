@@ -35,6 +35,10 @@ pub fn event_type(body: &EventBody) -> &'static str {
         EventBody::OpenAccount => "ledger.account_opened.v1",
         EventBody::Deposit { .. } => "ledger.deposited.v1",
         EventBody::Withdraw { .. } => "ledger.withdrawn.v1",
+        EventBody::Transfer { .. } => "ledger.transfer_requested.v1",
+        EventBody::TransferCredit { .. } => "ledger.transfer_credit.v1",
+        EventBody::TransferRefund { .. } => "ledger.transfer_refunded.v1",
+        EventBody::TransferCompleted { .. } => "ledger.transfer_completed.v1",
     }
 }
 

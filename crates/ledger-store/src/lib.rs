@@ -8,6 +8,14 @@
 //! below its stored offset. The projector is the only writer of its partitions, so the
 //! reads a batch makes (the dedupe check, the accounts it touches) cannot race a write.
 //!
+//! Applying a transfer causes follow-up events, which must be in the log before the
+//! effect that caused them is stored. So a batch is applied in two steps:
+//! [`Store::prepare`] decides every event and gathers the writes and the follow-ups
+//! without writing anything; the caller writes the follow-ups to the log; then
+//! [`Store::commit`] writes and flushes. A crash in between leaves the store as it was,
+//! and the replay causes the same follow-ups with the same ids, which their
+//! destinations apply once.
+//!
 //! Per-partition state is what lets a partition move between instances, and it relies on
 //! every event sitting in its account's partition. The store records the topic's
 //! partition count and refuses another: if partitions were added, keys would move and an
@@ -22,10 +30,11 @@ use std::sync::{Arc, RwLock};
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use std::time::{Duration, Instant};
 
-use ledger_domain::model::{apply_event, LedgerState};
+use ledger_domain::model::{apply_event, recorded_follow_ups, LedgerState};
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::{
-    AccountId, AccountState, ApplyResult, Batch, CommandId, CommandStatus, Event, Record, Rejection,
+    AccountId, AccountState, ApplyResult, Batch, CommandId, CommandRecord, Event, FollowUpRecord,
+    Position, Record, Totals,
 };
 
 pub use records::{StoredCommand, LAYOUT};
@@ -100,6 +109,8 @@ pub struct BatchStats {
     pub duplicates: u64,
     /// Events below the stored offset, skipped.
     pub redelivered: u64,
+    /// Follow-up events the batch causes (to be written to the log before it is stored).
+    pub follow_ups: u64,
     /// Partitions the batch touched.
     pub partitions: usize,
     /// Threads that applied them.
@@ -115,6 +126,7 @@ impl BatchStats {
         self.applied += other.applied;
         self.duplicates += other.duplicates;
         self.redelivered += other.redelivered;
+        self.follow_ups += other.follow_ups;
         for (k, v) in other.rejected {
             *self.rejected.entry(k).or_default() += v;
         }
@@ -317,6 +329,26 @@ impl Store {
             .transpose()
     }
 
+    /// The next offset whose follow-ups are not known to be in the log: every event below
+    /// it had its follow-ups acknowledged, by this store's owner or by an earlier owner
+    /// before it committed past them. `None` when no owner ever applied the partition
+    /// here (a store written by a read-only tail, or before transfers existed).
+    pub fn emitted_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(records::EMITTED_KEY)?
+            .map(|v| records::decode_offset(&name, &v))
+            .transpose()
+    }
+
+    /// The money a partition's events moved (zero before any).
+    pub fn totals(&self, topic: &str, partition: i32) -> Result<Totals, StoreError> {
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(records::TOTALS_KEY)?
+            .map_or(Ok(Totals::default()), |v| records::decode_totals(&name, &v))
+    }
+
     /// Every stored partition offset of a topic.
     pub fn offsets(&self, topic: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
         let mut out = BTreeMap::new();
@@ -414,14 +446,26 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies a batch: each partition's events and next offset in one atomic write to
-    /// its tree, partitions in parallel, then one flush for all of them. Events below a
-    /// partition's stored offset are skipped; an event whose command id is known on its
-    /// account changes nothing. Offsets never move backwards.
-    ///
-    /// If a partition fails, the error is returned once every partition has finished:
-    /// the others' writes are each consistent with their own offsets either way.
+    /// Applies a batch and makes it durable: [`Store::prepare`] then [`Store::commit`].
+    /// For a batch that causes no follow-ups (nothing in it may emit), or for tests.
     pub fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<BatchStats, StoreError> {
+        let prepared = self.prepare(topic, batch)?;
+        self.commit(prepared)
+    }
+
+    /// Decides a batch without writing anything: each partition's events, partitions in
+    /// parallel, into one atomic write per partition that also moves its next offset.
+    /// Events below a partition's stored offset are skipped; an event whose command id
+    /// is known on its account (a follow-up: whose event id is known) changes nothing.
+    /// Offsets never move backwards.
+    ///
+    /// The follow-ups of the events at or above a partition's `batch.emit_from` are
+    /// gathered: those the batch decides, and those of skipped events as they were
+    /// decided then ([`recorded_follow_ups`]), which an owner emits again when it cannot
+    /// know they reached the log.
+    ///
+    /// If a partition fails, the error is returned once every partition has finished.
+    pub fn prepare(&self, topic: &str, batch: &Batch) -> Result<Prepared, StoreError> {
         let started = Instant::now();
         let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
         for r in &batch.records {
@@ -435,8 +479,10 @@ impl Store {
             jobs.push(PartitionJob {
                 name: records::partition_tree_name(topic, partition),
                 tree: self.tree(topic, partition)?,
+                partition,
                 records,
                 next: batch.next_offsets.get(&partition).copied(),
+                emit_from: batch.emit_from.get(&partition).copied(),
             });
         }
         // The biggest partitions first, so that no thread is left with a long one at
@@ -448,14 +494,40 @@ impl Store {
             workers,
             ..BatchStats::default()
         };
-        let results: Vec<Result<BatchStats, StoreError>> = match &self.pool {
+        let results: Vec<Result<Decided, StoreError>> = match &self.pool {
             Some(pool) if jobs.len() > 1 => {
-                pool.install(|| jobs.into_par_iter().map(PartitionJob::apply).collect())
+                pool.install(|| jobs.into_par_iter().map(PartitionJob::decide).collect())
             }
-            _ => jobs.into_iter().map(PartitionJob::apply).collect(),
+            _ => jobs.into_iter().map(PartitionJob::decide).collect(),
         };
+        let mut writes = Vec::with_capacity(results.len());
+        let mut follow_ups = Vec::new();
         for result in results {
-            stats.merge(result?);
+            let decided = result?;
+            stats.merge(decided.stats);
+            follow_ups.extend(decided.follow_ups);
+            writes.push((decided.tree, decided.writes));
+        }
+        stats.follow_ups = follow_ups.len() as u64;
+        Ok(Prepared {
+            writes,
+            follow_ups,
+            stats,
+            started,
+        })
+    }
+
+    /// Writes a prepared batch, each partition atomically, and flushes once for all of
+    /// them. The caller has written its follow-ups to the log first.
+    pub fn commit(&self, prepared: Prepared) -> Result<BatchStats, StoreError> {
+        let Prepared {
+            writes,
+            mut stats,
+            started,
+            ..
+        } = prepared;
+        for (tree, batch) in writes {
+            tree.apply_batch(batch)?;
         }
         stats.apply_time = started.elapsed();
         let flush_started = Instant::now();
@@ -470,16 +542,42 @@ impl Store {
     }
 }
 
+/// A batch decided and not yet written: see [`Store::prepare`].
+pub struct Prepared {
+    writes: Vec<(sled::Tree, sled::Batch)>,
+    follow_ups: Vec<Event>,
+    stats: BatchStats,
+    started: Instant,
+}
+
+impl Prepared {
+    /// The follow-up events to write to the log before [`Store::commit`].
+    pub fn follow_ups(&self) -> &[Event] {
+        &self.follow_ups
+    }
+}
+
 /// One partition's share of a batch.
 struct PartitionJob<'b> {
     name: String,
     tree: sled::Tree,
+    partition: i32,
     records: Vec<&'b Record>,
     next: Option<i64>,
+    /// Events at or above it cause follow-ups; `None`: nothing here may emit.
+    emit_from: Option<i64>,
+}
+
+/// One partition's decided share: its writes and its follow-ups.
+struct Decided {
+    tree: sled::Tree,
+    writes: sled::Batch,
+    follow_ups: Vec<Event>,
+    stats: BatchStats,
 }
 
 impl PartitionJob<'_> {
-    fn apply(self) -> Result<BatchStats, StoreError> {
+    fn decide(self) -> Result<Decided, StoreError> {
         let stored = self
             .tree
             .get(records::OFFSET_KEY)?
@@ -490,26 +588,40 @@ impl PartitionJob<'_> {
             tree: &self.tree,
             accounts: HashMap::new(),
             touched: HashSet::new(),
-            seen: HashSet::new(),
+            commands: HashMap::new(),
+            follow_ups: HashMap::new(),
+            totals: None,
             writes: sled::Batch::default(),
-            offset: 0,
         };
         let mut stats = BatchStats::default();
+        let mut follow_ups = Vec::new();
         for r in &self.records {
+            let at = Position {
+                partition: self.partition,
+                offset: r.offset,
+            };
+            let emits = self.emit_from.is_some_and(|from| r.offset >= from);
             if stored.is_some_and(|next| r.offset < next) {
                 stats.redelivered += 1;
+                if emits {
+                    follow_ups.extend(recorded_follow_ups(&mut state, &r.event, at)?);
+                }
                 continue;
             }
-            state.offset = r.offset;
-            match apply_event(&mut state, &r.event)? {
+            let applied = apply_event(&mut state, &r.event, at)?;
+            match applied.result {
                 ApplyResult::Applied => stats.applied += 1,
                 ApplyResult::Rejected(why) => *stats.rejected.entry(why.code()).or_default() += 1,
                 ApplyResult::Duplicate => stats.duplicates += 1,
+            }
+            if emits {
+                follow_ups.extend(applied.follow_ups);
             }
         }
         let PartitionState {
             accounts,
             touched,
+            totals,
             mut writes,
             ..
         } = state;
@@ -519,30 +631,51 @@ impl PartitionJob<'_> {
                 &records::encode_account(&accounts[id]),
             );
         }
+        if let Some(totals) = totals {
+            writes.insert(records::TOTALS_KEY, &records::encode_totals(&totals)[..]);
+        }
         if let Some(next) = self.next {
             // Never move an offset backwards, whatever the batch says.
             if stored.is_none_or(|s| next > s) {
                 writes.insert(records::OFFSET_KEY, &records::encode_offset(next));
             }
+            // An owner's batch: every event below `next` now has its follow-ups in the
+            // log (emitted here, or by an earlier owner below `emit_from`).
+            if self.emit_from.is_some() {
+                let emitted = self
+                    .tree
+                    .get(records::EMITTED_KEY)?
+                    .map(|v| records::decode_offset(&self.name, &v))
+                    .transpose()?;
+                if emitted.is_none_or(|e| next > e) {
+                    writes.insert(records::EMITTED_KEY, &records::encode_offset(next));
+                }
+            }
         }
-        self.tree.apply_batch(writes)?;
-        Ok(stats)
+        Ok(Decided {
+            tree: self.tree,
+            writes,
+            follow_ups,
+            stats,
+        })
     }
 }
 
-/// [`LedgerState`] over one partition's tree, with the accounts the batch reads kept in
-/// memory and every write gathered into one atomic `sled::Batch`.
+/// [`LedgerState`] over one partition's tree, with what the batch reads and writes kept
+/// in memory and every write gathered into one atomic `sled::Batch`.
 struct PartitionState<'a> {
     name: &'a str,
     tree: &'a sled::Tree,
     accounts: HashMap<AccountId, AccountState>,
     /// Accounts changed by the batch, written once at the end.
     touched: HashSet<AccountId>,
-    /// Command keys recorded by this batch, not yet in the tree.
-    seen: HashSet<Vec<u8>>,
+    /// Command records written by this batch, by key, not yet in the tree.
+    commands: HashMap<Vec<u8>, CommandRecord>,
+    /// Follow-up records written by this batch, not yet in the tree.
+    follow_ups: HashMap<u128, FollowUpRecord>,
+    /// The partition's totals once the batch changed them, written once at the end.
+    totals: Option<Totals>,
     writes: sled::Batch,
-    /// The offset of the event being applied.
-    offset: i64,
 }
 
 impl LedgerState for PartitionState<'_> {
@@ -569,18 +702,67 @@ impl LedgerState for PartitionState<'_> {
         Ok(())
     }
 
-    fn command_seen(&mut self, account: &AccountId, id: &CommandId) -> Result<bool, StoreError> {
+    fn command(
+        &mut self,
+        account: &AccountId,
+        id: &CommandId,
+    ) -> Result<Option<CommandRecord>, StoreError> {
         let key = records::command_key(account, id);
-        Ok(self.seen.contains(&key) || self.tree.get(&key)?.is_some())
+        if let Some(r) = self.commands.get(&key) {
+            return Ok(Some(r.clone()));
+        }
+        let prefix_len = records::command_prefix(id).len();
+        self.tree
+            .get(&key)?
+            .map(|v| {
+                records::decode_command(self.name, 0, prefix_len, &key, &v)
+                    .map(records::StoredCommand::into_record)
+            })
+            .transpose()
     }
 
-    fn record_command(&mut self, event: &Event, status: CommandStatus) -> Result<(), StoreError> {
-        let key = records::command_key(&event.account_id, &event.command_id);
+    fn put_command(&mut self, id: &CommandId, record: CommandRecord) -> Result<(), StoreError> {
+        let key = records::command_key(&record.account_id, id);
+        self.writes
+            .insert(key.as_slice(), records::encode_command(&record));
+        self.commands.insert(key, record);
+        Ok(())
+    }
+
+    fn follow_up(&mut self, event_id: u128) -> Result<Option<FollowUpRecord>, StoreError> {
+        if let Some(r) = self.follow_ups.get(&event_id) {
+            return Ok(Some(*r));
+        }
+        let key = records::follow_up_key(event_id);
+        self.tree
+            .get(key)?
+            .map(|v| records::decode_follow_up(self.name, &key, &v))
+            .transpose()
+    }
+
+    fn put_follow_up(&mut self, event_id: u128, record: FollowUpRecord) -> Result<(), StoreError> {
         self.writes.insert(
-            key.as_slice(),
-            &records::encode_command(status, self.offset, event.time_ms),
+            &records::follow_up_key(event_id),
+            &records::encode_follow_up(&record),
         );
-        self.seen.insert(key);
+        self.follow_ups.insert(event_id, record);
+        Ok(())
+    }
+
+    fn add_totals(&mut self, delta: &Totals) -> Result<(), StoreError> {
+        let totals = match &mut self.totals {
+            Some(t) => t,
+            None => {
+                let stored = self
+                    .tree
+                    .get(records::TOTALS_KEY)?
+                    .map_or(Ok(Totals::default()), |v| {
+                        records::decode_totals(self.name, &v)
+                    })?;
+                self.totals.insert(stored)
+            }
+        };
+        totals.add(delta);
         Ok(())
     }
 }
@@ -600,11 +782,3 @@ fn classify_open_error(path: &Path, e: sled::Error) -> StoreError {
         },
     }
 }
-
-/// The rejection reasons, for labelling metrics up front.
-pub const REJECTIONS: [Rejection; 4] = [
-    Rejection::AccountAlreadyOpen,
-    Rejection::AccountNotOpen,
-    Rejection::InsufficientFunds,
-    Rejection::BalanceOverflow,
-];

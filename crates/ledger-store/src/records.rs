@@ -8,7 +8,10 @@
 //! |---|---|
 //! | `o` | the partition's next offset to read: `i64` big-endian |
 //! | `a` account id | the account: `open` (1 byte), `balance` (`i64`), `applied_events` (`u64`), big-endian, 17 bytes |
-//! | `c` command id account id | the command's first outcome: status (1 byte), offset (`i64`), event time in ms (`i64`), 17 bytes |
+//! | `c` command id account id | the command's outcome: status (1 byte), offset (`i64`), event time in ms (`i64`), 17 bytes; a transfer's adds its amount (`u64`), where it settled (partition `i32`, `-1` while pending, and offset `i64`) and the destination's id |
+//! | `f` event id | a follow-up's outcome (offset `i64`, then 0 or the rejection's byte), 9 bytes |
+//! | `t` | the partition's [`Totals`], six 16-byte big-endian integers |
+//! | `e` | the next offset whose follow-ups are not known to be in the log: `i64` |
 //!
 //! A command id is 17 bytes when it is a UUID in canonical text (the ids the services
 //! generate): `1` then its 16 bytes. Any other id is `0`, its length (1 byte, ids are at
@@ -17,7 +20,10 @@
 //! that follows makes the key unique per account: a command id is an idempotency key per
 //! account.
 
-use ledger_domain::{AccountId, AccountState, CommandId, CommandStatus, Rejection};
+use ledger_domain::{
+    AccountId, AccountState, Amount, CommandId, CommandRecord, CommandStatus, FollowUpRecord,
+    Position, Rejection, Totals, TransferRecord,
+};
 
 use crate::StoreError;
 
@@ -30,16 +36,19 @@ pub(crate) const META_TREE: &str = "meta";
 pub(crate) const META_LAYOUT: &[u8] = b"layout";
 
 pub(crate) const OFFSET_KEY: &[u8] = b"o";
+pub(crate) const EMITTED_KEY: &[u8] = b"e";
+pub(crate) const TOTALS_KEY: &[u8] = b"t";
 pub(crate) const ACCOUNT_PREFIX: u8 = b'a';
 pub(crate) const COMMAND_PREFIX: u8 = b'c';
+pub(crate) const FOLLOW_UP_PREFIX: u8 = b'f';
 
 const COMMAND_ID_TEXT: u8 = 0;
 const COMMAND_ID_UUID: u8 = 1;
 
-/// A command's first outcome and where its event was in the log.
+/// A command's outcome and where its event was in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredCommand {
-    /// Applied, or rejected and why.
+    /// Applied, rejected, or a transfer's pending or refunded.
     pub status: CommandStatus,
     /// The account.
     pub account_id: AccountId,
@@ -49,6 +58,8 @@ pub struct StoredCommand {
     pub offset: i64,
     /// When the ingest accepted it, in ms since the Unix epoch.
     pub event_time_ms: i64,
+    /// A transfer's terms and settlement.
+    pub transfer: Option<TransferRecord>,
 }
 
 /// The tree of one partition of a topic.
@@ -157,34 +168,74 @@ pub(crate) fn decode_account(
     })
 }
 
-/// The status byte. Spelled out, never derived from declaration order, so that adding a
-/// rejection cannot renumber the ones on disk.
+/// A rejection's byte. Spelled out, never derived from declaration order, so that adding
+/// a rejection cannot renumber the ones on disk.
+fn rejection_byte(r: Rejection) -> u8 {
+    match r {
+        Rejection::AccountAlreadyOpen => 1,
+        Rejection::AccountNotOpen => 2,
+        Rejection::InsufficientFunds => 3,
+        Rejection::BalanceOverflow => 4,
+        Rejection::DestinationNotOpen => 5,
+        Rejection::DestinationBalanceOverflow => 6,
+        Rejection::UnknownTransfer => 7,
+    }
+}
+
+fn rejection_of_byte(b: u8) -> Option<Rejection> {
+    Some(match b {
+        1 => Rejection::AccountAlreadyOpen,
+        2 => Rejection::AccountNotOpen,
+        3 => Rejection::InsufficientFunds,
+        4 => Rejection::BalanceOverflow,
+        5 => Rejection::DestinationNotOpen,
+        6 => Rejection::DestinationBalanceOverflow,
+        7 => Rejection::UnknownTransfer,
+        _ => return None,
+    })
+}
+
+const STATUS_PENDING: u8 = 32;
+const STATUS_REFUNDED: u8 = 64;
+
+/// The status byte: 0 applied, the rejection's byte, 32 pending, 64 plus the reason's
+/// byte refunded.
 fn status_byte(s: CommandStatus) -> u8 {
     match s {
         CommandStatus::Applied => 0,
-        CommandStatus::Rejected(Rejection::AccountAlreadyOpen) => 1,
-        CommandStatus::Rejected(Rejection::AccountNotOpen) => 2,
-        CommandStatus::Rejected(Rejection::InsufficientFunds) => 3,
-        CommandStatus::Rejected(Rejection::BalanceOverflow) => 4,
+        CommandStatus::Rejected(r) => rejection_byte(r),
+        CommandStatus::Pending => STATUS_PENDING,
+        CommandStatus::Refunded(r) => STATUS_REFUNDED + rejection_byte(r),
     }
 }
 
 fn status_of_byte(b: u8) -> Option<CommandStatus> {
     Some(match b {
         0 => CommandStatus::Applied,
-        1 => CommandStatus::Rejected(Rejection::AccountAlreadyOpen),
-        2 => CommandStatus::Rejected(Rejection::AccountNotOpen),
-        3 => CommandStatus::Rejected(Rejection::InsufficientFunds),
-        4 => CommandStatus::Rejected(Rejection::BalanceOverflow),
-        _ => return None,
+        STATUS_PENDING => CommandStatus::Pending,
+        b if b > STATUS_REFUNDED => {
+            CommandStatus::Refunded(rejection_of_byte(b - STATUS_REFUNDED)?)
+        }
+        b => CommandStatus::Rejected(rejection_of_byte(b)?),
     })
 }
 
-pub(crate) fn encode_command(status: CommandStatus, offset: i64, event_time_ms: i64) -> [u8; 17] {
-    let mut v = [0u8; 17];
-    v[0] = status_byte(status);
-    v[1..9].copy_from_slice(&offset.to_be_bytes());
-    v[9..17].copy_from_slice(&event_time_ms.to_be_bytes());
+/// A command record's value: 17 bytes, and a transfer's tail.
+pub(crate) fn encode_command(record: &CommandRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(17 + 20 + 64);
+    v.push(status_byte(record.status));
+    v.extend_from_slice(&record.offset.to_be_bytes());
+    v.extend_from_slice(&record.time_ms.to_be_bytes());
+    if let Some(t) = &record.transfer {
+        v.extend_from_slice(&t.amount.minor_units().to_be_bytes());
+        let settled = t.settled_at.unwrap_or(Position {
+            partition: -1,
+            offset: -1,
+        });
+        v.extend_from_slice(&settled.partition.to_be_bytes());
+        v.extend_from_slice(&settled.offset.to_be_bytes());
+        v.extend_from_slice(t.to.as_str().as_bytes());
+    }
     v
 }
 
@@ -206,29 +257,133 @@ pub(crate) fn decode_command(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<StoredCommand, StoreError> {
-    let v = fixed::<17>(tree, key, bytes)?;
-    let status =
-        status_of_byte(v[0]).ok_or_else(|| bad(tree, key, format!("status byte {}", v[0])))?;
+    let (base, tail) = bytes.split_at_checked(17).ok_or_else(|| {
+        bad(
+            tree,
+            key,
+            format!("expected at least 17 bytes, found {}", bytes.len()),
+        )
+    })?;
+    let status = status_of_byte(base[0])
+        .ok_or_else(|| bad(tree, key, format!("status byte {}", base[0])))?;
     let account = account_in_key(tree, key, prefix_len)?;
+    let transfer = match tail.len() {
+        0 => None,
+        n if n > 20 => {
+            let int = |r: std::ops::Range<usize>| -> [u8; 8] {
+                tail[r].try_into().expect("8 bytes of a checked tail")
+            };
+            let amount = Amount::new(u64::from_be_bytes(int(0..8)))
+                .map_err(|e| bad(tree, key, format!("transfer amount: {e}")))?;
+            let settled_partition =
+                i32::from_be_bytes(tail[8..12].try_into().expect("4 bytes of a checked tail"));
+            let settled_offset = i64::from_be_bytes(int(12..20));
+            let to = std::str::from_utf8(&tail[20..])
+                .ok()
+                .and_then(|s| AccountId::parse(s).ok())
+                .ok_or_else(|| bad(tree, key, "the transfer's destination is not valid"))?;
+            Some(TransferRecord {
+                to,
+                amount,
+                settled_at: (settled_partition >= 0).then_some(Position {
+                    partition: settled_partition,
+                    offset: settled_offset,
+                }),
+            })
+        }
+        n => return Err(bad(tree, key, format!("a transfer tail of {n} bytes"))),
+    };
     Ok(StoredCommand {
         status,
         account_id: account,
         partition,
-        offset: i64::from_be_bytes(v[1..9].try_into().expect("8 of 17 bytes")),
-        event_time_ms: i64::from_be_bytes(v[9..17].try_into().expect("8 of 17 bytes")),
+        offset: i64::from_be_bytes(base[1..9].try_into().expect("8 of 17 bytes")),
+        event_time_ms: i64::from_be_bytes(base[9..17].try_into().expect("8 of 17 bytes")),
+        transfer,
+    })
+}
+
+impl StoredCommand {
+    /// The record as the domain's rules read it.
+    pub fn into_record(self) -> CommandRecord {
+        CommandRecord {
+            status: self.status,
+            account_id: self.account_id,
+            offset: self.offset,
+            time_ms: self.event_time_ms,
+            transfer: self.transfer,
+        }
+    }
+}
+
+pub(crate) fn follow_up_key(event_id: u128) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = FOLLOW_UP_PREFIX;
+    k[1..].copy_from_slice(&event_id.to_be_bytes());
+    k
+}
+
+pub(crate) fn encode_follow_up(r: &FollowUpRecord) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&r.offset.to_be_bytes());
+    v[8] = r.outcome.err().map_or(0, rejection_byte);
+    v
+}
+
+pub(crate) fn decode_follow_up(
+    tree: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<FollowUpRecord, StoreError> {
+    let v = fixed::<9>(tree, key, bytes)?;
+    let outcome = match v[8] {
+        0 => Ok(()),
+        b => Err(rejection_of_byte(b)
+            .ok_or_else(|| bad(tree, key, format!("follow-up outcome byte {b}")))?),
+    };
+    Ok(FollowUpRecord {
+        offset: i64::from_be_bytes(v[..8].try_into().expect("8 of 9 bytes")),
+        outcome,
+    })
+}
+
+pub(crate) fn encode_totals(t: &Totals) -> [u8; 96] {
+    let mut v = [0u8; 96];
+    v[0..16].copy_from_slice(&t.balance_sum.to_be_bytes());
+    for (i, n) in [t.deposits, t.withdrawals, t.debited, t.credited, t.refunded]
+        .into_iter()
+        .enumerate()
+    {
+        v[16 * (i + 1)..16 * (i + 2)].copy_from_slice(&n.to_be_bytes());
+    }
+    v
+}
+
+pub(crate) fn decode_totals(tree: &str, bytes: &[u8]) -> Result<Totals, StoreError> {
+    let v = fixed::<96>(tree, TOTALS_KEY, bytes)?;
+    let n = |i: usize| -> [u8; 16] { v[16 * i..16 * (i + 1)].try_into().expect("16 of 96 bytes") };
+    Ok(Totals {
+        balance_sum: i128::from_be_bytes(n(0)),
+        deposits: u128::from_be_bytes(n(1)),
+        withdrawals: u128::from_be_bytes(n(2)),
+        debited: u128::from_be_bytes(n(3)),
+        credited: u128::from_be_bytes(n(4)),
+        refunded: u128::from_be_bytes(n(5)),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::REJECTIONS;
+    use ledger_domain::REJECTIONS;
 
     #[test]
     fn every_status_has_its_own_byte_and_comes_back() {
         let mut seen = std::collections::HashSet::new();
-        let all = std::iter::once(CommandStatus::Applied)
-            .chain(REJECTIONS.iter().map(|r| CommandStatus::Rejected(*r)));
+        let all = [CommandStatus::Applied, CommandStatus::Pending]
+            .into_iter()
+            .chain(REJECTIONS.iter().map(|r| CommandStatus::Rejected(*r)))
+            .chain(REJECTIONS.iter().map(|r| CommandStatus::Refunded(*r)));
         for s in all {
             assert!(seen.insert(status_byte(s)), "{s:?} shares its byte");
             assert_eq!(status_of_byte(status_byte(s)), Some(s));
@@ -247,7 +402,14 @@ mod tests {
         let acc = AccountId::parse("acc-1").unwrap();
         assert_eq!(command_prefix(&uuid).len(), 18);
         let key = command_key(&acc, &uuid);
-        let rec = encode_command(CommandStatus::Rejected(Rejection::InsufficientFunds), 41, 9);
+        let rec = encode_command(&CommandRecord {
+            status: CommandStatus::Rejected(Rejection::InsufficientFunds),
+            account_id: acc.clone(),
+            offset: 41,
+            time_ms: 9,
+            transfer: None,
+        });
+        assert_eq!(rec.len(), 17);
         let back = decode_command("t", 2, 18, &key, &rec).unwrap();
         assert_eq!(back.account_id, acc);
         assert_eq!(
@@ -258,6 +420,57 @@ mod tests {
             back.status,
             CommandStatus::Rejected(Rejection::InsufficientFunds)
         );
+    }
+
+    #[test]
+    fn transfer_records_round_trip() {
+        let acc = AccountId::parse("acc-1").unwrap();
+        let id = CommandId::parse("t-1").unwrap();
+        let key = command_key(&acc, &id);
+        for settled_at in [
+            None,
+            Some(Position {
+                partition: 4,
+                offset: 17,
+            }),
+        ] {
+            let record = CommandRecord {
+                status: CommandStatus::Pending,
+                account_id: acc.clone(),
+                offset: 3,
+                time_ms: 5,
+                transfer: Some(TransferRecord {
+                    to: AccountId::parse("acc-2").unwrap(),
+                    amount: Amount::new(500).unwrap(),
+                    settled_at,
+                }),
+            };
+            let back = decode_command(
+                "t",
+                1,
+                command_prefix(&id).len(),
+                &key,
+                &encode_command(&record),
+            );
+            assert_eq!(back.unwrap().into_record(), record);
+        }
+        let f = FollowUpRecord {
+            offset: 12,
+            outcome: Err(Rejection::DestinationNotOpen),
+        };
+        assert_eq!(
+            decode_follow_up("t", b"f", &encode_follow_up(&f)).unwrap(),
+            f
+        );
+        let t = Totals {
+            balance_sum: -3,
+            deposits: u128::MAX,
+            withdrawals: 1,
+            debited: 2,
+            credited: 3,
+            refunded: 4,
+        };
+        assert_eq!(decode_totals("t", &encode_totals(&t)).unwrap(), t);
     }
 
     #[test]
@@ -276,6 +489,9 @@ mod tests {
         assert!(decode_account("t", b"a", &[1, 2, 3]).is_err());
         assert!(decode_account("t", b"a", &[9; 17]).is_err());
         assert!(decode_command("t", 0, 1, b"cx", &[200; 17]).is_err());
+        assert!(decode_command("t", 0, 1, b"cx", &[0; 20]).is_err());
+        assert!(decode_follow_up("t", b"f", &[0; 8]).is_err());
+        assert!(decode_totals("t", &[0; 95]).is_err());
         assert!(decode_offset("t", &[1]).is_err());
     }
 }

@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 
 use ledger_domain::partitioning::partition_of;
+use ledger_domain::testing::transfer;
 use ledger_domain::testing::{deposit as dep, event, withdraw as wd};
 use ledger_domain::{
-    AccountId, Batch, CommandId, CommandStatus, Event, EventBody, Model, Record, Rejection,
+    follow_up_cause, AccountId, Batch, CommandId, CommandStatus, Event, EventBody, FollowUpKind,
+    Model, Position, Record, Rejection, Totals,
 };
 use ledger_store::{Store, StoreError};
 use proptest::prelude::*;
@@ -151,8 +153,8 @@ fn redelivered_events_are_skipped_and_offsets_never_go_back() {
     // A batch naming an older next offset does not move it back.
     let p = partition_of(&acc("a"), PARTITIONS);
     let stale = Batch {
-        records: vec![],
         next_offsets: [(p, 1)].into_iter().collect(),
+        ..Batch::default()
     };
     store.apply_batch(TOPIC, &stale).unwrap();
     assert_eq!(store.stored_offset(TOPIC, p).unwrap(), Some(2));
@@ -281,11 +283,85 @@ fn arb_event() -> impl Strategy<Value = Event> {
         .prop_map(|(a, c, body)| ev(&format!("c{c}"), &format!("acc-{a}"), body))
 }
 
+fn arb_transfer_event() -> impl Strategy<Value = Event> {
+    let body = prop_oneof![
+        2 => Just(EventBody::OpenAccount),
+        3 => (1u64..=500).prop_map(dep),
+        1 => (1u64..=500).prop_map(wd),
+        4 => (0u8..7, 1u64..=300).prop_map(|(to, a)| transfer(&format!("t-{to}"), a)),
+    ];
+    (0u8..5, 0u16..1000, body).prop_map(|(a, c, body)| {
+        let account = format!("t-{a}");
+        let body = match body {
+            EventBody::Transfer { to, amount } if to.as_str() == account => {
+                EventBody::Deposit { amount }
+            }
+            other => other,
+        };
+        event(u128::from(c), &format!("c{c}"), &account, body)
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Any split into batches, with any batch delivered twice, on any number of
     /// workers, ends in the model's state.
+    #[test]
+    fn transfers_through_the_log_match_the_model_and_conserve_money(
+        events in proptest::collection::vec(arb_transfer_event(), 1..80),
+        cuts in proptest::collection::vec(1usize..12, 1..10),
+        replay_before_store in proptest::collection::vec(any::<bool>(), 10),
+    ) {
+        // The store as an owner runs it: each batch's follow-ups go to the end of the log
+        // (their accounts' partitions) before the batch is stored; sometimes the batch is
+        // prepared, its follow-ups written, and then "the process dies" before the commit,
+        // so the batch is prepared again and writes its follow-ups a second time.
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut log = Log::default();
+        let mut queue: Vec<Event> = events.clone();
+        let mut written: Vec<Record> = Vec::new();
+        let mut i = 0usize;
+        while !queue.is_empty() {
+            let n = cuts[i % cuts.len()].min(queue.len());
+            let chunk: Vec<Event> = queue.drain(..n).collect();
+            let mut b = log.batch(&chunk);
+            written.extend(b.records.iter().cloned());
+            b.emit_from = b.next_offsets.keys().map(|&p| (p, 0)).collect();
+            if replay_before_store[i % replay_before_store.len()] {
+                let lost = store.prepare(TOPIC, &b).unwrap();
+                queue.extend(lost.follow_ups().iter().cloned());
+            }
+            let prepared = store.prepare(TOPIC, &b).unwrap();
+            queue.extend(prepared.follow_ups().iter().cloned());
+            store.commit(prepared).unwrap();
+            i += 1;
+        }
+        // The model applies the same log in the same order per partition.
+        written.sort_by_key(|r| (r.partition, r.offset));
+        let mut model = Model::new();
+        for r in &written {
+            model.apply(&r.event, Position { partition: r.partition, offset: r.offset });
+        }
+        let stored: BTreeMap<_, _> = store.accounts(TOPIC).unwrap().into_iter().collect();
+        prop_assert_eq!(&stored, &model.accounts);
+        let mut totals = Totals::default();
+        for p in 0..PARTITIONS {
+            totals.add(&store.totals(TOPIC, p).unwrap());
+        }
+        prop_assert_eq!(totals, model.totals);
+        prop_assert!(totals.conserved());
+        prop_assert_eq!(totals.pending(), 0, "every transfer settled once the log drained");
+        let balances: i128 = stored.values().map(|s| i128::from(s.balance)).sum();
+        prop_assert_eq!(balances, totals.balance_sum);
+        for ((account, id), rec) in &model.commands {
+            let got = store.command(TOPIC, account, id).unwrap().unwrap();
+            prop_assert_eq!(got.status, rec.status);
+            prop_assert!(got.status.is_final());
+        }
+    }
+
     #[test]
     fn batches_with_redelivery_match_the_model(
         events in proptest::collection::vec(arb_event(), 1..120),
@@ -296,8 +372,8 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path()).with_workers(workers);
         let mut model = Model::new();
-        for e in &events {
-            model.apply(e);
+        for r in Log::default().batch(&events).records {
+            model.apply(&r.event, Position { partition: r.partition, offset: r.offset });
         }
         let mut log = Log::default();
         let mut start = 0usize;
@@ -326,4 +402,196 @@ proptest! {
         prop_assert_eq!(all, commands);
         prop_assert_eq!(store.offsets(TOPIC).unwrap(), log.ends);
     }
+}
+
+/// Opens `a` and `b`, funds `a`, and prepares a transfer of 30 from `a` to `b` as an
+/// owner (emitting from offset 0).
+fn funded_transfer(store: &Store, log: &mut Log) -> (Batch, Event) {
+    store
+        .apply_batch(
+            TOPIC,
+            &log.batch(&[
+                ev("o1", "a", EventBody::OpenAccount),
+                ev("o2", "b", EventBody::OpenAccount),
+                ev("d", "a", dep(100)),
+            ]),
+        )
+        .unwrap();
+    let t = ev("t-1", "a", transfer("b", 30));
+    let mut b = log.batch(std::slice::from_ref(&t));
+    b.emit_from = b.next_offsets.keys().map(|&p| (p, 0)).collect();
+    (b, t)
+}
+
+#[test]
+fn an_owner_batch_causes_follow_ups_and_a_read_only_one_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut log = Log::default();
+    let (owner, _) = funded_transfer(&store, &mut log);
+    let p = partition_of(&acc("a"), PARTITIONS);
+    let read_only = Batch {
+        emit_from: BTreeMap::new(),
+        ..owner.clone()
+    };
+    // Nothing is written until commit.
+    let prepared = store.prepare(TOPIC, &read_only).unwrap();
+    assert!(prepared.follow_ups().is_empty(), "a tail never emits");
+    drop(prepared);
+    assert_eq!(
+        store.account(TOPIC, &acc("a")).unwrap().unwrap().balance,
+        100
+    );
+    let prepared = store.prepare(TOPIC, &owner).unwrap();
+    let [credit] = prepared.follow_ups() else {
+        panic!("one credit, got {:?}", prepared.follow_ups())
+    };
+    assert_eq!(credit.account_id, acc("b"));
+    assert!(matches!(credit.body, EventBody::TransferCredit { .. }));
+    assert_eq!(
+        follow_up_cause(credit.event_id).map(|(pos, _)| pos.partition),
+        Some(p)
+    );
+    let credit = credit.clone();
+    let stats = store.commit(prepared).unwrap();
+    assert_eq!(stats.follow_ups, 1);
+    assert_eq!(
+        store.account(TOPIC, &acc("a")).unwrap().unwrap().balance,
+        70
+    );
+    let t = store
+        .command(TOPIC, &acc("a"), &cmd("t-1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.status, CommandStatus::Pending);
+    assert_eq!(t.transfer.as_ref().unwrap().amount.minor_units(), 30);
+    assert_eq!(store.emitted_offset(TOPIC, p).unwrap(), Some(4));
+    assert_eq!(store.totals(TOPIC, p).unwrap().pending(), 30);
+
+    // The credit, then the completion it causes, settle the transfer.
+    let mut b = log.batch(std::slice::from_ref(&credit));
+    b.emit_from = b.next_offsets.keys().map(|&p| (p, 0)).collect();
+    let prepared = store.prepare(TOPIC, &b).unwrap();
+    let [done] = prepared.follow_ups() else {
+        panic!("one completion")
+    };
+    assert!(matches!(done.body, EventBody::TransferCompleted { .. }));
+    let done = done.clone();
+    store.commit(prepared).unwrap();
+    assert_eq!(
+        store.account(TOPIC, &acc("b")).unwrap().unwrap().balance,
+        30
+    );
+    store.apply_batch(TOPIC, &log.batch(&[done])).unwrap();
+    let t = store
+        .command(TOPIC, &acc("a"), &cmd("t-1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.status, CommandStatus::Applied);
+    let credit_partition = partition_of(&acc("b"), PARTITIONS);
+    assert_eq!(
+        t.transfer.unwrap().settled_at.map(|s| s.partition),
+        Some(credit_partition)
+    );
+    let mut sum = Totals::default();
+    for p in 0..PARTITIONS {
+        sum.add(&store.totals(TOPIC, p).unwrap());
+    }
+    assert_eq!(
+        (sum.pending(), sum.balance_sum, sum.deposits),
+        (0, 100, 100)
+    );
+    assert!(sum.conserved());
+}
+
+#[test]
+fn a_skipped_event_at_or_above_emit_from_causes_its_recorded_follow_ups_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut log = Log::default();
+    let (owner, _) = funded_transfer(&store, &mut log);
+    // Applied by a read-only tail: stored, nothing emitted, the emitted mark unmoved.
+    let read_only = Batch {
+        emit_from: BTreeMap::new(),
+        ..owner.clone()
+    };
+    store.apply_batch(TOPIC, &read_only).unwrap();
+    let p = partition_of(&acc("a"), PARTITIONS);
+    assert_eq!(store.emitted_offset(TOPIC, p).unwrap(), None);
+    // Then the owner reads it again: below the stored offset, so not applied twice, but
+    // at or above where it must emit, so its credit is written again.
+    let prepared = store.prepare(TOPIC, &owner).unwrap();
+    assert_eq!(prepared.follow_ups().len(), 1);
+    let stats = store.commit(prepared).unwrap();
+    assert_eq!((stats.redelivered, stats.applied), (1, 0));
+    assert_eq!(
+        store.account(TOPIC, &acc("a")).unwrap().unwrap().balance,
+        70
+    );
+    assert_eq!(store.emitted_offset(TOPIC, p).unwrap(), Some(4));
+    // Below emit_from (an earlier owner wrote it before committing): not again.
+    let mut above = owner.clone();
+    above.emit_from.insert(p, 4);
+    assert!(store
+        .prepare(TOPIC, &above)
+        .unwrap()
+        .follow_ups()
+        .is_empty());
+}
+
+#[test]
+fn a_credit_to_an_account_never_opened_causes_a_refund() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut log = Log::default();
+    store
+        .apply_batch(
+            TOPIC,
+            &log.batch(&[
+                ev("o1", "a", EventBody::OpenAccount),
+                ev("d", "a", dep(100)),
+            ]),
+        )
+        .unwrap();
+    let mut step = |events: &[Event]| {
+        let mut b = log.batch(events);
+        b.emit_from = b.next_offsets.keys().map(|&p| (p, 0)).collect();
+        let prepared = store.prepare(TOPIC, &b).unwrap();
+        let out = prepared.follow_ups().to_vec();
+        store.commit(prepared).unwrap();
+        out
+    };
+    let credit = step(&[ev("t-1", "a", transfer("ghost", 40))]);
+    let refund = step(&credit);
+    assert!(matches!(
+        refund[..],
+        [Event {
+            body: EventBody::TransferRefund {
+                reason: Rejection::DestinationNotOpen,
+                ..
+            },
+            ..
+        }]
+    ));
+    assert_eq!(
+        follow_up_cause(refund[0].event_id).map(|(_, k)| k),
+        Some(FollowUpKind::Refund)
+    );
+    assert!(step(&refund).is_empty());
+    // A second copy of the refund (its emitter crashed before storing) changes nothing.
+    assert!(step(&refund).is_empty());
+    assert_eq!(
+        store.account(TOPIC, &acc("a")).unwrap().unwrap().balance,
+        100
+    );
+    assert_eq!(store.account(TOPIC, &acc("ghost")).unwrap(), None);
+    let t = store
+        .command(TOPIC, &acc("a"), &cmd("t-1"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t.status,
+        CommandStatus::Refunded(Rejection::DestinationNotOpen)
+    );
+    assert_eq!(t.status.reason(), Some("destination_not_open"));
 }

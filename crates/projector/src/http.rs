@@ -24,8 +24,8 @@ use axum::Json;
 use futures::future::join_all;
 use ledger_api::cluster::{FORWARDED_BY_HEADER, SERVED_BY_HEADER};
 use ledger_api::{
-    AccountView, ClusterView, CommandView, ConsistencyParams, ErrorBody, ErrorCode,
-    PartitionProgress, PartitionRole, Progress, Readiness,
+    AccountView, ClusterView, CommandView, ConsistencyParams, ErrorBody, ErrorCode, LogPosition,
+    PartitionProgress, PartitionRole, Progress, Readiness, TransferView,
 };
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::{AccountId, CommandId};
@@ -422,6 +422,14 @@ fn command_view(c: StoredCommand, id: &CommandId) -> CommandView {
         account_id: c.account_id,
         partition: c.partition,
         offset: c.offset,
+        transfer: c.transfer.map(|t| TransferView {
+            to_account: t.to,
+            amount: t.amount,
+            settled_at: t.settled_at.map(|p| LogPosition {
+                partition: p.partition,
+                offset: p.offset,
+            }),
+        }),
     }
 }
 

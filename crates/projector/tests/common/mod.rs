@@ -51,7 +51,7 @@ pub fn workload(seed: u64, accounts: usize, events: usize, prefix: &str) -> Vec<
             .map(|v| v[rng.random_range(0..v.len())]);
         let (command_id, body) = if let Some(j) = retry_of {
             // A client retry: same command id, same account, same body.
-            (out[j].command_id.clone(), out[j].body)
+            (out[j].command_id.clone(), out[j].body.clone())
         } else {
             let body = match roll {
                 0..=9 => EventBody::OpenAccount,
@@ -151,8 +151,8 @@ pub fn model_of(positions: &[(Position, Event)]) -> Model {
     let mut sorted: Vec<&(Position, Event)> = positions.iter().collect();
     sorted.sort_by_key(|(p, _)| (p.partition, p.offset));
     let mut m = Model::new();
-    for (_, e) in sorted {
-        m.apply(e);
+    for (p, e) in sorted {
+        m.apply(e, *p);
     }
     m
 }
