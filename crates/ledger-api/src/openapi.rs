@@ -15,7 +15,8 @@ use crate::command::{Accepted, BatchItem, BatchResults, CommandRequest};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::ops::{Health, Readiness};
 use crate::query::{
-    AccountView, CommandOutcome, CommandView, ConsistencyParams, PartitionProgress, Progress,
+    AccountView, CommandOutcome, CommandView, ConsistencyParams, LogPosition, PartitionProgress,
+    PartitionTotals, Progress, TotalsView, TransferView,
 };
 
 /// The document's type; [`document`] renders it.
@@ -37,6 +38,7 @@ use crate::query::{
         get_account,
         get_command,
         get_progress,
+        get_totals,
         get_cluster,
         healthz,
         readyz,
@@ -51,8 +53,12 @@ use crate::query::{
         AccountView,
         CommandView,
         CommandOutcome,
+        TransferView,
+        LogPosition,
         Progress,
         PartitionProgress,
+        TotalsView,
+        PartitionTotals,
         ClusterView,
         InstanceView,
         PartitionRoleView,
@@ -203,6 +209,23 @@ fn get_command() {}
     security((), ("bearer" = []))
 )]
 fn get_progress() {}
+
+/// The money in the ledger, summed over every partition of the group: balances,
+/// transfers in flight, deposits and withdrawals, and whether they add up.
+#[utoipa::path(
+    get,
+    path = "/v1/totals",
+    tag = "projector",
+    params(ConsistencyParams),
+    responses(
+        (status = 200, description = "The group's money figures, per partition and summed", body = TotalsView),
+        (status = 400, description = "`invalid_token`, `invalid_timeout`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`not_yet_consistent` or `partition_moving`, with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn get_totals() {}
 
 /// The projector group as this instance sees it: every live instance, its address, and
 /// its role and applied offset per partition.

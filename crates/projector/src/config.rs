@@ -81,6 +81,11 @@ pub struct Config {
     /// On SIGTERM, how long to wait for HTTP requests in flight.
     #[arg(long, env = "PROJECTOR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
     pub shutdown_grace_ms: u64,
+    /// Test hook, never for production: abort the process right after the log has
+    /// acknowledged the follow-ups of this many batches, before the last of them is
+    /// stored: the crash the emit-then-store order must survive.
+    #[arg(long, env = "PROJECTOR_TEST_CRASH_AFTER_FOLLOW_UPS", hide = true)]
+    pub test_crash_after_follow_ups: Option<u64>,
 }
 
 impl Config {

@@ -25,7 +25,8 @@ use futures::future::join_all;
 use ledger_api::cluster::{FORWARDED_BY_HEADER, SERVED_BY_HEADER};
 use ledger_api::{
     AccountView, ClusterView, CommandView, ConsistencyParams, ErrorBody, ErrorCode, LogPosition,
-    PartitionProgress, PartitionRole, Progress, Readiness, TransferView,
+    PartitionProgress, PartitionRole, PartitionTotals, Progress, Readiness, TotalsView,
+    TransferView,
 };
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::{AccountId, CommandId};
@@ -606,13 +607,17 @@ fn local_rows(state: &QueryState) -> Vec<PartitionProgress> {
 /// Which of two instances' rows for one partition speaks for it: the owner's, then a
 /// draining one's, then a warming one's; the further applied among equals.
 fn rank(row: &PartitionProgress) -> (u8, i64) {
-    let role = match row.role {
+    rank_of(row.role, row.applied_offset)
+}
+
+fn rank_of(role: Option<PartitionRole>, applied_offset: i64) -> (u8, i64) {
+    let role = match role {
         Some(PartitionRole::Owner) => 3,
         Some(PartitionRole::Draining) => 2,
         Some(PartitionRole::Warming) => 1,
         None => 0,
     };
-    (role, row.applied_offset)
+    (role, applied_offset)
 }
 
 /// `GET /v1/progress`: every partition of the topic, with the instance that serves it,
@@ -716,6 +721,72 @@ pub(crate) async fn progress(
         total_lag,
         partitions: rows.into_values().collect(),
     }))
+}
+
+/// `GET /v1/totals`: the money in the ledger, each partition's figures from the instance
+/// that speaks for it (as for `/v1/progress`), summed. Forwarded, only this instance's
+/// partitions.
+pub(crate) async fn totals(
+    State(state): State<QueryState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Result<Json<TotalsView>, ApiError> {
+    let mut ask = Ask::read(&headers, &params, state.group.partition_count())?;
+    if let Some(pos) = ask.token.take() {
+        state.wait_for_token(pos, &ask).await?;
+    }
+    let mut rows: BTreeMap<i32, PartitionTotals> = BTreeMap::new();
+    let mut consider = |row: PartitionTotals| {
+        let better = rows.get(&row.partition).is_none_or(|have| {
+            rank_of(Some(row.role), row.applied_offset)
+                > rank_of(Some(have.role), have.applied_offset)
+        });
+        if better {
+            rows.insert(row.partition, row);
+        }
+    };
+    for (p, role) in state.group.held() {
+        // The applied offset first: the figures read after it include at least that.
+        let applied_offset = state.group.applied(p);
+        let t = state.store.totals(&state.topic, p).map_err(store_error)?;
+        consider(PartitionTotals {
+            partition: p,
+            applied_offset,
+            served_by: state.group.id.clone(),
+            role,
+            balance_sum: t.balance_sum,
+            deposits_sum: t.deposits,
+            withdrawals_sum: t.withdrawals,
+            transfers_debited_sum: t.debited,
+            transfers_credited_sum: t.credited,
+            transfers_refunded_sum: t.refunded,
+        });
+    }
+    if !ask.forwarded {
+        let peers = state.group.live_peers();
+        let answers = join_all(peers.iter().map(|peer| {
+            let (state, ask) = (&state, &ask);
+            async move {
+                let answer = state
+                    .ask_peer(
+                        &peer.entry.instance_id,
+                        &peer.entry.url,
+                        "/v1/totals",
+                        &[],
+                        ask,
+                    )
+                    .await
+                    .ok()?;
+                answer.json::<TotalsView>()
+            }
+        }))
+        .await;
+        for view in answers.into_iter().flatten() {
+            view.as_of.into_iter().for_each(&mut consider);
+        }
+    }
+    let count = state.group.partition_count().unwrap_or(0);
+    Ok(Json(TotalsView::sum(rows.into_values().collect(), count)))
 }
 
 /// `GET /v1/cluster`: the group as this instance sees it.

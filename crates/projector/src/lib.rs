@@ -148,11 +148,29 @@ pub async fn serve(
         });
     }
     info!(instance_id = %group.id, url = %group.url, "joining the projector group");
+    // Transfers' follow-ups go to the log through a producer of their own (acks=all,
+    // idempotent), healed like the ingest's.
+    let follow_up_producer = EventProducer::new(
+        &kafka,
+        ProducerSettings {
+            delivery_timeout: Duration::from_secs(10),
+            linger_ms: 1,
+            client_id: "projector-follow-ups".into(),
+        },
+    )?;
     let sink = Arc::new(sink::ProjectorSink {
         store: store.clone(),
         metrics: metrics.clone(),
         applied: applied_tx,
         group: group.clone(),
+        follow_ups: sink::FollowUpWriter {
+            producer: follow_up_producer.clone(),
+            topic: config.kafka.topic.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            stop: consume_stop.clone(),
+            crash_after: config.test_crash_after_follow_ups,
+            batches: Default::default(),
+        },
     });
     let dead_letters = EventProducer::new(
         &kafka,
@@ -188,6 +206,20 @@ pub async fn serve(
         restarts: metrics.dlq_producer_restarts.clone(),
     };
     tracker.spawn(dead_letters.clone().supervise(supervision, stop.clone()));
+    let topic_reachable = Arc::new(AtomicBool::new(false));
+    tracker.spawn(watch_reachability(
+        MetadataProbe::new(&kafka, metrics.probe_rebuilds.clone())?,
+        config.kafka.topic.clone(),
+        topic_reachable.clone(),
+        stop.clone(),
+    ));
+    tracker.spawn(follow_up_producer.supervise(
+        Supervision {
+            reachable: topic_reachable,
+            restarts: metrics.follow_up_producer_restarts.clone(),
+        },
+        stop.clone(),
+    ));
     tracker.spawn(watch_partitions(
         metadata.clone(),
         group.clone(),
@@ -310,6 +342,7 @@ pub async fn serve(
         .route("/v1/accounts/{id}", get(http::account))
         .route("/v1/commands/{command_id}", get(http::command))
         .route("/v1/progress", get(http::progress))
+        .route("/v1/totals", get(http::totals))
         .route("/v1/cluster", get(http::cluster))
         .route_layer(middleware::from_fn_with_state(auth, require_bearer))
         .with_state(query.clone());

@@ -41,6 +41,12 @@ pub(crate) struct ProjectorMetrics {
     pub directory_failures: Family<Labels, Counter>,
     /// Directory producers replaced because they had stopped delivering.
     pub directory_restarts: Counter,
+    /// Follow-up events (transfer credits, refunds, completions) the log acknowledged.
+    pub follow_ups: Counter,
+    /// Follow-up events the log did not acknowledge at a try (each is retried).
+    pub follow_up_failures: Counter,
+    /// Follow-up producers replaced because they had stopped delivering, by signal.
+    pub follow_up_producer_restarts: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl ProjectorMetrics {
@@ -65,7 +71,25 @@ impl ProjectorMetrics {
             directory_instances: Gauge::default(),
             directory_failures: Family::default(),
             directory_restarts: Counter::default(),
+            follow_ups: Counter::default(),
+            follow_up_failures: Counter::default(),
+            follow_up_producer_restarts: Family::default(),
         };
+        registry.register(
+            "projector_follow_ups_emitted",
+            "Follow-up events (transfer credits, refunds, completions) written to the log and acknowledged",
+            m.follow_ups.clone(),
+        );
+        registry.register(
+            "projector_follow_up_failures",
+            "Follow-up events the log did not acknowledge at a try; each is retried before its batch is stored",
+            m.follow_up_failures.clone(),
+        );
+        registry.register(
+            "projector_follow_up_producer_restarts",
+            "Follow-up producers replaced because they had stopped delivering, by signal",
+            m.follow_up_producer_restarts.clone(),
+        );
         registry.register(
             "projector_events_applied",
             "Events that took effect",

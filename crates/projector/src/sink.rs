@@ -1,16 +1,28 @@
-//! The projector's [`BatchSink`]: applies batches to the sled store, counts what they
-//! did, publishes the new applied offsets to waiting queries, and tells the group's
-//! role table of assignments, revocations and progress. The group's loop and the
-//! read-only tail of drained partitions both apply through it.
+//! The projector's [`BatchSink`]: applies batches to the sled store, writes the
+//! follow-up events they cause to the log first, counts what they did, publishes the new
+//! applied offsets to waiting queries, and tells the group's role table of assignments,
+//! revocations and progress. The group's loop and the read-only tail of drained
+//! partitions both apply through it; only the loop's batches (as the partition's owner)
+//! ever cause follow-ups.
+//!
+//! A transfer's credit, refund and completion are written to the log, never beside it:
+//! a batch is decided, its follow-ups are written and acknowledged (acks=all,
+//! idempotent), and only then is the batch stored, and its offsets committed after that.
+//! A crash in between replays the batch, which writes the same follow-ups again under
+//! the same ids; their destinations apply each once.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use ledger_domain::Batch;
+use ledger_domain::{Batch, Event};
 use ledger_eventlog::consume::BatchSink;
+use ledger_eventlog::producer::EventProducer;
 use ledger_store::{Store, StoreError};
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use crate::group::Group;
 use crate::metrics::ProjectorMetrics;
@@ -25,12 +37,101 @@ pub(crate) struct ProjectorSink {
     /// The roles per partition, which assignments, revocations and applies change; the
     /// assigned-partitions gauge is derived from them.
     pub group: Arc<Group>,
+    pub follow_ups: FollowUpWriter,
+}
+
+/// Why a batch could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The log did not acknowledge a batch's follow-ups before shutdown; the batch was
+    /// not stored, and is applied (and its follow-ups written) again at the next start.
+    #[error("stopping before the log acknowledged {count} follow-up events: {error}; the batch that caused them is not stored, and is applied again on restart")]
+    FollowUps {
+        /// How many were not acknowledged.
+        count: usize,
+        /// The last delivery error.
+        error: String,
+    },
+}
+
+/// Writes follow-up events to the log and waits for every acknowledgement, retrying
+/// what failed until it is acknowledged or the projector stops.
+pub(crate) struct FollowUpWriter {
+    pub producer: EventProducer,
+    pub topic: String,
+    pub runtime: tokio::runtime::Handle,
+    /// Cancelled when the projector stops consuming: give up after one more attempt.
+    pub stop: CancellationToken,
+    /// The test hook `--test-crash-after-follow-ups`.
+    pub crash_after: Option<u64>,
+    /// Batches whose follow-ups were acknowledged, for the test hook.
+    pub batches: AtomicU64,
+}
+
+impl FollowUpWriter {
+    /// Writes `events` and returns once the log has acknowledged all of them. Blocks the
+    /// apply (nothing is stored meanwhile): a broker outage stalls applying, never
+    /// loses a follow-up. The producer itself is replaced by its supervisor when it stops
+    /// delivering.
+    fn write(&self, events: &[Event], metrics: &ProjectorMetrics) -> Result<(), SinkError> {
+        let mut waiting: Vec<Event> = events.to_vec();
+        let mut backoff = Duration::from_millis(100);
+        let mut stopping_attempts = 0;
+        loop {
+            let attempted = waiting.len();
+            let outcomes = self
+                .runtime
+                .block_on(self.producer.send_many(&self.topic, &waiting));
+            let mut last_error = None;
+            let failed: Vec<Event> = waiting
+                .into_iter()
+                .zip(outcomes)
+                .filter_map(|(event, outcome)| match outcome {
+                    Ok(_) => None,
+                    Err(e) => {
+                        last_error = Some(e.to_string());
+                        Some(event)
+                    }
+                })
+                .collect();
+            metrics.follow_ups.inc_by((attempted - failed.len()) as u64);
+            let Some(error) = last_error else {
+                return Ok(());
+            };
+            metrics.follow_up_failures.inc_by(failed.len() as u64);
+            warn!(unacknowledged = failed.len(), %error, "the log did not acknowledge follow-up events; retrying before the batch is stored");
+            if self.stop.is_cancelled() {
+                stopping_attempts += 1;
+                if stopping_attempts > 1 {
+                    return Err(SinkError::FollowUps {
+                        count: failed.len(),
+                        error,
+                    });
+                }
+            }
+            waiting = failed;
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The test hook: dies between the follow-ups' acknowledgement and the store.
+    fn maybe_crash(&self) {
+        let n = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.crash_after.is_some_and(|limit| n >= limit) {
+            error!(batches = n, "test hook --test-crash-after-follow-ups: aborting after the follow-ups were acknowledged and before the batch is stored");
+            std::process::abort();
+        }
+    }
 }
 
 impl BatchSink for ProjectorSink {
-    type Error = StoreError;
+    type Error = SinkError;
 
-    fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+    fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, SinkError> {
         // A partition past the recorded count means partitions were added since the
         // store was built: refuse it, which stops the consumer with that error.
         if let Some(count) = self.store.partition_count(topic)? {
@@ -39,14 +140,50 @@ impl BatchSink for ProjectorSink {
                     topic: topic.to_string(),
                     stored: count,
                     now: partition + 1,
-                });
+                }
+                .into());
             }
         }
-        self.store.stored_offset(topic, partition)
+        Ok(self.store.stored_offset(topic, partition)?)
     }
 
-    fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<(), StoreError> {
-        let stats = self.store.apply_batch(topic, batch)?;
+    fn emit_rewind(
+        &self,
+        topic: &str,
+        partition: i32,
+        committed: i64,
+    ) -> Result<Option<i64>, SinkError> {
+        let Some(stored) = self.store.stored_offset(topic, partition)? else {
+            return Ok(None);
+        };
+        let emitted = self.store.emitted_offset(topic, partition)?.unwrap_or(0);
+        let from = emitted.max(committed).max(0);
+        Ok((from < stored).then_some(from))
+    }
+
+    fn committable_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, SinkError> {
+        // Past the emitted mark, events were applied here read-only: their follow-ups
+        // may not be in the log, so the group must not be told they are done.
+        let stored = self.store.stored_offset(topic, partition)?;
+        let emitted = self.store.emitted_offset(topic, partition)?;
+        Ok(match (stored, emitted) {
+            (Some(s), Some(e)) => Some(s.min(e)),
+            _ => None,
+        })
+    }
+
+    fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<(), SinkError> {
+        let prepared = self.store.prepare(topic, batch)?;
+        if !prepared.follow_ups().is_empty() {
+            self.follow_ups
+                .write(prepared.follow_ups(), &self.metrics)?;
+            debug!(
+                follow_ups = prepared.follow_ups().len(),
+                "follow-up events acknowledged; storing the batch"
+            );
+            self.follow_ups.maybe_crash();
+        }
+        let stats = self.store.commit(prepared)?;
         let m = &self.metrics;
         m.applied.inc_by(stats.applied);
         m.duplicates.inc_by(stats.duplicates);

@@ -36,6 +36,26 @@ pub(super) struct LoopState {
     pub(super) committed: HashMap<i32, Option<i64>>,
 }
 
+impl LoopState {
+    /// Sets the batch's `emit_from` for each partition it holds, from the group's
+    /// committed offset: its events at or above it write their follow-ups. Returns the
+    /// partitions whose committed offset is not known yet, which must not be applied.
+    pub(super) fn emit_from(&self, batch: &mut Batch) -> BTreeSet<i32> {
+        let mut unknown = BTreeSet::new();
+        for p in batch.partitions() {
+            match self.committed.get(&p) {
+                Some(Some(c)) => {
+                    batch.emit_from.insert(p, (*c).max(0));
+                }
+                _ => {
+                    unknown.insert(p);
+                }
+            }
+        }
+        unknown
+    }
+}
+
 /// The consumer's context: what the loop and librdkafka's callbacks share.
 pub(super) struct LoopContext<S: BatchSink> {
     pub(super) sink: Arc<S>,

@@ -20,11 +20,19 @@ pub struct ConsumerMetrics {
     /// Offset commits of a partition held back because the group's committed offset is
     /// ahead of this instance's (it is catching up from below it).
     pub commits_withheld: Counter,
+    /// Partitions read again from the group's committed offset on assignment, to write
+    /// the follow-ups of events this store had applied without writing them.
+    pub emit_rewinds: Counter,
 }
 
 impl ConsumerMetrics {
     /// Registers the counters.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "projector_emit_rewinds",
+            "Partitions read again from the group's committed offset, to write follow-ups of events applied here read-only",
+            self.emit_rewinds.clone(),
+        );
         registry.register(
             "projector_redelivered_events",
             "Events delivered below the stored offset and skipped",

@@ -177,6 +177,16 @@ fn poll_loop<S: BatchSink>(
         };
         let full = batch_started.is_some() && batch_len >= settings.batch_max_events;
         ctx.learn_committed(consumer, &mut committed_asked);
+        // Events held for partitions whose committed offset is not known yet (the
+        // coordinator does not answer): read no further until it is, so that memory
+        // stays bounded.
+        if batch_started.is_none()
+            && ctx.state().pending.records.len() >= HELD_BATCHES * settings.batch_max_events
+        {
+            ctx.commit_if_applied(consumer)?;
+            std::thread::sleep(idle_poll);
+            continue;
+        }
         // A batch applied in the background is committed as soon as it is done.
         ctx.commit_if_applied(consumer)?;
         let polled = if full { None } else { consumer.poll(wait) };
@@ -288,7 +298,17 @@ impl<S: BatchSink> LoopContext<S> {
     /// and commits that one's offsets.
     fn start_apply(&self, consumer: &BaseConsumer<Self>) -> Result<(), ConsumeError> {
         self.finish_in_flight(consumer, CommitMode::Async)?;
-        let batch = std::mem::take(&mut self.state().pending);
+        let batch = {
+            let mut st = self.state();
+            let mut batch = std::mem::take(&mut st.pending);
+            // A partition whose committed offset is not known yet waits in hand: whether
+            // its events must write their follow-ups depends on it.
+            let unknown = st.emit_from(&mut batch);
+            if !unknown.is_empty() {
+                st.pending = batch.split_off_partitions(&unknown);
+            }
+            batch
+        };
         if batch.is_empty() {
             return Ok(());
         }
@@ -413,10 +433,18 @@ impl<S: BatchSink> LoopContext<S> {
         self.finish_in_flight(consumer, mode)?;
         let batch = {
             let mut st = self.state();
-            match only {
+            let mut batch = match only {
                 Some(parts) => st.pending.split_off_partitions(parts),
                 None => std::mem::take(&mut st.pending),
+            };
+            // Given up (revoked, or stopping) before its committed offset was known:
+            // nothing of it is stored or committed, and its next reader reads it again.
+            let unknown = st.emit_from(&mut batch);
+            if !unknown.is_empty() {
+                let dropped = batch.split_off_partitions(&unknown);
+                debug!(partitions = ?unknown, events = dropped.records.len(), "events in hand of partitions whose committed offset is unknown, left unapplied");
             }
+            batch
         };
         if batch.is_empty() {
             return Ok(());
@@ -428,6 +456,10 @@ impl<S: BatchSink> LoopContext<S> {
         Ok(())
     }
 }
+
+/// How many batches' worth of events may wait for their partitions' committed offsets
+/// before the loop stops reading.
+const HELD_BATCHES: usize = 4;
 
 /// How often the group's committed offsets of newly assigned partitions are asked for
 /// while the brokers do not answer.
@@ -470,14 +502,35 @@ impl<S: BatchSink> LoopContext<S> {
                 Offset::Offset(n) => n,
                 _ => -1,
             };
+            let p = e.partition();
             // Only if it is still assigned and not yet known.
-            if let Some(slot @ None) = st.committed.get_mut(&e.partition()) {
-                *slot = Some(committed);
-                debug!(
-                    partition = e.partition(),
-                    committed, "group's committed offset"
-                );
+            if !matches!(st.committed.get(&p), Some(None)) {
+                continue;
             }
+            // Events this store applied without writing their follow-ups (as a read-only
+            // tail) at or above the committed offset: nobody may have written those
+            // follow-ups, so the partition is read again from there.
+            let rewind = match self.sink.emit_rewind(&self.topic, p, committed) {
+                Ok(r) => r,
+                Err(e) => {
+                    st.fatal.get_or_insert(ConsumeError::Sink(Box::new(e)));
+                    return;
+                }
+            };
+            if let Some(from) = rewind {
+                if let Err(e) =
+                    consumer.seek(&self.topic, p, Offset::Offset(from), Duration::from_secs(5))
+                {
+                    debug!(partition = p, from, error = %e, "cannot rewind yet; retrying");
+                    continue;
+                }
+                let dropped = st.pending.split_off_partitions(&BTreeSet::from([p]));
+                st.positions.insert(p, from);
+                self.metrics.emit_rewinds.inc();
+                info!(partition = p, from, committed, skipped_in_hand = dropped.records.len(), "reading the partition again from the committed offset to write the follow-ups of events applied here without them");
+            }
+            st.committed.insert(p, Some(committed));
+            debug!(partition = p, committed, "group's committed offset");
         }
     }
 
@@ -490,7 +543,7 @@ impl<S: BatchSink> LoopContext<S> {
         for p in parts {
             let next = self
                 .sink
-                .stored_offset(&self.topic, p)
+                .committable_offset(&self.topic, p)
                 .map_err(|e| ConsumeError::Sink(Box::new(e)))?;
             if let Some(next) = next {
                 stored.insert(p, next);
@@ -513,8 +566,27 @@ pub trait BatchSink: Send + Sync + 'static {
     fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, Self::Error>;
 
     /// Applies the batch and stores its next offsets atomically, and returns only once
-    /// both are durable.
+    /// both are durable. The follow-ups of the events at or above `batch.emit_from` (the
+    /// group's committed offset) are in the log before that.
     fn apply_batch(&self, topic: &str, batch: &Batch) -> Result<(), Self::Error>;
+
+    /// Where the group's consumer must read this partition from again, below its stored
+    /// offset, so that every event at or above the group's `committed` offset has had its
+    /// follow-ups written (by this store's owner or an earlier one); `None`: nowhere.
+    fn emit_rewind(
+        &self,
+        _topic: &str,
+        _partition: i32,
+        _committed: i64,
+    ) -> Result<Option<i64>, Self::Error> {
+        Ok(None)
+    }
+
+    /// The offset a clean stop commits for this partition: as far as the store holds its
+    /// events' effects and knows their follow-ups to be in the log.
+    fn committable_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, Self::Error> {
+        self.stored_offset(topic, partition)
+    }
 
     /// These partitions are being assigned to this consumer: called before their stored
     /// offsets are read, so that anything else that writes them stops first.
