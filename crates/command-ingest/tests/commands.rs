@@ -11,23 +11,12 @@ use common::{
     accepted, assert_error_body, assert_record, blocking, config, end_offsets, get, http,
     post_json, post_raw, read_at, Accepted, Ingest, PARTITIONS,
 };
-use ledger_domain::{Amount, CommandId, EventBody};
+use ledger_domain::testing::{deposit, transfer, withdraw};
+use ledger_domain::{CommandId, EventBody};
 use ledger_testkit::{brokers, unique_topic, wait_for, wait_ready};
 use serde_json::{json, Value};
 
 const READY: Duration = Duration::from_secs(30);
-
-fn deposit(n: u64) -> EventBody {
-    EventBody::Deposit {
-        amount: Amount::new(n).unwrap(),
-    }
-}
-
-fn withdraw(n: u64) -> EventBody {
-    EventBody::Withdraw {
-        amount: Amount::new(n).unwrap(),
-    }
-}
 
 async fn events_in(brokers: &str, topic: &str) -> i64 {
     let (b, t) = (brokers.to_string(), topic.to_string());
@@ -93,6 +82,13 @@ async fn every_command_kind_is_acknowledged_and_lands_in_the_log() {
             &long_account,
             Some(&long_command),
             withdraw(7),
+        ),
+        // Keyed by its source: the projector of the source's partition debits it.
+        (
+            json!({"type":"transfer","from_account":"acc-a","to_account":"Acc.B_2-x","amount":500,"command_id":"t-1"}),
+            "acc-a",
+            Some("t-1"),
+            transfer("Acc.B_2-x", 500),
         ),
     ];
 
@@ -364,6 +360,31 @@ fn malformed_table() -> Vec<Bad> {
             r#"{"type":"open_account","account_id":"acc-1","command_id":42}"#,
             "invalid_command_id",
         ),
+        bad(
+            "transfer to its own source",
+            r#"{"type":"transfer","from_account":"acc-1","to_account":"acc-1","amount":5}"#,
+            "invalid_transfer",
+        ),
+        bad(
+            "transfer naming account_id",
+            r#"{"type":"transfer","account_id":"acc-1","to_account":"acc-2","amount":5}"#,
+            "unknown_field",
+        ),
+        bad(
+            "transfer without a destination",
+            r#"{"type":"transfer","from_account":"acc-1","amount":5}"#,
+            "missing_field",
+        ),
+        bad(
+            "transfer to a malformed account",
+            r#"{"type":"transfer","from_account":"acc-1","to_account":"acc 2","amount":5}"#,
+            "invalid_account_id",
+        ),
+        bad(
+            "transfer of nothing",
+            r#"{"type":"transfer","from_account":"acc-1","to_account":"acc-2","amount":0}"#,
+            "invalid_amount",
+        ),
         Bad {
             status: 413,
             ..bad("body of 64 KiB + 1", big, "payload_too_large")
@@ -547,7 +568,7 @@ async fn a_batch_answers_in_input_order_and_writes_exactly_its_valid_items() {
             Ok(("b-2", Some("batch-dep-2"), deposit(500))),
         ),
         (
-            json!({"type":"transfer","account_id":"b-1"}),
+            json!({"type":"close_account","account_id":"b-1"}),
             Err("unknown_command"),
         ),
         (json!(42), Err("invalid_json")),
