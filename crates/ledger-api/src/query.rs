@@ -106,6 +106,10 @@ pub struct TransferView {
     /// Where it settled: the credit's place in the destination's partition (`applied`),
     /// or the refund's in the source's (`refunded`); `null` while pending.
     pub settled_at: Option<LogPosition>,
+    /// A consistency token naming that place: `?after=` it reads the destination
+    /// credited (or the source refunded) on any instance.
+    #[schema(example = "v1.4.17")]
+    pub settled_token: Option<String>,
 }
 
 /// A place in the log.

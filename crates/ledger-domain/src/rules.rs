@@ -18,7 +18,9 @@ pub struct AccountState {
     pub applied_events: u64,
 }
 
-/// Why the projector refused an event. Each variant is a `reason` of the contract.
+/// Why the projector refused an event. Each variant is a `reason` of the contract. New
+/// variants go at the end: a refund event carries one, and the codec numbers them by
+/// position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
     /// `open_account` for an account that is already open.

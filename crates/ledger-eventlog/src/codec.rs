@@ -148,6 +148,29 @@ mod tests {
     }
 
     #[test]
+    fn transfer_bodies_are_numbered_after_the_first_three() {
+        // Variant 3 Transfer {to, amount} and variant 5 TransferRefund {to, amount,
+        // reason}, as docs/api.md spells them out.
+        let mut e = golden_event();
+        e.body = EventBody::Transfer {
+            to: AccountId::parse("acc-2").unwrap(),
+            amount: Amount::new(500).unwrap(),
+        };
+        let bytes = encode(&e);
+        let body = &bytes[39..];
+        assert_eq!(body, hex("03 05 6163632d32 fb f401"));
+        assert_eq!(decode(&bytes).unwrap(), e);
+        e.body = EventBody::TransferRefund {
+            to: AccountId::parse("acc-2").unwrap(),
+            amount: Amount::new(500).unwrap(),
+            reason: ledger_domain::Rejection::DestinationNotOpen,
+        };
+        let bytes = encode(&e);
+        assert_eq!(&bytes[39..], hex("05 05 6163632d32 fb f401 04"));
+        assert_eq!(decode(&bytes).unwrap(), e);
+    }
+
+    #[test]
     fn typed_errors() {
         assert_eq!(decode(b""), Err(DecodeError::Empty));
         assert_eq!(decode(b"{\"type\":1}"), Err(DecodeError::BadMagic(b'{')));
@@ -180,14 +203,31 @@ mod tests {
     }
 
     fn arb_event() -> impl Strategy<Value = Event> {
+        let amount = (1..=ledger_domain::MAX_AMOUNT).prop_map(|a| Amount::new(a).unwrap());
+        let account = "[A-Za-z0-9._-]{1,64}".prop_map(|a| AccountId::parse(&a).unwrap());
         let body = prop_oneof![
             Just(EventBody::OpenAccount),
-            (1..=ledger_domain::MAX_AMOUNT).prop_map(|a| EventBody::Deposit {
-                amount: Amount::new(a).unwrap()
-            }),
-            (1..=ledger_domain::MAX_AMOUNT).prop_map(|a| EventBody::Withdraw {
-                amount: Amount::new(a).unwrap()
-            }),
+            amount
+                .clone()
+                .prop_map(|amount| EventBody::Deposit { amount }),
+            amount
+                .clone()
+                .prop_map(|amount| EventBody::Withdraw { amount }),
+            (account.clone(), amount.clone())
+                .prop_map(|(to, amount)| EventBody::Transfer { to, amount }),
+            (account.clone(), amount.clone())
+                .prop_map(|(from, amount)| EventBody::TransferCredit { from, amount }),
+            (
+                account.clone(),
+                amount.clone(),
+                proptest::sample::select(ledger_domain::REJECTIONS.to_vec())
+            )
+                .prop_map(|(to, amount, reason)| EventBody::TransferRefund {
+                    to,
+                    amount,
+                    reason
+                }),
+            (account, amount).prop_map(|(to, amount)| EventBody::TransferCompleted { to, amount }),
         ];
         (
             any::<u128>(),

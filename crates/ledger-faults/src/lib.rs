@@ -94,7 +94,14 @@ impl Service {
 
     /// Starts it again, on the same port.
     pub fn restart(&mut self) -> Result<()> {
-        self.child = spawn(self.name, &self.program, &self.args, self.port, &self.log)?;
+        self.restart_with(&[])
+    }
+
+    /// Starts it again, on the same port, with `extra` arguments this time only.
+    pub fn restart_with(&mut self, extra: &[&str]) -> Result<()> {
+        let mut a = self.args.clone();
+        a.extend(args(extra));
+        self.child = spawn(self.name, &self.program, &a, self.port, &self.log)?;
         Ok(())
     }
 
@@ -255,6 +262,7 @@ impl Stack {
             ])
             .args(["--json", "--retry-for", "120"])
             .args(["load", "--verify", "--concurrency", "16"])
+            .args(["--transfers", TRANSFER_SHARE])
             .args([
                 "--accounts",
                 &accounts.to_string(),
@@ -276,6 +284,10 @@ impl Stack {
         })
     }
 }
+
+/// The share of transfers in every load the faults run under: money must be conserved
+/// through each fault, with transfers in flight when it strikes.
+pub const TRANSFER_SHARE: &str = "0.2";
 
 /// Projector arguments: static membership when `instance` is given.
 pub fn projector_args(

@@ -18,6 +18,10 @@ pub enum Fault {
     KillProjector(u32),
     /// SIGKILL the ingest this many times, restarting it each time.
     KillIngest(u32),
+    /// This many times, restart the projector with the test hook that aborts it right
+    /// after the log acknowledged a batch's transfer follow-ups and before the batch is
+    /// stored; restart it normally after each abort.
+    CrashAfterFollowUps(u32),
     /// Stop the broker for this many seconds (needs an [`OwnBroker`]).
     BrokerOutage(u64),
     /// Freeze the broker (SIGSTOP) for this many seconds, longer than the ingest's
@@ -44,6 +48,10 @@ impl fmt::Display for Fault {
         match self {
             Fault::KillProjector(n) => write!(f, "projector SIGKILL x{n}"),
             Fault::KillIngest(n) => write!(f, "ingest SIGKILL x{n}"),
+            Fault::CrashAfterFollowUps(n) => write!(
+                f,
+                "projector aborted between writing follow-ups and storing x{n}"
+            ),
             Fault::BrokerOutage(s) => write!(f, "broker stopped {s} s"),
             Fault::BrokerFrozen(s) => write!(f, "broker frozen (SIGSTOP) {s} s"),
             Fault::BrokerRestartStorm(n) => write!(f, "broker restarted x{n}"),
@@ -124,6 +132,39 @@ pub async fn run(
                 try_wait_ready(&stack.projector.url(), progress)
                     .await
                     .with_context(|| format!("restart {kill}:\n{}", stack.projector.log_tail()))?;
+            }
+        }
+        Fault::CrashAfterFollowUps(n) => {
+            for crash in 0..n {
+                wait_progress(&stack.projector.url(), step, &mut load, progress).await?;
+                if crash == 0 {
+                    ensure!(
+                        load.running(),
+                        "the first crash must strike during the load"
+                    );
+                }
+                // A few batches with follow-ups in, so that the abort lands mid-stream.
+                let after = (2 + crash % 3).to_string();
+                stack.projector.kill9()?;
+                stack
+                    .projector
+                    .restart_with(&["--test-crash-after-follow-ups", &after])?;
+                let status = try_wait_for(
+                    "the projector to abort at the test hook",
+                    Duration::from_secs(120),
+                    || std::future::ready(stack.projector.try_status()),
+                )
+                .await
+                .with_context(|| stack.projector.log_tail())?;
+                ensure!(
+                    !status.success() && stack.projector.log_tail().contains("test hook"),
+                    "crash {crash}: the projector must abort at the hook, got {status}:\n{}",
+                    stack.projector.log_tail()
+                );
+                stack.projector.restart()?;
+                try_wait_ready(&stack.projector.url(), progress)
+                    .await
+                    .with_context(|| format!("restart {crash}:\n{}", stack.projector.log_tail()))?;
             }
         }
         Fault::KillIngest(n) => {

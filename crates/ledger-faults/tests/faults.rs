@@ -70,6 +70,21 @@ async fn projector_killed_five_times_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_aborted_between_writing_transfer_follow_ups_and_storing_them() {
+    case(
+        Fault::CrashAfterFollowUps(3),
+        LoadSpec {
+            accounts: 40,
+            commands: 6000,
+            rate: 1000,
+            seed: 17,
+        },
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_stopped_for_seconds_during_the_load() {
     case(
         Fault::BrokerOutage(5),

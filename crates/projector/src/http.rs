@@ -430,6 +430,7 @@ fn command_view(c: StoredCommand, id: &CommandId) -> CommandView {
                 partition: p.partition,
                 offset: p.offset,
             }),
+            settled_token: t.settled_at.map(|p| p.token()),
         }),
     }
 }

@@ -58,7 +58,8 @@ async fn main() -> Result<()> {
     let mut round = 0u64;
     while Instant::now() < deadline {
         round += 1;
-        let fault = match rng.random_range(0..9) {
+        let fault = match rng.random_range(0..10) {
+            9 => Fault::CrashAfterFollowUps(rng.random_range(1..=3)),
             5 => Fault::Poison(rng.random_range(1..=50)),
             0 => Fault::KillProjector(rng.random_range(1..=5)),
             1 => Fault::KillIngest(rng.random_range(1..=3)),
@@ -141,6 +142,7 @@ fn kind(f: Fault) -> &'static str {
     match f {
         Fault::KillProjector(_) => "projector SIGKILL",
         Fault::KillIngest(_) => "ingest SIGKILL",
+        Fault::CrashAfterFollowUps(_) => "abort between follow-ups and store",
         Fault::BrokerOutage(_) => "broker outage",
         Fault::BrokerFrozen(_) => "broker frozen",
         Fault::BrokerRestartStorm(_) => "broker restart storm",
