@@ -90,6 +90,22 @@ pub enum Cmd {
         #[command(flatten)]
         submit: SubmitArgs,
     },
+    /// Move an amount (integer minor units) from one account to another. The source is
+    /// debited at once; the destination is credited through the log, or, when it is not
+    /// open, the amount is refunded to the source.
+    Transfer {
+        /// The source account.
+        #[arg(value_parser = parse_account)]
+        from: AccountId,
+        /// The destination account; not the source.
+        #[arg(value_parser = parse_account)]
+        to: AccountId,
+        /// Integer minor units, 1 to 1000000000000.
+        #[arg(value_parser = parse_amount, allow_negative_numbers = true)]
+        amount: Amount,
+        #[command(flatten)]
+        submit: SubmitArgs,
+    },
     /// Show an account's balance as projected.
     Balance {
         /// The account id.
@@ -108,6 +124,14 @@ pub enum Cmd {
         /// needed only when several accounts used the same id.
         #[arg(long, value_parser = parse_account)]
         account: Option<AccountId>,
+        /// Answer only once everything up to this consistency token is applied.
+        #[arg(long, value_name = "TOKEN")]
+        after: Option<String>,
+    },
+    /// Show the money in the ledger, summed over every partition, and whether it is
+    /// conserved: the balances plus the transfers in flight equal the deposits minus the
+    /// withdrawals. Exits 1 when it is not.
+    Totals {
         /// Answer only once everything up to this consistency token is applied.
         #[arg(long, value_name = "TOKEN")]
         after: Option<String>,
@@ -145,13 +169,15 @@ pub struct TailArgs {
     pub kafka: KafkaArgs,
 }
 
-/// Options of `open`, `deposit` and `withdraw`.
+/// Options of `open`, `deposit`, `withdraw` and `transfer`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
     /// The idempotency key; a UUID is generated when absent.
     #[arg(long, value_name = "ID", value_parser = parse_command_id)]
     pub command_id: Option<CommandId>,
-    /// Wait for the projection and print the outcome and the balance.
+    /// Wait for the projection and print the outcome and the balance (a transfer's: both
+    /// balances, once it is applied, refunded or rejected; for at most --retry-for
+    /// seconds, then exit 3).
     #[arg(long)]
     pub wait: bool,
 }
@@ -181,6 +207,10 @@ pub struct LoadArgs {
     /// Prefix of the account ids [default: load-<seed>].
     #[arg(long, value_parser = parse_prefix)]
     pub prefix: Option<String>,
+    /// Share of the mix that is transfers, 0.0 to 1.0: mostly between two of the run's
+    /// accounts, some to a never-opened account (refunded), a few overdrafts.
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub transfers: f64,
 }
 
 fn parse_account(s: &str) -> Result<AccountId, String> {
@@ -196,6 +226,13 @@ fn parse_amount(s: &str) -> Result<Amount, String> {
         format!("amount must be a positive integer number of minor units, got {s:?}")
     })?;
     Amount::new(n).map_err(|e| e.to_string())
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("share must be a number from 0.0 to 1.0, got {s:?}")),
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -261,6 +298,66 @@ mod tests {
         assert!(parse_prefix(&"p".repeat(41)).is_err());
         assert!(parse_rate("0").is_err());
         assert!(parse_rate("12.5").is_ok());
+        for good in ["0", "0.25", "1", "1.0"] {
+            assert!(parse_share(good).is_ok(), "{good}");
+        }
+        for bad in ["-0.1", "1.01", "NaN", "inf", "30%", ""] {
+            assert!(parse_share(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transfer_takes_two_accounts_and_an_amount() {
+        let cli = Cli::try_parse_from([
+            "ledger",
+            "transfer",
+            "acc-1",
+            "acc-2",
+            "500",
+            "--command-id",
+            "t-1",
+            "--wait",
+        ])
+        .unwrap();
+        let Cmd::Transfer {
+            from,
+            to,
+            amount,
+            submit,
+        } = cli.command
+        else {
+            panic!("not a transfer: {:?}", cli.command)
+        };
+        assert_eq!((from.as_str(), to.as_str()), ("acc-1", "acc-2"));
+        assert_eq!(amount.minor_units(), 500);
+        assert_eq!(submit.command_id.unwrap().as_str(), "t-1");
+        assert!(submit.wait);
+        for bad in [
+            &["ledger", "transfer", "acc-1", "acc-2"][..],
+            &["ledger", "transfer", "acc-1", "acc-2", "-5"],
+            &["ledger", "transfer", "acc-1", "a b", "5"],
+            &["ledger", "transfer", "acc-1", "acc-2", "1.5"],
+        ] {
+            let err = Cli::try_parse_from(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn totals_and_the_transfer_share_of_load() {
+        let cli = Cli::try_parse_from(["ledger", "totals", "--after", "v1.2.41"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Totals { after: Some(t) } if t == "v1.2.41"));
+        let load = |extra: &[&str]| {
+            let mut args = vec!["ledger", "load", "--accounts", "2", "--commands", "5"];
+            args.extend(extra);
+            Cli::try_parse_from(args).map(|c| match c.command {
+                Cmd::Load(l) => l.transfers,
+                other => panic!("not a load: {other:?}"),
+            })
+        };
+        assert_eq!(load(&[]).unwrap(), 0.0);
+        assert_eq!(load(&["--transfers", "0.3"]).unwrap(), 0.3);
+        assert_eq!(load(&["--transfers", "1.5"]).unwrap_err().exit_code(), 2);
     }
 
     #[test]

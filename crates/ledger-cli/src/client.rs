@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ledger_api::{
     Accepted, AccountView, BatchItem, BatchResults, CommandRequest, CommandView, ConsistencyParams,
-    ErrorBody, ErrorCode, ErrorDetail, Progress,
+    ErrorBody, ErrorCode, ErrorDetail, Progress, TotalsView,
 };
 use ledger_domain::{AccountId, CommandId};
 use rand::Rng;
@@ -293,6 +293,35 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/commands/{id}` until the command's status is final: a transfer is
+    /// pending until its credit or refund has come back through the log, which no token
+    /// names, so it is read again (with backoff) until it settles or `deadline` passes.
+    /// Returns the last answer, pending if the deadline passed first.
+    pub async fn command_settled(
+        &self,
+        id: &CommandId,
+        account: Option<&AccountId>,
+        after: Option<&str>,
+        deadline: Instant,
+    ) -> Result<CommandView, ClientError> {
+        let mut attempt = 0;
+        loop {
+            let v = self.command(id, account, after).await?;
+            let now = Instant::now();
+            if v.status.is_final() || now >= deadline {
+                return Ok(v);
+            }
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt).min(deadline - now)).await;
+        }
+    }
+
+    /// `GET /v1/totals`, optionally `?after=TOKEN`: the money of the whole group.
+    pub async fn totals(&self, after: Option<&str>) -> Result<TotalsView, ClientError> {
+        self.query(&["v1", "totals"], after, self.config.retry_for)
+            .await
+    }
+
     /// `GET /v1/progress?after=TOKEN`: returns once the projector has applied
     /// everything up to the token, retrying for up to `wait`.
     pub async fn wait_for_token(&self, token: &str, wait: Duration) -> Result<(), ClientError> {
@@ -487,6 +516,15 @@ impl Client {
             debug!(%url, attempts, ?delay, error = %failure, "retrying");
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+/// A query's answer, `None` when the service does not know the subject (404).
+pub fn found<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -11,11 +11,14 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 
 use crate::cli::{Cli, Cmd, LoadArgs, SubmitArgs};
-use crate::client::{backoff, Client, ClientConfig, ClientError, Service};
+use crate::client::{backoff, found, Client, ClientConfig, ClientError, Service};
 use crate::load::WorkloadSpec;
-use crate::output::{account_line, command_line, Output};
+use crate::output::{
+    account_line, command_line, outcome_text, settlement_text, totals_text, Output,
+};
 use crate::runner::{self, Aborted, LoadOptions, LoadReport};
-use ledger_api::{Accepted, CommandOutcome, CommandRequest, ErrorCode};
+use crate::verify::MoneyCheck;
+use ledger_api::{Accepted, CommandOutcome, CommandRequest, ErrorCode, LogPosition};
 use ledger_eventlog::tail::{TailError, TailOptions};
 
 /// How a run ended, when it ran to its end.
@@ -62,6 +65,21 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--wait` gave up on a transfer that is debited but neither credited nor refunded.
+    #[error(
+        "transfer {command_id} of {account} is still pending after {waited_s} s: debited, \
+         not yet credited to {to} nor refunded; see `ledger status {command_id} --account {account}`"
+    )]
+    StillPending {
+        /// The transfer's command id.
+        command_id: CommandId,
+        /// Its source.
+        account: AccountId,
+        /// Its destination.
+        to: AccountId,
+        /// How long `--wait` waited.
+        waited_s: u64,
+    },
 }
 
 impl CliError {
@@ -72,7 +90,7 @@ impl CliError {
             CliError::Aborted(a) => a.error.exit_code(),
             CliError::Usage(_) | CliError::Read { .. } => 2,
             CliError::Tail(TailError::NoSuchPartition { .. }) => 2,
-            CliError::Tail(_) => 3,
+            CliError::Tail(_) | CliError::StillPending { .. } => 3,
         }
     }
 
@@ -85,6 +103,7 @@ impl CliError {
             CliError::Read { .. } => "unreadable_input",
             CliError::Tail(TailError::NoSuchPartition { .. }) => "no_such_partition",
             CliError::Tail(_) => "log_unreachable",
+            CliError::StillPending { .. } => "still_pending",
         }
     }
 }
@@ -112,6 +131,27 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             amount,
             submit,
         } => submit_one(&client, out, account, CommandKind::Withdraw(amount), submit).await,
+        Cmd::Transfer {
+            from,
+            to,
+            amount,
+            submit,
+        } => {
+            // The ingest would refuse it (400 invalid_transfer): say so without asking.
+            if from == to {
+                return Err(CliError::Usage(format!(
+                    "from and to are both {from}: a transfer moves money between two accounts"
+                )));
+            }
+            submit_one(
+                &client,
+                out,
+                from,
+                CommandKind::Transfer { to, amount },
+                submit,
+            )
+            .await
+        }
         Cmd::Balance { account, after } => {
             let v = client.account(&account, after.as_deref()).await?;
             out.result(&v, || account_line(&v));
@@ -127,6 +167,15 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
                 .await?;
             out.result(&v, || command_line(&v));
             Ok(Exit::Success)
+        }
+        Cmd::Totals { after } => {
+            let t = client.totals(after.as_deref()).await?;
+            out.result(&t, || totals_text(&t));
+            Ok(if t.conserved {
+                Exit::Success
+            } else {
+                Exit::Mismatch
+            })
         }
         Cmd::Send { file, batch_size } => send(&client, out, &file, batch_size as usize).await,
         Cmd::Load(args) => load(client, out, args).await,
@@ -155,7 +204,7 @@ fn new_command_id() -> CommandId {
 }
 
 /// What `--wait` prints: the ingest's answer, the outcome, and the balance after it
-/// (`null` when the account is not open).
+/// (`null` when the account is not open); for a transfer also its destination's.
 #[derive(Debug, Serialize)]
 struct Waited {
     #[serde(flatten)]
@@ -164,6 +213,19 @@ struct Waited {
     reason: Option<String>,
     account_id: String,
     balance: Option<i64>,
+    #[serde(flatten)]
+    transfer: Option<WaitedTransfer>,
+}
+
+/// A transfer's part of [`Waited`].
+#[derive(Debug, Serialize)]
+struct WaitedTransfer {
+    to_account: String,
+    /// `null` when the destination is not open.
+    to_balance: Option<i64>,
+    amount: u64,
+    /// Where its credit (applied) or its refund (refunded) was applied.
+    settled_at: Option<LogPosition>,
 }
 
 async fn submit_one(
@@ -197,37 +259,99 @@ async fn submit_one(
         out.result(&a, || accepted_line);
         return Ok(Exit::Success);
     }
+    // A transfer is pending until its credit or refund has come back through the log.
+    let deadline = Instant::now() + client.retry_for();
     let status = client
-        .command(&command_id, Some(&command.account_id), Some(&a.token))
+        .command_settled(
+            &command_id,
+            Some(&command.account_id),
+            Some(&a.token),
+            deadline,
+        )
         .await?;
-    let account = match client.account(&command.account_id, Some(&a.token)).await {
-        Ok(v) => Some(v),
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
+    let to = match &command.kind {
+        CommandKind::Transfer { to, .. } => Some(to),
+        _ => None,
     };
-    let rejected = status.status != CommandOutcome::Applied;
+    if !status.status.is_final() {
+        return Err(CliError::StillPending {
+            command_id,
+            to: to.unwrap_or(&command.account_id).clone(),
+            account: command.account_id,
+            waited_s: client.retry_for().as_secs(),
+        });
+    }
+    let settled_at = status.transfer.as_ref().and_then(|t| t.settled_at);
+    let settled_token = status
+        .transfer
+        .as_ref()
+        .and_then(|t| t.settled_token.as_deref());
+    // Read each account after the event that last changed it: a refund in the source's
+    // partition, a credit in the destination's.
+    let source_after = match (status.status, settled_token) {
+        (CommandOutcome::Refunded, Some(t)) => t,
+        _ => &a.token,
+    };
+    let account = found(
+        client
+            .account(&command.account_id, Some(source_after))
+            .await,
+    )?;
+    let destination = match to {
+        Some(to) => {
+            let after = match (status.status, settled_token) {
+                (CommandOutcome::Applied, Some(t)) => Some(t),
+                _ => None,
+            };
+            Some((to, found(client.account(to, after).await)?))
+        }
+        None => None,
+    };
+    let applied = status.status == CommandOutcome::Applied;
+    let open_balance =
+        |v: &Option<ledger_api::AccountView>| v.as_ref().filter(|v| v.open).map(|v| v.balance);
     let waited = Waited {
         accepted: a,
         status: status.status,
         reason: status.reason.clone(),
         account_id: command.account_id.to_string(),
-        balance: account.as_ref().filter(|v| v.open).map(|v| v.balance),
+        balance: open_balance(&account),
+        transfer: match (&destination, &command.kind) {
+            (Some((to, v)), CommandKind::Transfer { amount, .. }) => Some(WaitedTransfer {
+                to_account: to.to_string(),
+                to_balance: open_balance(v),
+                amount: amount.minor_units(),
+                settled_at,
+            }),
+            _ => None,
+        },
     };
     out.result(&waited, || {
-        let outcome = match &status.reason {
-            Some(r) => format!("{} ({r})", status.status),
-            None => status.status.to_string(),
-        };
-        let balance = match &account {
+        let mut outcome = outcome_text(status.status, status.reason.as_deref());
+        if let Some(s) = status
+            .transfer
+            .as_ref()
+            .and_then(|t| settlement_text(t, status.status))
+        {
+            outcome.push_str(&format!(", {s}"));
+        }
+        let balance = |id: &AccountId, v: &Option<ledger_api::AccountView>| match v {
             Some(v) => account_line(v),
-            None => format!("{}: not open", command.account_id),
+            None => format!("{id}: not open"),
         };
-        format!("{accepted_line}\noutcome: {outcome}\n{balance}")
+        let mut text = format!(
+            "{accepted_line}\noutcome: {outcome}\n{}",
+            balance(&command.account_id, &account)
+        );
+        if let Some((to, v)) = &destination {
+            text.push_str(&format!("\n{}", balance(to, v)));
+        }
+        text
     });
-    Ok(if rejected {
-        Exit::Rejected
-    } else {
+    Ok(if applied {
         Exit::Success
+    } else {
+        Exit::Rejected
     })
 }
 
@@ -427,6 +551,7 @@ async fn load(client: Arc<Client>, out: Output, args: LoadArgs) -> Result<Exit, 
         commands: args.commands,
         seed,
         prefix,
+        transfers: args.transfers,
     };
 
     // Fail fast, and with exit 3, when a service is not there at all.
@@ -451,9 +576,14 @@ async fn load(client: Arc<Client>, out: Output, args: LoadArgs) -> Result<Exit, 
     }
     if !out.json {
         println!(
-            "load: {} accounts, then {} commands; seed {}, prefix {}, concurrency {}{}",
+            "load: {} accounts, then {} commands{}; seed {}, prefix {}, concurrency {}{}",
             spec.accounts,
             spec.commands,
+            if spec.transfers > 0.0 {
+                format!(" ({:.0} % transfers)", spec.transfers * 100.0)
+            } else {
+                String::new()
+            },
             spec.seed,
             spec.prefix,
             args.concurrency,
@@ -473,7 +603,7 @@ async fn load(client: Arc<Client>, out: Output, args: LoadArgs) -> Result<Exit, 
     let report = runner::run(client, opts, &run_id).await?;
     out.result(&report, || load_text(&report));
     Ok(match &report.verify {
-        Some(v) if v.mismatch_count > 0 => Exit::Mismatch,
+        Some(v) if !v.passed() => Exit::Mismatch,
         _ => Exit::Success,
     })
 }
@@ -498,6 +628,13 @@ fn load_text(r: &LoadReport) -> String {
         if v.lag_samples_failed > 0 {
             t.push_str(&format!(" ({} samples failed)", v.lag_samples_failed));
         }
+        if v.transfers_checked > 0 {
+            t.push_str(&format!(
+                "\n{} transfers settled {:.2} s after the catch-up",
+                v.transfers_checked,
+                v.settle_ms as f64 / 1000.0
+            ));
+        }
         if v.earlier_copies > 0 {
             t.push_str(&format!(
                 "\n{} retried commands were found written earlier than their accepted position",
@@ -518,8 +655,8 @@ fn load_text(r: &LoadReport) -> String {
                 v.mismatches.len()
             ));
             t.push_str(&format!(
-                "\n{} accepted commands lost, {} events applied twice",
-                v.lost, v.applied_twice
+                "\n{} accepted commands lost, {} events applied twice, {} transfers still pending",
+                v.lost, v.applied_twice, v.still_pending
             ));
             for m in &v.mismatches {
                 t.push_str(&format!(
@@ -528,13 +665,80 @@ fn load_text(r: &LoadReport) -> String {
                 ));
             }
         }
+        t.push_str(&format!("\n{}", money_line(&v.money)));
     }
     t
+}
+
+/// The money check of `--verify` in one line.
+fn money_line(m: &MoneyCheck) -> String {
+    let sums = if m.balance_sum == m.model_balance_sum {
+        format!(
+            "this run's balances sum to {}, as in the model",
+            m.balance_sum
+        )
+    } else {
+        format!(
+            "this run's balances sum to {}, the model's to {}",
+            m.balance_sum, m.model_balance_sum
+        )
+    };
+    if m.ok {
+        format!("money: conserved, every partition counted, nothing in flight; {sums}")
+    } else {
+        let yes_no = |b: bool| if b { "yes" } else { "NO" };
+        format!(
+            "MONEY WRONG: conserved {}, every partition counted {}, {} in pending transfers; {sums}",
+            yes_no(m.conserved),
+            yes_no(m.complete),
+            m.pending_transfers_sum
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transfer_still_pending_after_the_wait_exits_3_and_says_how_to_look_again() {
+        let e = CliError::StillPending {
+            command_id: CommandId::parse("t-1").unwrap(),
+            account: AccountId::parse("acc-1").unwrap(),
+            to: AccountId::parse("acc-2").unwrap(),
+            waited_s: 30,
+        };
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(e.code(), "still_pending");
+        let text = e.to_string();
+        assert!(text.contains("still pending after 30 s"), "{text}");
+        assert!(text.contains("ledger status t-1 --account acc-1"), "{text}");
+    }
+
+    #[test]
+    fn the_money_line_names_what_is_wrong() {
+        let mut m = MoneyCheck {
+            conserved: true,
+            complete: true,
+            pending_transfers_sum: 0,
+            balance_sum: 70,
+            model_balance_sum: 70,
+            ok: true,
+        };
+        assert_eq!(
+            money_line(&m),
+            "money: conserved, every partition counted, nothing in flight; \
+             this run's balances sum to 70, as in the model"
+        );
+        m.pending_transfers_sum = 30;
+        m.model_balance_sum = 100;
+        m.ok = false;
+        assert_eq!(
+            money_line(&m),
+            "MONEY WRONG: conserved yes, every partition counted yes, 30 in pending transfers; \
+             this run's balances sum to 70, the model's to 100"
+        );
+    }
 
     #[test]
     fn lines_without_a_command_id_get_one() {

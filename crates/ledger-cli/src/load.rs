@@ -4,7 +4,9 @@
 //! exactly (`--seed`). The run id only makes the command ids unique to one run, so that
 //! repeating a run against the same services is not taken as a retry of the last one.
 //!
-//! First one `open_account` per account (`{prefix}-{i}`), then the mix:
+//! First one `open_account` per account (`{prefix}-{i}`), then the mix. With
+//! `--transfers T` (default 0), each command of the mix is a transfer with probability
+//! T; the others keep these proportions:
 //!
 //! | share | what                                                               |
 //! |-------|--------------------------------------------------------------------|
@@ -14,6 +16,19 @@
 //! |  4 %  | `open_account` of an account that is already open                  |
 //! |  3 %  | deposit or withdrawal on an account never opened (`{prefix}-x{k}`) |
 //! |  3 %  | exact replay of an earlier command, same command id                |
+//!
+//! and the transfers these:
+//!
+//! | share | what                                                                      |
+//! |-------|---------------------------------------------------------------------------|
+//! | 85 %  | 1 to 8 000 between two distinct open accounts (sometimes more than the    |
+//! |       | source's balance: rejected `insufficient_funds`)                          |
+//! | 10 %  | 1 to 1 000 from an open account to one never opened (`{prefix}-x{k}`):    |
+//! |       | debited, then refunded `destination_not_open`                             |
+//! |  5 %  | deliberate overdraft: between two open accounts, far beyond any balance   |
+//!
+//! A replay may repeat a transfer like any other earlier command. With a single
+//! account, the transfers between two open accounts go to a never-opened one instead.
 
 use std::collections::BTreeSet;
 
@@ -24,7 +39,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 /// What to generate.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadSpec {
     /// Accounts opened first.
     pub accounts: u64,
@@ -34,6 +49,8 @@ pub struct WorkloadSpec {
     pub seed: u64,
     /// Prefix of the account ids; at most 40 characters of `[A-Za-z0-9._-]`.
     pub prefix: String,
+    /// Share of the mix that is transfers, 0.0 to 1.0.
+    pub transfers: f64,
 }
 
 /// What a generated command is meant to exercise.
@@ -54,6 +71,13 @@ pub enum OpKind {
     UnknownAccount,
     /// An earlier command sent again with the same command id.
     Replay,
+    /// A transfer between two distinct open accounts; rejected when the source's
+    /// balance is short at that point.
+    Transfer,
+    /// A transfer from an open account to one never opened: refunded.
+    TransferToUnopened,
+    /// A transfer between two open accounts far beyond any balance the run can build up.
+    TransferOverdraft,
 }
 
 /// One generated command.
@@ -95,9 +119,18 @@ impl Workload {
         self.opens.iter().chain(&self.commands)
     }
 
-    /// Every account the workload touches, opened or not, in order.
+    /// Every account the workload touches, opened or not, transfer destinations
+    /// included, in order.
     pub fn account_ids(&self) -> BTreeSet<&AccountId> {
-        self.ops().map(|op| &op.command.account_id).collect()
+        self.ops()
+            .flat_map(|op| {
+                let to = match &op.command.kind {
+                    CommandKind::Transfer { to, .. } => Some(to),
+                    _ => None,
+                };
+                std::iter::once(&op.command.account_id).chain(to)
+            })
+            .collect()
     }
 }
 
@@ -109,6 +142,9 @@ const WITHDRAW_MAX: u64 = 8_000;
 const OVERDRAFT_MIN: u64 = 1_000_000_000;
 /// Distinct never-opened accounts.
 const UNKNOWN_ACCOUNTS: u64 = 16;
+/// Amounts of transfers to a never-opened account: small, so that most are debited
+/// (and refunded) rather than rejected for want of funds.
+const UNOPENED_TRANSFER_MAX: u64 = 1_000;
 
 /// Generates the workload of `spec`; command ids are `{run_id}:{n}`.
 ///
@@ -143,9 +179,54 @@ pub fn generate(spec: &WorkloadSpec, run_id: &str) -> Workload {
     let mut commands: Vec<Op> = Vec::with_capacity(spec.commands as usize);
     // Indices of the mix's originals, the commands a replay may repeat.
     let mut originals: Vec<usize> = Vec::new();
+    let unopened = |rng: &mut StdRng| {
+        AccountId::parse(&format!(
+            "{}-x{}",
+            spec.prefix,
+            rng.random_range(0..UNKNOWN_ACCOUNTS)
+        ))
+        .expect("the prefix forms valid account ids")
+    };
     for _ in 0..spec.commands {
-        let roll = rng.random_range(0..1000u32);
         let any_account = |rng: &mut StdRng| account(rng.random_range(0..spec.accounts));
+        // Drawn only when transfers are asked for: without them the generator draws
+        // exactly the numbers it always did, so a seed keeps giving the same workload.
+        if spec.transfers > 0.0 && rng.random_bool(spec.transfers.min(1.0)) {
+            let roll = rng.random_range(0..100u32);
+            let from = rng.random_range(0..spec.accounts);
+            // Another open account, if there is one.
+            let other = (spec.accounts >= 2).then(|| {
+                let to = rng.random_range(0..spec.accounts - 1);
+                account(if to >= from { to + 1 } else { to })
+            });
+            let (kind, to, n) = match (roll, other) {
+                (0..85, Some(to)) => (OpKind::Transfer, to, rng.random_range(1..=WITHDRAW_MAX)),
+                (95..100, Some(to)) => (
+                    OpKind::TransferOverdraft,
+                    to,
+                    rng.random_range(OVERDRAFT_MIN..=ledger_domain::MAX_AMOUNT),
+                ),
+                _ => (
+                    OpKind::TransferToUnopened,
+                    unopened(&mut rng),
+                    rng.random_range(1..=UNOPENED_TRANSFER_MAX),
+                ),
+            };
+            originals.push(commands.len());
+            commands.push(Op {
+                kind,
+                command: Command {
+                    account_id: account(from),
+                    command_id: new_id(),
+                    kind: CommandKind::Transfer {
+                        to,
+                        amount: amount(n),
+                    },
+                },
+            });
+            continue;
+        }
+        let roll = rng.random_range(0..1000u32);
         let op = match roll {
             0..500 => Op {
                 kind: OpKind::Deposit,
@@ -182,7 +263,7 @@ pub fn generate(spec: &WorkloadSpec, run_id: &str) -> Workload {
                 },
             },
             940..970 => {
-                let k = rng.random_range(0..UNKNOWN_ACCOUNTS);
+                let account_id = unopened(&mut rng);
                 let a = amount(rng.random_range(1..=DEPOSIT_MAX));
                 let kind = if rng.random_bool(0.5) {
                     CommandKind::Deposit(a)
@@ -192,8 +273,7 @@ pub fn generate(spec: &WorkloadSpec, run_id: &str) -> Workload {
                 Op {
                     kind: OpKind::UnknownAccount,
                     command: Command {
-                        account_id: AccountId::parse(&format!("{}-x{k}", spec.prefix))
-                            .expect("the prefix forms valid account ids"),
+                        account_id,
                         command_id: new_id(),
                         kind,
                     },
@@ -233,7 +313,39 @@ mod tests {
             commands,
             seed,
             prefix: format!("load-{seed}"),
+            transfers: 0.0,
         }
+    }
+
+    fn with_transfers(share: f64, accounts: u64, commands: u64, seed: u64) -> WorkloadSpec {
+        WorkloadSpec {
+            transfers: share,
+            ..spec(accounts, commands, seed)
+        }
+    }
+
+    /// FNV-1a of every op, in order: a fingerprint of a workload.
+    fn fingerprint(w: &Workload) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for op in w.ops() {
+            let kind = match &op.command.kind {
+                CommandKind::OpenAccount => "o".to_string(),
+                CommandKind::Deposit(a) => format!("d{}", a.minor_units()),
+                CommandKind::Withdraw(a) => format!("w{}", a.minor_units()),
+                CommandKind::Transfer { to, amount } => format!("t{to}{}", amount.minor_units()),
+            };
+            let line = format!(
+                "{:?} {} {} {kind};",
+                op.kind,
+                op.command.account_id,
+                op.command_id()
+            );
+            for b in line.bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
     }
 
     #[test]
@@ -254,6 +366,21 @@ mod tests {
         assert!(d
             .ops()
             .all(|o| o.command_id().as_str().starts_with("other:")));
+    }
+
+    #[test]
+    fn without_transfers_a_seed_gives_the_workload_it_always_gave() {
+        // The fingerprint of this workload before transfers existed: `--transfers 0`
+        // must not change what a seed generates.
+        let w = generate(&spec(50, 5000, 7), "run");
+        assert_eq!(fingerprint(&w), 0xb09d_04c3_bd8c_efd3);
+        assert!(w
+            .commands
+            .iter()
+            .all(|o| !matches!(o.command.kind, CommandKind::Transfer { .. })));
+        // And with transfers the seed still decides everything.
+        let t = with_transfers(0.2, 50, 5000, 7);
+        assert_eq!(generate(&t, "run"), generate(&t, "run"));
     }
 
     #[test]
@@ -303,6 +430,90 @@ mod tests {
     }
 
     #[test]
+    fn transfers_take_their_share_and_the_rest_keeps_its_proportions() {
+        let n = 40_000;
+        let w = generate(&with_transfers(0.3, 50, n, 3), "r");
+        let mut counts: HashMap<OpKind, u64> = HashMap::new();
+        for op in &w.commands {
+            *counts.entry(op.kind).or_default() += 1;
+        }
+        let share = |k| counts.get(&k).copied().unwrap_or(0) as f64 / n as f64;
+        let near = |k, want: f64| {
+            let got = share(k);
+            assert!((got - want).abs() < 0.01, "{k:?}: {got} vs {want}");
+        };
+        near(OpKind::Transfer, 0.3 * 0.85);
+        near(OpKind::TransferToUnopened, 0.3 * 0.10);
+        near(OpKind::TransferOverdraft, 0.3 * 0.05);
+        near(OpKind::Deposit, 0.7 * 0.50);
+        near(OpKind::Withdraw, 0.7 * 0.35);
+        near(OpKind::Overdraft, 0.7 * 0.05);
+        near(OpKind::DuplicateOpen, 0.7 * 0.04);
+        near(OpKind::UnknownAccount, 0.7 * 0.03);
+        near(OpKind::Replay, 0.7 * 0.03);
+        // Replays repeat transfers too.
+        assert!(w
+            .commands
+            .iter()
+            .any(|o| o.kind == OpKind::Replay
+                && matches!(o.command.kind, CommandKind::Transfer { .. })));
+
+        let all = generate(&with_transfers(1.0, 5, 1000, 3), "r");
+        assert!(all
+            .commands
+            .iter()
+            .all(|o| matches!(o.command.kind, CommandKind::Transfer { .. })));
+    }
+
+    #[test]
+    fn every_transfer_names_two_different_accounts() {
+        for accounts in [1, 2, 10] {
+            let w = generate(&with_transfers(0.5, accounts, 3000, 13), "r");
+            let opened: HashSet<&AccountId> =
+                w.opens.iter().map(|o| &o.command.account_id).collect();
+            let mut transfers = 0;
+            for op in &w.commands {
+                let CommandKind::Transfer { to, amount } = &op.command.kind else {
+                    continue;
+                };
+                transfers += 1;
+                let from = &op.command.account_id;
+                assert_ne!(from, to, "{op:?}");
+                assert!(opened.contains(from), "{op:?}");
+                assert!(w.account_ids().contains(to));
+                match op.kind {
+                    OpKind::Transfer => {
+                        assert!(opened.contains(to));
+                        assert!(amount.minor_units() <= WITHDRAW_MAX);
+                    }
+                    OpKind::TransferOverdraft => {
+                        assert!(opened.contains(to));
+                        assert!(amount.minor_units() > 3000 * DEPOSIT_MAX);
+                    }
+                    OpKind::TransferToUnopened => {
+                        assert!(!opened.contains(to));
+                        assert!(to.as_str().starts_with("load-13-x"), "{to}");
+                        assert!(amount.minor_units() <= UNOPENED_TRANSFER_MAX);
+                    }
+                    OpKind::Replay => {}
+                    other => panic!("{other:?} is not a transfer"),
+                }
+            }
+            assert!(
+                transfers > 1000,
+                "{accounts} accounts: {transfers} transfers"
+            );
+            if accounts == 1 {
+                // No second open account: every transfer goes to a never-opened one.
+                assert!(w
+                    .commands
+                    .iter()
+                    .all(|o| !matches!(o.kind, OpKind::Transfer | OpKind::TransferOverdraft)));
+            }
+        }
+    }
+
+    #[test]
     fn kinds_do_what_they_say() {
         let w = generate(&spec(10, 5000, 11), "r");
         let opened: HashSet<&AccountId> = w.opens.iter().map(|o| &o.command.account_id).collect();
@@ -329,6 +540,9 @@ mod tests {
                     assert!(acc.as_str().starts_with("load-11-x"));
                 }
                 OpKind::Replay => {}
+                OpKind::Transfer | OpKind::TransferToUnopened | OpKind::TransferOverdraft => {
+                    panic!("no transfers without --transfers")
+                }
             }
         }
     }
@@ -356,9 +570,15 @@ mod tests {
 
     #[test]
     fn every_command_is_valid_json_for_the_ingest() {
-        let w = generate(&spec(3, 500, 1), "0123456789abcdef0123456789abcdef");
+        let w = generate(
+            &with_transfers(0.3, 3, 500, 1),
+            "0123456789abcdef0123456789abcdef",
+        );
         for op in w.ops() {
             assert_eq!(Command::from(op.request()), op.command);
+            // What the ingest validates, transfers between two accounts included.
+            let json = serde_json::to_value(op.request()).unwrap();
+            assert_eq!(Command::from_json(&json).as_ref(), Ok(&op.command));
         }
     }
 
@@ -373,6 +593,7 @@ mod tests {
             commands: 300,
             seed: 0,
             prefix,
+            transfers: 0.5,
         };
         assert_eq!(
             generate(&s, "0123456789abcdef0123456789abcdef").opens.len(),

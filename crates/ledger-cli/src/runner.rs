@@ -47,6 +47,8 @@ pub struct LoadReport {
     pub accounts: u64,
     /// Commands of the mix.
     pub commands: u64,
+    /// The share of the mix that is transfers.
+    pub transfers: f64,
     /// Requests in flight.
     pub concurrency: usize,
     /// The pace asked for, if any.
@@ -160,6 +162,7 @@ pub async fn run(
         prefix: opts.spec.prefix.clone(),
         accounts: opts.spec.accounts,
         commands: opts.spec.commands,
+        transfers: opts.spec.transfers,
         concurrency: opts.concurrency,
         rate: opts.rate,
         sent: total as u64,

@@ -33,6 +33,15 @@ enum Content {
         time: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         amount: Option<u64>,
+        /// A transfer's destination (on the transfer, its completion and its refund).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to_account: Option<String>,
+        /// A credit's source.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from_account: Option<String>,
+        /// Why a refund's destination refused the credit.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
     },
     Undecodable {
         key: Option<String>,
@@ -51,22 +60,35 @@ struct LineError {
 
 fn line(t: Tailed) -> Line {
     let content = match t.event {
-        Ok(e) => Content::Event {
-            event_type: cloudevents::event_type(&e.body),
-            event_id: uuid::Uuid::from_u128(e.event_id),
-            command_id: e.command_id.to_string(),
-            account_id: e.account_id.to_string(),
-            time: cloudevents::time(e.time_ms),
-            amount: match e.body {
-                EventBody::OpenAccount => None,
-                EventBody::Deposit { amount }
-                | EventBody::Withdraw { amount }
-                | EventBody::Transfer { amount, .. }
-                | EventBody::TransferCredit { amount, .. }
-                | EventBody::TransferRefund { amount, .. }
-                | EventBody::TransferCompleted { amount, .. } => Some(amount.minor_units()),
-            },
-        },
+        Ok(e) => {
+            let (amount, to_account, from_account, reason) = match &e.body {
+                EventBody::OpenAccount => (None, None, None, None),
+                EventBody::Deposit { amount } | EventBody::Withdraw { amount } => {
+                    (Some(amount), None, None, None)
+                }
+                EventBody::Transfer { to, amount }
+                | EventBody::TransferCompleted { to, amount } => {
+                    (Some(amount), Some(to), None, None)
+                }
+                EventBody::TransferCredit { from, amount } => {
+                    (Some(amount), None, Some(from), None)
+                }
+                EventBody::TransferRefund { to, amount, reason } => {
+                    (Some(amount), Some(to), None, Some(reason.code()))
+                }
+            };
+            Content::Event {
+                event_type: cloudevents::event_type(&e.body),
+                event_id: uuid::Uuid::from_u128(e.event_id),
+                command_id: e.command_id.to_string(),
+                account_id: e.account_id.to_string(),
+                time: cloudevents::time(e.time_ms),
+                amount: amount.map(|a| a.minor_units()),
+                to_account: to_account.map(ToString::to_string),
+                from_account: from_account.map(ToString::to_string),
+                reason,
+            }
+        }
         Err(e) => Content::Undecodable {
             key: t.key,
             event_type: t.ce_type,
@@ -127,6 +149,64 @@ mod tests {
             serde_json::to_string(&line(t)).unwrap(),
             r#"{"partition":2,"offset":41,"type":"ledger.withdrawn.v1","event_id":"01923456-789a-7bcd-8ef0-123456789abc","command_id":"c-42","account_id":"acc-1","time":"2026-01-01T00:00:00.000Z","amount":300}"#
         );
+    }
+
+    #[test]
+    fn transfer_events_carry_their_other_account_and_a_refund_its_reason() {
+        use ledger_domain::{AccountId, Amount, Rejection};
+        let base = test_vector_event();
+        let amount = Amount::new(500).unwrap();
+        let acc = |s: &str| AccountId::parse(s).unwrap();
+        let print = |body: EventBody| {
+            let t = Tailed {
+                partition: 2,
+                offset: 41,
+                key: None,
+                ce_type: None,
+                event: Ok(ledger_domain::Event {
+                    body,
+                    ..base.clone()
+                }),
+            };
+            serde_json::to_value(line(t)).unwrap()
+        };
+        let v = print(EventBody::Transfer {
+            to: acc("acc-2"),
+            amount,
+        });
+        assert_eq!(v["to_account"], "acc-2");
+        assert_eq!(v["amount"], 500);
+        assert_eq!(v["account_id"], "acc-1");
+        assert!(v.get("from_account").is_none() && v.get("reason").is_none());
+        let v = print(EventBody::TransferCredit {
+            from: acc("acc-1"),
+            amount,
+        });
+        assert_eq!(v["from_account"], "acc-1");
+        assert!(v.get("to_account").is_none());
+        let v = print(EventBody::TransferRefund {
+            to: acc("acc-x"),
+            amount,
+            reason: Rejection::DestinationNotOpen,
+        });
+        assert_eq!(v["to_account"], "acc-x");
+        assert_eq!(v["reason"], "destination_not_open");
+        let v = print(EventBody::TransferCompleted {
+            to: acc("acc-2"),
+            amount,
+        });
+        assert_eq!(v["to_account"], "acc-2");
+        // The fields every event has are still there.
+        for key in [
+            "partition",
+            "offset",
+            "type",
+            "event_id",
+            "command_id",
+            "time",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
     }
 
     #[test]

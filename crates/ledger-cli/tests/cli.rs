@@ -171,6 +171,18 @@ fn usage_errors_exit_2_before_any_request() {
         &["status", ""],
         &["load", "--accounts", "0", "--commands", "1"],
         &["load", "--accounts", "1", "--commands", "1", "--rate", "0"],
+        &[
+            "load",
+            "--accounts",
+            "2",
+            "--commands",
+            "1",
+            "--transfers",
+            "1.5",
+        ],
+        &["transfer", "acc-1", "acc-1", "5"],
+        &["transfer", "acc-1", "acc-2", "0"],
+        &["transfer", "acc-1", "acc-2"],
         &["frobnicate"],
     ] {
         let o = run(
@@ -376,6 +388,127 @@ fn wait_prints_the_outcome_and_the_balance_and_a_rejection_exits_1() {
 }
 
 #[test]
+fn transfer_wait_prints_both_balances_and_a_refund_or_rejection_exits_1() {
+    let (from, to) = (unique("from"), unique("to"));
+    for acc in [&from, &to] {
+        assert_eq!(code(&run(&mut ledger(), &["open", acc, "--wait"])), 0);
+    }
+    assert_eq!(
+        code(&run(&mut ledger(), &["deposit", &from, "1000", "--wait"])),
+        0
+    );
+
+    let o = run(&mut ledger(), &["transfer", &from, &from, "5"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("two accounts"), "{}", stderr(&o));
+
+    let tid = unique("t");
+    let o = run(
+        &mut ledger(),
+        &[
+            "transfer",
+            &from,
+            &to,
+            "300",
+            "--wait",
+            "--command-id",
+            &tid,
+        ],
+    );
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(&format!("accepted transfer of 300 from {from} to {to}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("outcome: applied, settled at partition"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{from}: balance 700")), "{out}");
+    assert!(out.contains(&format!("{to}: balance 300")), "{out}");
+
+    let o = run(&mut ledger(), &["status", &tid, "--account", &from]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("applied on {from}"))
+            && stdout(&o).contains(&format!("; transfer of 300 to {to}, settled at partition")),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&mut ledger(), &["--json", "status", &tid]);
+    let v = json(&o);
+    assert_eq!(v["transfer"]["to_account"], to.as_str());
+    assert_eq!(v["transfer"]["amount"], 300);
+    assert!(v["transfer"]["settled_at"]["offset"].is_i64());
+
+    // To an account never opened: debited, then refunded.
+    let ghost = unique("ghost");
+    let o = run(
+        &mut ledger(),
+        &["--json", "transfer", &from, &ghost, "100", "--wait"],
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["status"], "refunded");
+    assert_eq!(v["reason"], "destination_not_open");
+    assert_eq!(v["balance"], 700);
+    assert_eq!(v["to_account"], ghost.as_str());
+    assert_eq!(v["to_balance"], Value::Null);
+    assert!(v["settled_at"]["partition"].is_i64(), "{v}");
+
+    let o = run(&mut ledger(), &["transfer", &from, &to, "5000", "--wait"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("outcome: rejected (insufficient_funds)"),
+        "{}",
+        stdout(&o)
+    );
+
+    // The money of the whole topic: conserved, as always.
+    let o = run(&mut ledger(), &["--json", "totals"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["conserved"], true);
+    let o = run(&mut ledger(), &["totals"]);
+    assert!(stdout(&o).contains("conserved: yes"), "{}", stdout(&o));
+}
+
+#[test]
+fn load_with_transfers_verifies_every_settlement_and_the_money() {
+    let o = run(
+        &mut ledger(),
+        &[
+            "--json",
+            "load",
+            "--accounts",
+            "10",
+            "--commands",
+            "300",
+            "--transfers",
+            "0.4",
+            "--verify",
+            "--prefix",
+            &unique("lt"),
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let v = json(&o);
+    let verify = &v["verify"];
+    assert_eq!(verify["mismatch_count"], 0, "{verify}");
+    assert_eq!(verify["still_pending"], 0);
+    assert!(
+        verify["transfers_checked"].as_u64().unwrap() > 50,
+        "{verify}"
+    );
+    assert_eq!(verify["money"]["ok"], true, "{verify}");
+    assert_eq!(
+        verify["money"]["balance_sum"],
+        verify["money"]["model_balance_sum"]
+    );
+}
+
+#[test]
 fn send_reports_accepted_and_invalid_lines() {
     let acc = unique("send");
     let lines = [
@@ -576,6 +709,55 @@ fn tail_prints_the_events_of_the_log_as_json_lines() {
     assert_eq!(ours[1]["amount"], 250);
     assert_eq!(ours[1]["offset"], deposited["offset"]);
     assert!(lines.iter().all(|l| l["partition"] == opened["partition"]));
+
+    // A transfer to an account never opened: the transfer and the projector's refund
+    // land in the source's partition, each with its other account.
+    let o = run(
+        &mut ledger(),
+        &[
+            "--json",
+            "transfer",
+            &account,
+            &unique("nobody"),
+            "50",
+            "--wait",
+        ],
+    );
+    assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stderr));
+    let refunded: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = run(
+        &mut bare(),
+        &[
+            "tail",
+            "--from-beginning",
+            "--partition",
+            &partition,
+            "--brokers",
+            &s.brokers,
+            "--topic",
+            &s.topic,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+        .filter(|l: &Value| l["account_id"] == account.as_str())
+        .collect();
+    let transfer = lines
+        .iter()
+        .find(|l| l["offset"] == refunded["offset"])
+        .expect("the transfer's event");
+    assert_eq!(transfer["to_account"], refunded["to_account"]);
+    assert_eq!(transfer["amount"], 50);
+    let refund = lines
+        .iter()
+        .find(|l| l["offset"] == refunded["settled_at"]["offset"])
+        .expect("the refund's event");
+    assert_eq!(refund["to_account"], refunded["to_account"]);
+    assert_eq!(refund["reason"], "destination_not_open");
+    assert_eq!(refund["command_id"], transfer["command_id"]);
 
     let o = run(
         &mut bare(),

@@ -337,6 +337,11 @@ pub struct LoadResult {
     pub applied_twice: u64,
     /// Any difference from the model.
     pub mismatches: u64,
+    /// Transfers among the accepted commands, each checked settled.
+    pub transfers: u64,
+    /// Whether the group's money was conserved, nothing was left in flight, and the run's
+    /// balances summed to the model's.
+    pub money_conserved: bool,
     /// The whole JSON report.
     pub report: Value,
     /// For the broker faults: seconds from the brokers being back to the ingest
@@ -370,6 +375,8 @@ impl Load {
             lost: n(&verify["lost"]),
             applied_twice: n(&verify["applied_twice"]),
             mismatches: n(&verify["mismatch_count"]),
+            transfers: n(&verify["transfers_checked"]),
+            money_conserved: verify["money"]["ok"].as_bool().unwrap_or(false),
             report: report.clone(),
             recovery_s: None,
             client_restarts: (0, 0),
@@ -388,8 +395,15 @@ impl Load {
 /// One line about a load's result.
 pub fn summary(r: &LoadResult) -> String {
     format!(
-        "accepted {}, lost {}, applied twice {}, mismatches {}, producers replaced {}, consumers recreated {}",
-        r.accepted, r.lost, r.applied_twice, r.mismatches, r.client_restarts.0, r.client_restarts.1
+        "accepted {} ({} transfers), lost {}, applied twice {}, mismatches {}, money {}, producers replaced {}, consumers recreated {}",
+        r.accepted,
+        r.transfers,
+        r.lost,
+        r.applied_twice,
+        r.mismatches,
+        if r.money_conserved { "conserved" } else { "NOT conserved" },
+        r.client_restarts.0,
+        r.client_restarts.1
     )
 }
 

@@ -43,6 +43,11 @@ async fn case(fault: Fault, spec: LoadSpec, own_broker: Own) {
         "{fault}: {}",
         summary(&r)
     );
+    assert!(
+        r.money_conserved && r.transfers > 0,
+        "{fault}: transfers in the mix, money conserved: {}",
+        summary(&r)
+    );
     eprintln!(
         "{fault}: {}{}",
         summary(&r),

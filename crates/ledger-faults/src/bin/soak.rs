@@ -1,7 +1,8 @@
 //! `soak`: the fault suite's faults in a random loop for as long as asked, each round a
-//! fresh stack with a verified load. Ends with a table of faults injected, commands
-//! accepted, lost and applied twice, and exits 1 unless the last two are 0 and every
-//! round verified. Run it through `scripts/soak.sh --minutes N`.
+//! fresh stack with a verified load, a fifth of it transfers. Ends with a table of faults
+//! injected, commands accepted (and transfers among them), lost, applied twice and rounds
+//! whose money was not conserved, and exits 1 unless the last three are 0 and every round
+//! verified. Run it through `scripts/soak.sh --minutes N`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -36,8 +37,11 @@ struct Args {
 struct Tally {
     rounds: u64,
     accepted: u64,
+    transfers: u64,
     lost: u64,
     applied_twice: u64,
+    /// Rounds whose money was not conserved (or left in flight).
+    money_wrong: u64,
     failed: u64,
 }
 
@@ -89,11 +93,14 @@ async fn main() -> Result<()> {
         match run(fault, &bins, &brokers, Some(own), &topic, dir.path(), spec).await {
             Ok(r) => {
                 t.accepted += r.accepted;
+                t.transfers += r.transfers;
                 t.lost += r.lost;
                 t.applied_twice += r.applied_twice;
+                t.money_wrong += u64::from(!r.money_conserved);
                 eprintln!(
-                    "round {round}: {fault}, {} commands at {}/s: accepted {}, lost {}, applied twice {}{} ({:.0} s)",
-                    spec.accounts + spec.commands, spec.rate, r.accepted, r.lost, r.applied_twice,
+                    "round {round}: {fault}, {} commands at {}/s: accepted {} ({} transfers), lost {}, applied twice {}, money {}{} ({:.0} s)",
+                    spec.accounts + spec.commands, spec.rate, r.accepted, r.transfers, r.lost, r.applied_twice,
+                    if r.money_conserved { "conserved" } else { "NOT conserved" },
                     r.recovery_s.map(|s| format!(", every new command got a 202 from {s:.1} s after the brokers were back")).unwrap_or_default(),
                     started.elapsed().as_secs_f64()
                 );
@@ -112,8 +119,10 @@ async fn main() -> Result<()> {
     let total = tally.values().fold(Tally::default(), |mut a, t| {
         a.rounds += t.rounds;
         a.accepted += t.accepted;
+        a.transfers += t.transfers;
         a.lost += t.lost;
         a.applied_twice += t.applied_twice;
+        a.money_wrong += t.money_wrong;
         a.failed += t.failed;
         a
     });
@@ -121,18 +130,18 @@ async fn main() -> Result<()> {
         "\nsoak: {} min, seed {seed}, {} rounds\n",
         args.minutes, total.rounds
     );
-    println!("| fault | injected | commands accepted | lost | applied twice | rounds failed |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| fault | injected | commands accepted | of which transfers | lost | applied twice | money not conserved | rounds failed |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, t) in tally.iter().chain([(&"total".to_string(), &total)]) {
         println!(
-            "| {name} | {} | {} | {} | {} | {} |",
-            t.rounds, t.accepted, t.lost, t.applied_twice, t.failed
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            t.rounds, t.accepted, t.transfers, t.lost, t.applied_twice, t.money_wrong, t.failed
         );
     }
     for f in &failures {
         println!("\n{f}");
     }
-    if total.lost > 0 || total.applied_twice > 0 || total.failed > 0 {
+    if total.lost > 0 || total.applied_twice > 0 || total.money_wrong > 0 || total.failed > 0 {
         std::process::exit(1);
     }
     Ok(())
