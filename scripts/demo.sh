@@ -11,7 +11,10 @@
 #   3. the projector killed with SIGKILL in the middle of a load and restarted: every balance
 #      and command status still matches a model of what was accepted;
 #   4. an overdraft accepted by the ingest and rejected by the projector, and why;
-#   5. the log itself, as any other service reads it: `ledger tail` prints the events.
+#   5. a transfer across two partitions: the debit is visible with the transfer's token, then
+#      the credit with the token of where it settled; one to an account never opened comes
+#      back as a refund; the group's money adds up;
+#   6. the log itself, as any other service reads it: `ledger tail` prints the events.
 # It stops everything it started (also on Ctrl-C or failure) and exits non-zero when a check
 # fails.
 #
@@ -130,8 +133,8 @@ check "the projector caught up (lag 0)" test "$lag" = 0
 
 # ---------------------------------------------------------------------------------------
 say "3. SIGKILL the projector in the middle of a load, restart it: nothing lost, nothing twice"
-show "ledger load --accounts 50 --commands 6000 --seed 42 --prefix demo-crash --verify &"
-ledger load --accounts 50 --commands 6000 --seed 42 --prefix demo-crash --concurrency 16 --verify >"$WORK/load.out" 2>&1 &
+show "ledger load --accounts 50 --commands 6000 --transfers 0.2 --seed 42 --prefix demo-crash --verify &"
+ledger load --accounts 50 --commands 6000 --transfers 0.2 --seed 42 --prefix demo-crash --concurrency 16 --verify >"$WORK/load.out" 2>&1 &
 LOAD_PID=$!
 base=$(applied_total)
 deadline=$(( $(date +%s) + 60 ))
@@ -146,7 +149,7 @@ load_rc=0
 wait "$LOAD_PID" || load_rc=$?
 LOAD_PID=
 sed 's/^/   /' "$WORK/load.out" | grep -vE '^\s*$' | tail -n 12
-check "ledger load --verify: every balance and command status matches the model (exit $load_rc)" test "$load_rc" = 0
+check "ledger load --verify: every balance, command and transfer status matches the model, money conserved (exit $load_rc)" test "$load_rc" = 0
 
 # ---------------------------------------------------------------------------------------
 say "4. An overdraft: accepted by the ingest, rejected by the projector"
@@ -164,7 +167,55 @@ check "the withdraw --wait exited 1 (rejected)" test "$rc" = 1
 check "demo-bob's balance is still 0" test "$(ledger --json balance demo-bob | json 'd["balance"]')" = 0
 
 # ---------------------------------------------------------------------------------------
-say "5. The log is the record, and any service can listen: ledger tail"
+say "5. A transfer across two partitions: no dual write, the log carries the credit"
+show "ledger open demo-carol --wait; ledger deposit demo-carol 1000 --wait"
+carol_p=$(ledger --json open demo-carol | json 'd["partition"]')
+ledger deposit demo-carol 1000 --wait >/dev/null
+# A destination in another partition than carol's: the 202 of each open says where it went.
+dest= dest_p=
+for name in demo-dave demo-erin demo-frank demo-grace demo-heidi demo-ivan demo-judy demo-mallory; do
+  p=$(ledger --json open "$name" | json 'd["partition"]')
+  if [[ "$p" != "$carol_p" ]]; then dest=$name dest_p=$p; break; fi
+done
+note "demo-carol lives in partition $carol_p, $dest in partition $dest_p"
+show "ledger --json transfer demo-carol $dest 300 --command-id demo-transfer-1"
+accepted=$(ledger --json transfer demo-carol "$dest" 300 --command-id demo-transfer-1)
+echo "$accepted" | sed 's/^/   /'
+token=$(json 'd["token"]' <<<"$accepted")
+debited=$(curl -sS "$P/v1/accounts/demo-carol?after=$token")
+first=$(curl -sS "$P/v1/commands/demo-transfer-1?account_id=demo-carol")
+note "carol, read with the transfer's token:   $debited"
+note "the transfer right then:                 status $(json 'd["status"]' <<<"$first")"
+note "(the debit and the credit are two events in two partitions: the projector wrote the credit"
+note " to the log, keyed by $dest, before it stored the debit; nothing wrote both at once)"
+deadline=$(( $(date +%s) + 30 ))
+while :; do
+  settled=$(curl -sS "$P/v1/commands/demo-transfer-1?account_id=demo-carol")
+  [[ "$(json 'd["status"]' <<<"$settled")" != pending ]] && break
+  (( $(date +%s) < deadline )) || break
+  sleep 0.05
+done
+settled_token=$(json 'd["transfer"]["settled_token"]' <<<"$settled")
+credited=$(curl -sS "$P/v1/accounts/$dest?after=$settled_token")
+note "the transfer, settled:                   $settled"
+note "$dest, read with the settlement's token: $credited"
+check "carol was debited (700 with the transfer's token)" test "$(json 'd["balance"]' <<<"$debited")" = 700
+check "the transfer was applied" test "$(json 'd["status"]' <<<"$settled")" = applied
+check "it settled in $dest's partition, not carol's" test "$(json 'd["transfer"]["settled_at"]["partition"]' <<<"$settled")" = "$dest_p"
+check "$dest was credited (300 with the settlement's token)" test "$(json 'd["balance"]' <<<"$credited")" = 300
+show "ledger transfer demo-carol demo-nobody 100 --command-id demo-transfer-2 --wait"
+rc=0
+out=$(ledger transfer demo-carol demo-nobody 100 --command-id demo-transfer-2 --wait) || rc=$?
+echo "$out" | sed 's/^/   /'
+refund=$(ledger --json status demo-transfer-2)
+check "a transfer to an account never opened is refunded (exit $rc)" test "$(json 'd["status"] + ":" + d["reason"]' <<<"$refund")" = refunded:destination_not_open
+check "carol has her 100 back (700)" test "$(ledger --json balance demo-carol | json 'd["balance"]')" = 700
+show "ledger totals"
+ledger totals | sed 's/^/   /'
+check "the group's money is conserved, nothing in flight" test "$(ledger --json totals | json 'str(d["conserved"] and d["pending_transfers_sum"] == 0)')" = True
+
+# ---------------------------------------------------------------------------------------
+say "6. The log is the record, and any service can listen: ledger tail"
 show "ledger tail --from-beginning | grep demo-bob"
 ledger tail --brokers "$BROKERS" --topic "$TOPIC" --from-beginning >"$WORK/tail.jsonl"
 grep '"account_id":"demo-bob"' "$WORK/tail.jsonl" | sed 's/^/   /' || true
@@ -182,5 +233,6 @@ check "the log holds demo-bob's open, then the overdraft the projector rejected"
 say "Summary"
 note "$((CHECKS - FAILED)) of $CHECKS checks passed in $(( $(date +%s) - START )) s after the build"
 note "the ingest wrote each command once, to Kafka; the projector caught up after a pause and"
-note "after a SIGKILL, and consistency tokens made the eventual consistency visible and bounded."
+note "after a SIGKILL, a transfer crossed partitions through the log with its money conserved,"
+note "and consistency tokens made the eventual consistency visible and bounded."
 (( FAILED == 0 ))

@@ -498,6 +498,7 @@ pub async fn verify(client: &Arc<Client>, run: RunRecord<'_>) -> Result<VerifyRe
         .map(|(i, _)| (&ops[*i].command.account_id, ops[*i].command_id()))
         .collect();
     let wrong_refunds = refunds_to_open_accounts(&oracle, &opened_first, &settlements);
+    let misplaced = settled_elsewhere(&oracle, &settlements);
 
     // 8. The money: the group's, and this run's against the model.
     let balance_sum: i128 = account_checks.iter().map(|(_, _, b)| i128::from(*b)).sum();
@@ -519,6 +520,7 @@ pub async fn verify(client: &Arc<Client>, run: RunRecord<'_>) -> Result<VerifyRe
         .chain(account_checks.into_iter().filter_map(|(m, _, _)| m))
         .chain(command_checks.into_iter().filter_map(|(m, _)| m))
         .chain(wrong_refunds)
+        .chain(misplaced)
         .collect();
     Ok(VerifyReport {
         catch_up_ms: catch_up.as_millis(),
@@ -694,6 +696,40 @@ fn refunds_to_open_accounts(
                 subject: format!("command {} of {}", s.command_id, s.account),
                 expected: format!("credited: {to} was open before the transfer was sent"),
                 actual: outcome_text(CommandOutcome::Refunded, Some(reason.code())),
+            })
+        })
+        .collect()
+}
+
+/// Settlements reported in a partition where they cannot be: a credit lands in its
+/// destination's partition, a refund in its source's. Each account's partition is where
+/// the ingest put its commands; a destination the run never wrote to is not judged.
+fn settled_elsewhere(oracle: &Oracle, settlements: &[Settlement]) -> Vec<Mismatch> {
+    let partition: HashMap<&AccountId, i32> = oracle
+        .first_position
+        .iter()
+        .map(|((account, _), (p, _))| (account, *p))
+        .collect();
+    settlements
+        .iter()
+        .filter_map(|s| {
+            let record = oracle
+                .model
+                .commands
+                .get(&(s.account.clone(), s.command_id.clone()))?;
+            let to = &record.transfer.as_ref()?.to;
+            let (at, whose) = match s.settled {
+                Settled::Credited(at) => (at, to),
+                Settled::Refunded(at, _) => (at, &s.account),
+            };
+            let expected = *partition.get(whose)?;
+            (at.partition != expected).then(|| Mismatch {
+                subject: format!("command {} of {}", s.command_id, s.account),
+                expected: format!("settled in partition {expected}, {whose}'s"),
+                actual: format!(
+                    "settled at partition {}, offset {}",
+                    at.partition, at.offset
+                ),
             })
         })
         .collect()
@@ -941,6 +977,21 @@ mod tests {
             compare_command(&o, &acc("a"), &CommandId::parse("t").unwrap(), Some(&v)),
             (None, 0)
         );
+    }
+
+    #[test]
+    fn a_settlement_reported_in_another_partition_is_a_mismatch() {
+        let events = transfer_to_b();
+        let right = [credited("a", "t", pos(1, 2))];
+        let o = build_model(&events, &right);
+        assert!(settled_elsewhere(&o, &right).is_empty());
+        // A credit is in b's partition (1), never a's (0); a refund in a's, never b's.
+        for wrong in [credited("a", "t", pos(0, 7)), refunded("a", "t", pos(1, 7))] {
+            let o = build_model(&events, std::slice::from_ref(&wrong));
+            let found = settled_elsewhere(&o, std::slice::from_ref(&wrong));
+            assert_eq!(found.len(), 1, "{wrong:?}");
+            assert!(found[0].actual.contains("partition"), "{:?}", found[0]);
+        }
     }
 
     #[test]

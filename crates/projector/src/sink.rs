@@ -197,9 +197,14 @@ impl BatchSink for ProjectorSink {
         m.apply_flush_latency
             .observe((stats.apply_time + stats.flush_time).as_secs_f64());
         for (&p, &next) in &batch.next_offsets {
-            m.applied_offset
-                .get_or_create(&vec![("partition", p.to_string())])
-                .set(next);
+            // A partition read again to write follow-ups moves below its stored offset;
+            // the gauge, like the stored offset, does not.
+            let gauge = m
+                .applied_offset
+                .get_or_create(&vec![("partition", p.to_string())]);
+            if next > gauge.get() {
+                gauge.set(next);
+            }
         }
         debug!(
             events = batch.records.len(),

@@ -23,11 +23,19 @@ pub struct ConsumerMetrics {
     /// Partitions read again from the group's committed offset on assignment, to write
     /// the follow-ups of events this store had applied without writing them.
     pub emit_rewinds: Counter,
+    /// Failed attempts to learn a newly assigned partition's committed offset (or to seek
+    /// back from it); the partition's events wait in hand meanwhile.
+    pub committed_fetch_failures: Counter,
 }
 
 impl ConsumerMetrics {
     /// Registers the counters.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "projector_committed_fetch_failures",
+            "Failed attempts to learn an assigned partition's committed offset (or seek back from it); its events wait meanwhile",
+            self.committed_fetch_failures.clone(),
+        );
         registry.register(
             "projector_emit_rewinds",
             "Partitions read again from the group's committed offset, to write follow-ups of events applied here read-only",

@@ -160,7 +160,7 @@ fn poll_loop<S: BatchSink>(
     let idle_poll = Duration::from_millis(100);
     let mut batch_started: Option<Instant> = None;
     let mut batch_len = 0usize;
-    let mut committed_asked: Option<Instant> = None;
+    let mut committed_asked: Option<(Instant, Vec<i32>)> = None;
     loop {
         if let Some(e) = ctx.state().fatal.take() {
             return Err(e);
@@ -469,7 +469,11 @@ impl<S: BatchSink> LoopContext<S> {
     /// Learns the group's committed offset of partitions assigned since the last call
     /// (never inside the rebalance callback: it is a round trip to the coordinator).
     /// Until it is known, nothing is committed for them.
-    fn learn_committed(&self, consumer: &BaseConsumer<Self>, asked: &mut Option<Instant>) {
+    fn learn_committed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        asked: &mut Option<(Instant, Vec<i32>)>,
+    ) {
         let unknown: Vec<i32> = self
             .state()
             .committed
@@ -477,10 +481,17 @@ impl<S: BatchSink> LoopContext<S> {
             .filter(|(_, c)| c.is_none())
             .map(|(&p, _)| p)
             .collect();
-        if unknown.is_empty() || asked.is_some_and(|t| t.elapsed() < COMMITTED_RETRY) {
+        // Newly assigned partitions are asked for at once (their events wait in hand until
+        // it is known); the same ones again only after a pause.
+        let mut unknown = unknown;
+        unknown.sort_unstable();
+        let again = asked
+            .as_ref()
+            .is_some_and(|(t, last)| *last == unknown && t.elapsed() < COMMITTED_RETRY);
+        if unknown.is_empty() || again {
             return;
         }
-        *asked = Some(Instant::now());
+        *asked = Some((Instant::now(), unknown.clone()));
         let mut tpl = TopicPartitionList::with_capacity(unknown.len());
         for &p in &unknown {
             tpl.add_partition(&self.topic, p);
@@ -488,14 +499,18 @@ impl<S: BatchSink> LoopContext<S> {
         let answer = match consumer.committed_offsets(tpl, Duration::from_secs(2)) {
             Ok(answer) => answer,
             Err(e) => {
-                debug!(error = %e, "cannot fetch the group's committed offsets yet");
+                // Their events wait in hand meanwhile: say so.
+                self.metrics.committed_fetch_failures.inc();
+                warn!(partitions = ?unknown, error = %e, "cannot fetch the group's committed offsets; their events wait in hand, asking again in 1 s");
                 return;
             }
         };
         let mut st = self.state();
         for e in answer.elements_for_topic(&self.topic) {
             // A partition the coordinator could not answer for is asked again later.
-            if e.error().is_err() {
+            if let Err(error) = e.error() {
+                self.metrics.committed_fetch_failures.inc();
+                warn!(partition = e.partition(), %error, "the coordinator did not answer for the partition's committed offset; its events wait in hand, asking again in 1 s");
                 continue;
             }
             let committed = match e.offset() {
@@ -521,7 +536,8 @@ impl<S: BatchSink> LoopContext<S> {
                 if let Err(e) =
                     consumer.seek(&self.topic, p, Offset::Offset(from), Duration::from_secs(5))
                 {
-                    debug!(partition = p, from, error = %e, "cannot rewind yet; retrying");
+                    self.metrics.committed_fetch_failures.inc();
+                    warn!(partition = p, from, error = %e, "cannot seek back to write follow-ups yet; its events wait in hand, retrying in 1 s");
                     continue;
                 }
                 let dropped = st.pending.split_off_partitions(&BTreeSet::from([p]));
