@@ -3,7 +3,8 @@
 #
 # It builds the binaries, gets a broker (KAFKA_BROKERS when set, else scripts/kafka-local.sh),
 # starts the ingest and one projector (demo-a) on free ports with a temporary data directory
-# and a fresh topic, runs a paced `ledger load` in the background, and then shows with real
+# and a fresh topic, runs a paced `ledger load` (a fifth of it transfers, which cross
+# partitions and instances through the log) in the background, and then shows with real
 # output:
 #   1. one projector serving every partition of the topic, under traffic;
 #   2. scaled to three (demo-b, demo-c join the group): the partitions are handed over while
@@ -14,8 +15,8 @@
 #   4. demo-c killed with SIGKILL while a reader reads through the survivors: its partitions
 #      answer 503 partition_moving (with Retry-After) until its session times out and a
 #      survivor has caught up; the window is measured, and no account read before reads 404;
-#   5. the load's own verification: every balance and command status matches a model of
-#      what was accepted.
+#   5. the load's own verification: every balance, command and transfer status matches a
+#      model of what was accepted, and the group's money is conserved.
 # It stops everything it started (also on Ctrl-C or failure) and exits non-zero when a check
 # fails.
 #
@@ -380,7 +381,7 @@ show "projector --instance-id demo-a --listen 127.0.0.1:$A_PORT --data-dir …/d
 start_projector demo-a "$A_PORT"; A_PID=$LAST_PID
 wait_http "$A_URL/readyz" 60
 note "demo-a at $A_URL (pid $A_PID)"
-LOAD_ARGS=(--accounts "$ACCOUNTS" --commands 6000 --rate 150 --seed 7 --prefix "$PREFIX" --concurrency 16)
+LOAD_ARGS=(--accounts "$ACCOUNTS" --commands 6000 --rate 150 --seed 7 --prefix "$PREFIX" --concurrency 16 --transfers 0.2)
 show "ledger load ${LOAD_ARGS[*]} --verify &"
 "$BIN/ledger" load "${LOAD_ARGS[@]}" --verify >"$WORK/load.out" 2>&1 &
 LOAD_PID=$!
@@ -477,7 +478,7 @@ check "every partition was served again before the reader stopped" served_again
 check "no account read as 200 read as 404 afterwards" test "$(json 'len(d["back_to_404"])' <<<"$kill_stats")" = 0
 
 # ---------------------------------------------------------------------------------------
-say "5. The load's verification: every balance and command status matches its model"
+say "5. The load's verification: every balance, command and transfer status matches its model; money conserved"
 load_rc=0
 wait "$LOAD_PID" || load_rc=$?
 LOAD_PID=

@@ -106,6 +106,16 @@ pub async fn run(
         }
         _ => brokers.to_string(),
     };
+    let spec = match fault {
+        // Forming the group of three takes 10 to 20 s, and each abort at the test hook
+        // needs transfers still arriving: a load offered faster would be over before the
+        // fault it is there to judge has struck.
+        Fault::GroupOfThree | Fault::CrashAfterFollowUps(_) => LoadSpec {
+            rate: spec.rate.min((spec.commands / 30).max(100)),
+            ..spec
+        },
+        _ => spec,
+    };
     let replication = if fault == Fault::LeaderKilled { 3 } else { 1 };
     let disk = match fault {
         Fault::DiskFull => Some(SmallDisk::mount(&dir.join("disk"), 2)?),

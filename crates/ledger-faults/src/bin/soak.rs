@@ -142,6 +142,9 @@ async fn main() -> Result<()> {
         println!("\n{f}");
     }
     if total.lost > 0 || total.applied_twice > 0 || total.money_wrong > 0 || total.failed > 0 {
+        // `exit` runs no destructors: stop the brokers this soak started first.
+        drop(broker);
+        drop(cluster);
         std::process::exit(1);
     }
     Ok(())
