@@ -6,8 +6,8 @@
 //! client: when the broker is really down that costs nothing, and when the old client
 //! was the problem it ends it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -15,17 +15,98 @@ use rdkafka::consumer::BaseConsumer;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::admin::{metadata_client, topic_partitions, AdminError};
+use crate::admin::{high_watermarks, metadata_client, topic_partitions, AdminError};
 use crate::config::KafkaConfig;
 
 /// Failures in a row after which the client is rebuilt.
 const REBUILD_AFTER: u32 = 3;
 
-/// A metadata client for one topic, rebuilt after [`REBUILD_AFTER`] failures in a row.
+/// A metadata client that many callers share, rebuilt after [`REBUILD_AFTER`] failures
+/// in a row (the projector's high watermarks and partition lists: a wedged client there
+/// once left every partition warming, unserved, after a storm of broker restarts).
+pub struct SharedMetadata {
+    kafka: KafkaConfig,
+    client: RwLock<Arc<BaseConsumer>>,
+    failures_in_a_row: AtomicU32,
+    /// Counts rebuilds, for the service's metrics.
+    rebuilds: Counter,
+}
+
+impl SharedMetadata {
+    /// Builds the client; it connects lazily. `rebuilds` counts its rebuilds.
+    pub fn new(kafka: &KafkaConfig, rebuilds: Counter) -> Result<Self, AdminError> {
+        Ok(Self {
+            kafka: kafka.clone(),
+            client: RwLock::new(Arc::new(metadata_client(kafka)?)),
+            failures_in_a_row: AtomicU32::new(0),
+            rebuilds,
+        })
+    }
+
+    fn client(&self) -> Arc<BaseConsumer> {
+        self.client
+            .read()
+            .expect("the client lock is never held across a panic")
+            .clone()
+    }
+
+    /// Counts a failure (rebuilding the client after [`REBUILD_AFTER`] in a row) or a
+    /// success. An answer, even "no such topic", means the client works.
+    fn judge<T>(&self, result: Result<T, AdminError>) -> Result<T, AdminError> {
+        match &result {
+            Ok(_) | Err(AdminError::NoSuchTopic(_)) => {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+            }
+            Err(_) => {
+                if self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= REBUILD_AFTER {
+                    self.rebuild();
+                }
+            }
+        }
+        result
+    }
+
+    /// The topic's partition ids. Blocking: call it from a blocking thread.
+    pub fn topic_partitions(&self, topic: &str, timeout: Duration) -> Result<Vec<i32>, AdminError> {
+        self.judge(topic_partitions(&self.client(), topic, timeout))
+    }
+
+    /// The high watermarks of these partitions. Blocking.
+    pub fn high_watermarks(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<Vec<(i32, i64)>, AdminError> {
+        self.judge(
+            high_watermarks(&self.client(), topic, partitions, timeout).map_err(AdminError::from),
+        )
+    }
+
+    fn rebuild(&self) {
+        match metadata_client(&self.kafka) {
+            Ok(fresh) => {
+                *self
+                    .client
+                    .write()
+                    .expect("the client lock is never held across a panic") = Arc::new(fresh);
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                let n = self.rebuilds.inc() + 1;
+                info!(
+                    rebuilds = n,
+                    "a metadata client failed {REBUILD_AFTER} times in a row; rebuilt it"
+                );
+            }
+            Err(e) => warn!(error = %e, "cannot rebuild a metadata client"),
+        }
+    }
+}
+
+/// A metadata client for one topic's reachability, rebuilt after [`REBUILD_AFTER`]
+/// failures in a row.
 pub struct MetadataProbe {
     kafka: KafkaConfig,
-    client: BaseConsumer,
-    failures_in_a_row: u32,
+    client: SharedMetadata,
     /// Counts rebuilds, for the service's metrics.
     rebuilds: Counter,
 }
@@ -35,8 +116,7 @@ impl MetadataProbe {
     pub fn new(kafka: &KafkaConfig, rebuilds: Counter) -> Result<Self, AdminError> {
         Ok(Self {
             kafka: kafka.clone(),
-            client: metadata_client(kafka)?,
-            failures_in_a_row: 0,
+            client: SharedMetadata::new(kafka, rebuilds.clone())?,
             rebuilds,
         })
     }
@@ -47,18 +127,7 @@ impl MetadataProbe {
         topic: &str,
         timeout: Duration,
     ) -> Result<Vec<i32>, AdminError> {
-        let result = topic_partitions(&self.client, topic, timeout);
-        match &result {
-            // An answer, even "no such topic", means the client works.
-            Ok(_) | Err(AdminError::NoSuchTopic(_)) => self.failures_in_a_row = 0,
-            Err(_) => {
-                self.failures_in_a_row += 1;
-                if self.failures_in_a_row >= REBUILD_AFTER {
-                    self.rebuild();
-                }
-            }
-        }
-        result
+        self.client.topic_partitions(topic, timeout)
     }
 
     /// [`Self::topic_partitions`] on a blocking thread, handing the probe back for the
@@ -83,21 +152,6 @@ impl MetadataProbe {
                     Err(build) => panic!("a metadata client for a configuration that built before cannot be rebuilt: {build}"),
                 }
             }
-        }
-    }
-
-    fn rebuild(&mut self) {
-        match metadata_client(&self.kafka) {
-            Ok(fresh) => {
-                self.client = fresh;
-                self.failures_in_a_row = 0;
-                let n = self.rebuilds.inc() + 1;
-                info!(
-                    rebuilds = n,
-                    "metadata probe failed {REBUILD_AFTER} times in a row; rebuilt its client"
-                );
-            }
-            Err(e) => warn!(error = %e, "cannot rebuild the metadata probe's client"),
         }
     }
 }

@@ -30,11 +30,10 @@ use ledger_api::{
 };
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::{AccountId, CommandId};
-use ledger_eventlog::admin::{high_watermarks, topic_partitions};
+use ledger_eventlog::probe::SharedMetadata;
 use ledger_eventlog::Position;
 use ledger_http::ApiError;
 use ledger_store::{Store, StoredCommand};
-use rdkafka::consumer::BaseConsumer;
 use tokio::sync::watch;
 
 use crate::group::{Group, Route};
@@ -49,7 +48,7 @@ pub(crate) struct QueryState {
     pub store: Store,
     pub topic: Arc<str>,
     pub applied: watch::Receiver<Applied>,
-    pub metadata: Arc<BaseConsumer>,
+    pub metadata: Arc<SharedMetadata>,
     pub group: Arc<Group>,
     pub http: reqwest::Client,
 }
@@ -700,9 +699,9 @@ pub(crate) async fn progress(
     let (client, topic) = (state.metadata.clone(), state.topic.to_string());
     let wanted: Vec<i32> = rows.keys().copied().collect();
     let broker = tokio::task::spawn_blocking(move || {
-        let parts = topic_partitions(&client, &topic, BROKER_TIMEOUT).ok()?;
+        let parts = client.topic_partitions(&topic, BROKER_TIMEOUT).ok()?;
         let parts: Vec<i32> = parts.into_iter().filter(|p| wanted.contains(p)).collect();
-        high_watermarks(&client, &topic, &parts, BROKER_TIMEOUT).ok()
+        client.high_watermarks(&topic, &parts, BROKER_TIMEOUT).ok()
     })
     .await
     .ok()

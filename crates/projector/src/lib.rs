@@ -25,12 +25,10 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::{middleware, Router};
 use backon::{BlockingRetryable, ConstantBuilder, Retryable};
-use ledger_eventlog::admin::{
-    ensure_topic, high_watermarks, metadata_client, topic_partitions, AdminError, TopicSpec,
-};
+use ledger_eventlog::admin::{ensure_topic, AdminError, TopicSpec};
 use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings};
 use ledger_eventlog::follow::Follower;
-use ledger_eventlog::probe::{watch_reachability, MetadataProbe};
+use ledger_eventlog::probe::{watch_reachability, MetadataProbe, SharedMetadata};
 use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings, Supervision};
 use ledger_http::auth::{require_bearer, BearerAuth};
 use ledger_store::{Store, StoreError};
@@ -180,7 +178,9 @@ pub async fn serve(
             client_id: "projector-dlq".into(),
         },
     )?;
-    let metadata = Arc::new(metadata_client(&kafka)?);
+    // High watermarks (which end warming) and partition lists: a client rebuilt when it
+    // keeps failing, since a wedged one would leave partitions warming for good.
+    let metadata = Arc::new(SharedMetadata::new(&kafka, metrics.probe_rebuilds.clone())?);
     let tracker = TaskTracker::new();
 
     tracker.spawn(create_dlq_topic(
@@ -386,16 +386,12 @@ pub(crate) fn every(pause: Duration) -> ConstantBuilder {
 }
 
 /// Blocks until the topic exists (its partition count) or `stop` is cancelled (`None`).
-fn wait_for_topic(
-    client: &rdkafka::consumer::BaseConsumer,
-    topic: &str,
-    stop: &CancellationToken,
-) -> Option<i32> {
+fn wait_for_topic(client: &SharedMetadata, topic: &str, stop: &CancellationToken) -> Option<i32> {
     if stop.is_cancelled() {
         return None;
     }
     let mut logged = false;
-    let found = (|| topic_partitions(client, topic, Duration::from_secs(2)))
+    let found = (|| client.topic_partitions(topic, Duration::from_secs(2)))
         .retry(every(Duration::from_millis(500)))
         .when(|_| !stop.is_cancelled())
         .notify(|e, _| {
@@ -438,7 +434,7 @@ async fn create_dlq_topic(
 /// Keeps the per-partition lag gauges current, and gives each warming partition its
 /// target: the partition's end when it was assigned.
 async fn watch_partitions(
-    client: Arc<rdkafka::consumer::BaseConsumer>,
+    client: Arc<SharedMetadata>,
     group: Arc<group::Group>,
     applied: watch::Receiver<sink::Applied>,
     metrics: metrics::ProjectorMetrics,
@@ -446,6 +442,7 @@ async fn watch_partitions(
 ) {
     let topic = group.topic.clone();
     let mut last_lag = std::time::Instant::now() - Duration::from_secs(60);
+    let mut last_missing_warning = std::time::Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -466,7 +463,7 @@ async fn watch_partitions(
         let Ok(hws) = tokio::task::spawn_blocking(move || {
             parts
                 .iter()
-                .filter_map(|&p| high_watermarks(&c, &t, &[p], Duration::from_secs(2)).ok())
+                .filter_map(|&p| c.high_watermarks(&t, &[p], Duration::from_secs(2)).ok())
                 .flatten()
                 .collect::<Vec<(i32, i64)>>()
         })
@@ -478,6 +475,17 @@ async fn watch_partitions(
             if untargeted.contains(&p) {
                 group.set_target(p, hw);
             }
+        }
+        // A warming partition is served only once its end is known: say so when the
+        // brokers keep not telling (the client is rebuilt meanwhile).
+        let missing: Vec<i32> = untargeted
+            .iter()
+            .copied()
+            .filter(|p| !hws.iter().any(|(q, _)| q == p))
+            .collect();
+        if !missing.is_empty() && last_missing_warning.elapsed() >= Duration::from_secs(10) {
+            last_missing_warning = std::time::Instant::now();
+            warn!(partitions = ?missing, "cannot fetch the high watermark of warming partitions; they are not served until it is known");
         }
         group.set_high_watermarks(&hws);
         if lag_due {

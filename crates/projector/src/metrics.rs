@@ -23,7 +23,8 @@ pub(crate) struct ProjectorMetrics {
     pub consumer: ConsumerMetrics,
     /// Dead-letter producers replaced because they had stopped delivering, by signal.
     pub dlq_producer_restarts: Family<Vec<(&'static str, &'static str)>, Counter>,
-    /// Rebuilds of the dead-letter probe's metadata client after failures in a row.
+    /// Rebuilds of a metadata client (the reachability probes', or the one that fetches
+    /// high watermarks) after failures in a row.
     pub probe_rebuilds: Counter,
     /// Partitions this instance holds, by role.
     pub partition_roles: Family<Labels, Gauge>,
@@ -137,7 +138,7 @@ impl ProjectorMetrics {
         );
         registry.register(
             "projector_metadata_probe_rebuilds",
-            "Rebuilds of the dead-letter probe's Kafka client after failures in a row",
+            "Rebuilds of a metadata client (the reachability probes', or the high watermarks') after failures in a row",
             m.probe_rebuilds.clone(),
         );
         registry.register(
