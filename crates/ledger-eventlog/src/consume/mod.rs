@@ -10,6 +10,13 @@
 //! revoke, the batch in hand for the revoked partitions (and only theirs) is applied and
 //! committed before they are given up.
 //!
+//! Each batch tells the sink, per partition, from which offset its events' follow-ups (a
+//! transfer's credit, refund, completion) are to be written to the log: the group's
+//! committed offset, asked of the coordinator after each assignment. Below it an earlier
+//! owner wrote them; at or above it nobody may have. A partition's events wait in hand
+//! until that offset is known, and a partition this store applied read-only past it is
+//! read again from there (`BatchSink::emit_rewind`).
+//!
 //! The loop runs on a thread of its own (it blocks in `poll`), so a rebalance callback,
 //! which librdkafka runs inside `poll`, sees the batch in hand without any locking
 //! contention.
