@@ -8,6 +8,9 @@
 //! - An owner writes follow-ups for exactly the events at or above the group's committed
 //!   offset: a fresh store catching up below it writes none again (no flood of copies),
 //!   and the events above it get theirs (no money stuck in flight).
+//! - A store that applied transfers read-only (as the tail of a partition being handed
+//!   over does) gets them settled when its instance owns the partition: it reads the
+//!   partition again from the committed offset and writes their follow-ups then.
 //!
 //! The oracle is the log itself: every event in it, follow-ups included, applied to the
 //! domain's model in log order per partition, must give the projector's state; and every
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use common::*;
 use ledger_domain::testing::{deposit, event, transfer};
-use ledger_domain::{Event, EventBody, Model};
+use ledger_domain::{Batch, Event, EventBody, Model, Record};
 use ledger_eventlog::tail::{tail, TailOptions};
 use ledger_eventlog::{KafkaConfig, Position};
 use ledger_testkit::wait_ready;
@@ -281,5 +284,60 @@ async fn an_owner_writes_follow_ups_for_exactly_the_events_at_or_above_the_commi
         after.len()
     );
     assert_http_matches(&second.url(), &model).await;
+    assert_money(&totals, 10_000 * ACCOUNTS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_applied_read_only_are_settled_once_the_partition_is_owned() {
+    let brokers = ledger_testkit::brokers();
+    let topic = ledger_testkit::unique_topic("transfer-rewind");
+    let group = format!("{topic}.group");
+    create_topic(&brokers, &topic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    produce(&brokers, &topic, &funding("z")).await;
+    produce(&brokers, &topic, &transfers("z", "t", 50, seed)).await;
+
+    // The store as a read-only tail leaves it: every event applied and its offset stored,
+    // no follow-up written (the batch has no emit_from), so the transfers are pending.
+    let log = read_log(&brokers, &topic).await;
+    {
+        let store = ledger_store::Store::open(&data, 8 << 20).unwrap();
+        store.check_partition_count(&topic, PARTITIONS).unwrap();
+        let mut batch = Batch::default();
+        for (pos, event) in &log {
+            batch.records.push(Record {
+                partition: pos.partition,
+                offset: pos.offset,
+                event: event.clone(),
+            });
+            batch.next_offsets.insert(pos.partition, pos.offset + 1);
+        }
+        let stats = store.apply_batch(&topic, &batch).unwrap();
+        assert_eq!(stats.follow_ups, 0, "a read-only batch writes none");
+        let mut pending = ledger_domain::Totals::default();
+        for p in 0..PARTITIONS {
+            pending.add(&store.totals(&topic, p).unwrap());
+        }
+        assert!(pending.pending() > 0, "transfers wait for their credits");
+    }
+
+    // Its instance now owns every partition, of a group that never committed: it must
+    // read them again from there and write the follow-ups nobody wrote.
+    let proc = ProjectorProcess::spawn(&brokers, &topic, &group, &data, &[]);
+    wait_ready(&proc.url(), Duration::from_secs(60)).await;
+    let totals = wait_settled(&proc.url()).await;
+    let rewinds = ledger_testkit::metric_sum(&proc.url(), "projector_emit_rewinds_total")
+        .await
+        .unwrap_or(0);
+    assert!(rewinds > 0, "the partitions were read again: {rewinds}");
+    let (model, copies) = check_log(&read_log(&brokers, &topic).await);
+    assert!(
+        copies.values().all(|&n| n == 1),
+        "each follow-up written once"
+    );
+    assert_http_matches(&proc.url(), &model).await;
     assert_money(&totals, 10_000 * ACCOUNTS as u64);
 }
