@@ -621,8 +621,8 @@ mod tests {
         first.result
     }
 
-    #[test]
-    fn a_transfer_debits_then_credits_then_completes() {
+    /// `a` and `b` open at offsets 0 and 1, and 100 deposited into `a` at 2.
+    fn a_funded_and_b_open() -> Model {
         let mut m = Model::new();
         apply_all(
             &mut m,
@@ -632,6 +632,12 @@ mod tests {
                 event(3, "d", "a", crate::testing::deposit(100)),
             ],
         );
+        m
+    }
+
+    #[test]
+    fn a_transfer_debits_then_credits_then_completes() {
+        let mut m = a_funded_and_b_open();
         let t = event(4, "t-1", "a", transfer("b", 30));
         let debit = m.apply(&t, at(3));
         assert_eq!(debit.result, ApplyResult::Applied);
@@ -729,15 +735,7 @@ mod tests {
 
     #[test]
     fn recorded_follow_ups_are_the_ones_emitted_and_only_for_the_deciding_copy() {
-        let mut m = Model::new();
-        apply_all(
-            &mut m,
-            &[
-                event(1, "o1", "a", EventBody::OpenAccount),
-                event(2, "o2", "b", EventBody::OpenAccount),
-                event(3, "d", "a", crate::testing::deposit(100)),
-            ],
-        );
+        let mut m = a_funded_and_b_open();
         let t = event(4, "t-1", "a", transfer("b", 30));
         let debit = m.apply(&t, at(3));
         assert_eq!(

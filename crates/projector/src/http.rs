@@ -36,7 +36,7 @@ use ledger_http::ApiError;
 use ledger_store::{Store, StoredCommand};
 use tokio::sync::watch;
 
-use crate::group::{Group, Route};
+use crate::group::{Group, Peer, Route};
 use crate::sink::Applied;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -266,6 +266,26 @@ impl QueryState {
     /// Answers a query about one partition: here (`local`), or forwarded once to the
     /// instance that serves it. A forwarded answer of `partition_moving` (the partition
     /// moved on meanwhile) is retried once where the group now says it is.
+    /// Asks every live peer `path` (forwarded, so that each answers for itself only) at
+    /// once, and decodes each answer; `None` for a peer that gave no usable one. For the
+    /// queries about every partition (`/v1/progress`, `/v1/totals`).
+    async fn ask_live_peers<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        ask: &Ask,
+    ) -> Vec<(Peer, Option<T>)> {
+        let peers = self.group.live_peers();
+        let answers = join_all(peers.iter().map(|peer| async move {
+            let answer = self
+                .ask_peer(&peer.entry.instance_id, &peer.entry.url, path, &[], ask)
+                .await
+                .ok()?;
+            answer.json::<T>()
+        }))
+        .await;
+        peers.into_iter().zip(answers).collect()
+    }
+
     async fn answer_for(
         &self,
         partition: i32,
@@ -646,25 +666,7 @@ pub(crate) async fn progress(
     }
     let count = state.group.partition_count();
     if !ask.forwarded {
-        let peers = state.group.live_peers();
-        let answers = join_all(peers.iter().map(|peer| {
-            let (state, ask) = (&state, &ask);
-            async move {
-                let answer = state
-                    .ask_peer(
-                        &peer.entry.instance_id,
-                        &peer.entry.url,
-                        "/v1/progress",
-                        &[],
-                        ask,
-                    )
-                    .await
-                    .ok()?;
-                answer.json::<Progress>()
-            }
-        }))
-        .await;
-        for (peer, answer) in peers.iter().zip(answers) {
+        for (peer, answer) in state.ask_live_peers::<Progress>("/v1/progress", &ask).await {
             match answer {
                 Some(p) => p.partitions.into_iter().for_each(&mut consider),
                 // Unreachable: what its directory entry last said.
@@ -763,26 +765,10 @@ pub(crate) async fn totals(
         });
     }
     if !ask.forwarded {
-        let peers = state.group.live_peers();
-        let answers = join_all(peers.iter().map(|peer| {
-            let (state, ask) = (&state, &ask);
-            async move {
-                let answer = state
-                    .ask_peer(
-                        &peer.entry.instance_id,
-                        &peer.entry.url,
-                        "/v1/totals",
-                        &[],
-                        ask,
-                    )
-                    .await
-                    .ok()?;
-                answer.json::<TotalsView>()
-            }
-        }))
-        .await;
-        for view in answers.into_iter().flatten() {
-            view.as_of.into_iter().for_each(&mut consider);
+        for (_, view) in state.ask_live_peers::<TotalsView>("/v1/totals", &ask).await {
+            view.into_iter()
+                .flat_map(|v| v.as_of)
+                .for_each(&mut consider);
         }
     }
     let count = state.group.partition_count().unwrap_or(0);

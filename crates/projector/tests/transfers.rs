@@ -87,6 +87,32 @@ fn transfers(prefix: &str, tag: &str, n: usize, seed: u64) -> Vec<Event> {
         .collect()
 }
 
+/// A fresh topic whose accounts are opened and funded ([`funding`]), with its group's
+/// name, a directory for stores and logs, and a random seed (printed, to replay a run).
+struct Funded {
+    brokers: String,
+    topic: String,
+    group: String,
+    dir: tempfile::TempDir,
+    seed: u64,
+}
+
+async fn funded(topic_prefix: &str, accounts_prefix: &str) -> Funded {
+    let brokers = ledger_testkit::brokers();
+    let topic = ledger_testkit::unique_topic(topic_prefix);
+    create_topic(&brokers, &topic).await;
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    produce(&brokers, &topic, &funding(accounts_prefix)).await;
+    Funded {
+        group: format!("{topic}.group"),
+        brokers,
+        topic,
+        dir: tempfile::tempdir().unwrap(),
+        seed,
+    }
+}
+
 /// Every event of the topic, in order within each partition.
 async fn read_log(brokers: &str, topic: &str) -> Vec<(Position, Event)> {
     let (kafka, topic) = (KafkaConfig::new(brokers), topic.to_string());
@@ -179,15 +205,14 @@ fn assert_money(totals: &serde_json::Value, deposited: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_writing_follow_ups_and_storing_loses_doubles_and_creates_nothing() {
-    let brokers = ledger_testkit::brokers();
-    let topic = ledger_testkit::unique_topic("transfer-crash");
-    let group = format!("{topic}.group");
-    create_topic(&brokers, &topic).await;
-    let dir = tempfile::tempdir().unwrap();
+    let Funded {
+        brokers,
+        topic,
+        group,
+        dir,
+        seed,
+    } = funded("transfer-crash", "x").await;
     let data = dir.path().join("data");
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    produce(&brokers, &topic, &funding("x")).await;
     produce(&brokers, &topic, &transfers("x", "t", 120, seed)).await;
 
     // Small batches, so that a crash lands with some follow-ups written and others not.
@@ -242,14 +267,13 @@ async fn killed_between_writing_follow_ups_and_storing_loses_doubles_and_creates
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_writes_follow_ups_for_exactly_the_events_at_or_above_the_committed_offset() {
-    let brokers = ledger_testkit::brokers();
-    let topic = ledger_testkit::unique_topic("transfer-owner");
-    let group = format!("{topic}.group");
-    create_topic(&brokers, &topic).await;
-    let dir = tempfile::tempdir().unwrap();
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    produce(&brokers, &topic, &funding("y")).await;
+    let Funded {
+        brokers,
+        topic,
+        group,
+        dir,
+        seed,
+    } = funded("transfer-owner", "y").await;
     produce(&brokers, &topic, &transfers("y", "a", 60, seed)).await;
 
     // The first owner settles every transfer, and stops cleanly: the group's committed
@@ -289,15 +313,14 @@ async fn an_owner_writes_follow_ups_for_exactly_the_events_at_or_above_the_commi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_applied_read_only_are_settled_once_the_partition_is_owned() {
-    let brokers = ledger_testkit::brokers();
-    let topic = ledger_testkit::unique_topic("transfer-rewind");
-    let group = format!("{topic}.group");
-    create_topic(&brokers, &topic).await;
-    let dir = tempfile::tempdir().unwrap();
+    let Funded {
+        brokers,
+        topic,
+        group,
+        dir,
+        seed,
+    } = funded("transfer-rewind", "z").await;
     let data = dir.path().join("data");
-    let seed: u64 = rand::random();
-    eprintln!("seed {seed}");
-    produce(&brokers, &topic, &funding("z")).await;
     produce(&brokers, &topic, &transfers("z", "t", 50, seed)).await;
 
     // The store as a read-only tail leaves it: every event applied and its offset stored,
