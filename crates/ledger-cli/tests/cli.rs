@@ -150,6 +150,30 @@ fn json(o: &Output) -> Value {
     })
 }
 
+/// `ledger tail --from-beginning` of one partition of the services' topic, each line
+/// parsed; the tail must exit 0.
+fn tail_partition(s: &Services, partition: &str) -> Vec<Value> {
+    let o = run(
+        &mut bare(),
+        &[
+            "tail",
+            "--from-beginning",
+            "--partition",
+            partition,
+            "--brokers",
+            &s.brokers,
+            "--topic",
+            &s.topic,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+        .collect()
+}
+
 fn keys(v: &Value) -> Vec<&str> {
     let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     k.sort_unstable();
@@ -677,25 +701,7 @@ fn tail_prints_the_events_of_the_log_as_json_lines() {
     let deposited: Value = serde_json::from_slice(&o.stdout).unwrap();
     let partition = opened["partition"].to_string();
 
-    let o = run(
-        &mut bare(),
-        &[
-            "tail",
-            "--from-beginning",
-            "--partition",
-            &partition,
-            "--brokers",
-            &s.brokers,
-            "--topic",
-            &s.topic,
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    let lines: Vec<Value> = String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
-        .collect();
+    let lines = tail_partition(s, &partition);
     let ours: Vec<&Value> = lines
         .iter()
         .filter(|l| l["account_id"] == account.as_str())
@@ -725,25 +731,9 @@ fn tail_prints_the_events_of_the_log_as_json_lines() {
     );
     assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stderr));
     let refunded: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let o = run(
-        &mut bare(),
-        &[
-            "tail",
-            "--from-beginning",
-            "--partition",
-            &partition,
-            "--brokers",
-            &s.brokers,
-            "--topic",
-            &s.topic,
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    let lines: Vec<Value> = String::from_utf8(o.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
-        .filter(|l: &Value| l["account_id"] == account.as_str())
+    let lines: Vec<Value> = tail_partition(s, &partition)
+        .into_iter()
+        .filter(|l| l["account_id"] == account.as_str())
         .collect();
     let transfer = lines
         .iter()
