@@ -19,6 +19,23 @@ pub struct Record {
     pub event: Event,
 }
 
+/// An event this version cannot read (an unknown type, a newer envelope) although it
+/// names a valid account where that account's events are: it parks the account, and is
+/// kept as read for a newer projector to read again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The account its key names.
+    pub account_id: crate::ids::AccountId,
+    /// The message value, as read.
+    pub payload: Vec<u8>,
+    /// Why it cannot be read.
+    pub reason: String,
+}
+
 /// Events to apply together, and the next offset of every partition the batch moves.
 ///
 /// A partition can appear in `next_offsets` without records: a dead-lettered event moves
@@ -34,12 +51,15 @@ pub struct Batch {
     /// owner wrote them before committing). A partition absent here causes none: a
     /// read-only tail or a rebuild never writes to the log.
     pub emit_from: BTreeMap<i32, i64>,
+    /// Events that park their account, in log order within each partition, interleaved
+    /// with `records` by offset.
+    pub unreadable: Vec<Unreadable>,
 }
 
 impl Batch {
     /// Whether applying the batch would change nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.next_offsets.is_empty()
+        self.records.is_empty() && self.unreadable.is_empty() && self.next_offsets.is_empty()
     }
 
     /// The partitions the batch moves or holds events of.
@@ -47,6 +67,7 @@ impl Batch {
         self.records
             .iter()
             .map(|r| r.partition)
+            .chain(self.unreadable.iter().map(|u| u.partition))
             .chain(self.next_offsets.keys().copied())
             .collect()
     }
@@ -59,6 +80,10 @@ impl Batch {
             .into_iter()
             .partition(|r| partitions.contains(&r.partition));
         self.records = kept;
+        let (unreadable, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unreadable)
+            .into_iter()
+            .partition(|u| partitions.contains(&u.partition));
+        self.unreadable = kept;
         let mut next_offsets = BTreeMap::new();
         let mut emit_from = BTreeMap::new();
         for p in partitions {
@@ -73,6 +98,7 @@ impl Batch {
             records: taken,
             next_offsets,
             emit_from,
+            unreadable,
         }
     }
 }
@@ -96,12 +122,23 @@ mod tests {
         }
     }
 
+    fn unreadable(partition: i32, offset: i64) -> Unreadable {
+        Unreadable {
+            partition,
+            offset,
+            account_id: AccountId::parse("a").unwrap(),
+            payload: vec![0xEB, 9],
+            reason: "unsupported envelope version 9".into(),
+        }
+    }
+
     #[test]
     fn splitting_takes_only_the_named_partitions() {
         let mut b = Batch {
             records: vec![rec(0, 1), rec(1, 7), rec(0, 2), rec(2, 3)],
             next_offsets: [(0, 3), (1, 8), (2, 4), (3, 10)].into_iter().collect(),
             emit_from: [(0, 0), (1, 0)].into_iter().collect(),
+            unreadable: vec![unreadable(1, 9), unreadable(3, 4)],
         };
         let taken = b.split_off_partitions(&[0, 3].into_iter().collect());
         assert_eq!(taken.records, vec![rec(0, 1), rec(0, 2)]);
@@ -110,5 +147,7 @@ mod tests {
         assert_eq!(b.emit_from, [(1, 0)].into_iter().collect());
         assert_eq!(b.records, vec![rec(1, 7), rec(2, 3)]);
         assert_eq!(b.next_offsets, [(1, 8), (2, 4)].into_iter().collect());
+        assert_eq!(taken.unreadable, vec![unreadable(3, 4)]);
+        assert_eq!(b.unreadable, vec![unreadable(1, 9)]);
     }
 }

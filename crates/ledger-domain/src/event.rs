@@ -77,6 +77,37 @@ pub enum EventBody {
         /// Minor units.
         amount: Amount,
     },
+    /// An operator's decision for this account while it is parked (its events wait
+    /// behind one the projector could not read), written to the log by a projector so
+    /// that every instance and every rebuild applies it at the same place in the
+    /// account's order. Changes nothing when the account is not parked.
+    Unpark {
+        /// What to do with the waiting events.
+        action: UnparkKind,
+    },
+}
+
+/// What an [`EventBody::Unpark`] does with a parked account's waiting events. In JSON
+/// (the admin routes), `retry` or `skip`; the log's codec numbers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnparkKind {
+    /// Read the first waiting event again (a newer projector may know it) and apply the
+    /// waiting events in order, up to the next one that still cannot be read.
+    Retry,
+    /// Send the first waiting event to the dead-letter topic, then apply the rest as
+    /// `Retry` does.
+    Skip,
+}
+
+impl UnparkKind {
+    /// As operators and the admin routes name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnparkKind::Retry => "retry",
+            UnparkKind::Skip => "skip",
+        }
+    }
 }
 
 impl EventBody {

@@ -22,9 +22,9 @@ pub mod rules;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use batch::{Batch, Record};
+pub use batch::{Batch, Record, Unreadable};
 pub use command::{Command, CommandKind, ValidationError};
-pub use event::{follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind};
+pub use event::{follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind, UnparkKind};
 pub use ids::{AccountId, Amount, CommandId, MAX_AMOUNT};
 pub use model::{
     Applied, ApplyResult, CommandRecord, CommandStatus, FollowUpRecord, Model, Totals,

@@ -64,6 +64,9 @@ pub enum ApplyResult {
     /// Its command id (for a follow-up, its event id) was seen before: nothing changed,
     /// and the first outcome stands.
     Duplicate,
+    /// An operator's control event ([`EventBody::Unpark`]): it acts on what the store
+    /// keeps of parked events, never on an account's state or outcomes.
+    Control,
 }
 
 /// A transfer's terms and where it settled, kept with its command's outcome.
@@ -193,6 +196,12 @@ pub fn apply_event<S: LedgerState>(
 ) -> Result<Applied, S::Error> {
     if event.body.is_follow_up() {
         return apply_follow_up(state, event, at);
+    }
+    if matches!(event.body, EventBody::Unpark { .. }) {
+        return Ok(Applied {
+            result: ApplyResult::Control,
+            follow_ups: Vec::new(),
+        });
     }
     if state
         .command(&event.account_id, &event.command_id)?

@@ -110,7 +110,7 @@ pub fn decide(state: Option<&AccountState>, body: &EventBody) -> Result<AccountS
             applied_events: state.map_or(0, |s| s.applied_events),
         },
         (_, None) => return Err(Rejection::AccountNotOpen),
-        (EventBody::TransferCompleted { .. }, Some(s)) => return Ok(*s),
+        (EventBody::TransferCompleted { .. } | EventBody::Unpark { .. }, Some(s)) => return Ok(*s),
         (EventBody::Deposit { amount } | EventBody::TransferRefund { amount, .. }, Some(s)) => {
             let amount =
                 i64::try_from(amount.minor_units()).map_err(|_| Rejection::BalanceOverflow)?;

@@ -21,23 +21,49 @@
 //! partition count and refuses another: if partitions were added, keys would move and an
 //! account's state would split.
 
+mod generations;
+mod partition;
 mod records;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use rayon::iter::{IntoParallelIterator, ParallelIterator};
 use std::time::{Duration, Instant};
 
-use ledger_domain::model::{apply_event, recorded_follow_ups, LedgerState};
 use ledger_domain::partitioning::partition_of;
-use ledger_domain::{
-    AccountId, AccountState, ApplyResult, Batch, CommandId, CommandRecord, Event, FollowUpRecord,
-    Position, Record, Totals,
-};
+use ledger_domain::{AccountId, AccountState, Batch, CommandId, Event, Record, Totals, Unreadable};
 
-pub use records::{StoredCommand, LAYOUT};
+pub use generations::{RebuildView, Retired, SwapError};
+use partition::{Decided, PartitionJob};
+pub use records::{ParkMark, StoredCommand, LAYOUT};
+
+/// How the store writes an event that waits behind an unreadable one, and reads waiting
+/// events again: the event log's codec, which the store cannot depend on (it needs no
+/// Kafka). A store without one refuses to park.
+pub trait EventCodec: Send + Sync {
+    /// The event as the log's envelope.
+    fn encode(&self, event: &Event) -> Vec<u8>;
+    /// The envelope's event, or why this build cannot read it.
+    fn decode(&self, bytes: &[u8]) -> Result<Event, String>;
+}
+
+/// A parked account's first waiting event, skipped by an operator: it goes to the
+/// dead-letter topic before the batch that skipped it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Where it was read.
+    pub partition: i32,
+    /// Where it was read.
+    pub offset: i64,
+    /// The account it parked.
+    pub account_id: AccountId,
+    /// The bytes as read.
+    pub payload: Vec<u8>,
+    /// Why it could not be read.
+    pub reason: String,
+}
 
 /// The store failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +112,12 @@ pub enum StoreError {
         /// What was found there.
         found: String,
     },
+    /// A rebuild swapped the partition's tree out after this batch was decided over it.
+    #[error("the tree {0} was swapped out by a rebuild while a batch was being applied to it; the batch is read again from the new tree's offset")]
+    Swapped(String),
+    /// An account must park, but the store was opened without an [`EventCodec`].
+    #[error("an event must wait behind an unreadable one, but this store has no codec to keep it with (a bug: open it with Store::with_codec)")]
+    NoCodec,
     /// The topic's partition count is not the one this store was built with.
     #[error("topic {topic} now has {now} partitions, but this store was built when it had {stored}. Adding partitions moves keys between partitions, so accounts' events would be split across two partitions and their state with them; the projector stops rather than serve a split ledger. The way out: create a new topic with the partition count you need, copy the log into it in order with murmur2 keys (a migration), and point the services and a fresh projector store at it")]
     PartitionCountChanged {
@@ -111,6 +143,14 @@ pub struct BatchStats {
     pub redelivered: u64,
     /// Follow-up events the batch causes (to be written to the log before it is stored).
     pub follow_ups: u64,
+    /// Events that now wait, their account parked.
+    pub parked: u64,
+    /// Waiting events an operator's decision applied (also counted by their outcome).
+    pub unparked: u64,
+    /// Waiting events an operator skipped, to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Operators' decisions applied (`Unpark` events).
+    pub controls: u64,
     /// Partitions the batch touched.
     pub partitions: usize,
     /// Threads that applied them.
@@ -127,6 +167,10 @@ impl BatchStats {
         self.duplicates += other.duplicates;
         self.redelivered += other.redelivered;
         self.follow_ups += other.follow_ups;
+        self.parked += other.parked;
+        self.unparked += other.unparked;
+        self.dead_lettered += other.dead_lettered;
+        self.controls += other.controls;
         for (k, v) in other.rejected {
             *self.rejected.entry(k).or_default() += v;
         }
@@ -149,6 +193,12 @@ pub struct Store {
     /// The threads that apply partitions in parallel, for good (a thread per batch
     /// would churn the allocator's per-thread memory); none with one worker.
     pool: Option<Arc<rayon::ThreadPool>>,
+    codec: Option<Arc<dyn EventCodec>>,
+    /// Held while a batch is written and while a rebuild's trees are swapped in, so that
+    /// no batch decided over a tree lands after that tree was swapped out.
+    writer: Arc<Mutex<()>>,
+    /// For a rebuild's view: the generation of the trees it reads and writes.
+    view: Option<u32>,
 }
 
 impl Store {
@@ -213,15 +263,25 @@ impl Store {
                 });
             }
         }
-        Ok(Self {
+        let store = Self {
             db,
             meta,
             trees: Arc::default(),
             path: path.to_path_buf(),
             workers: 1,
             pool: None,
-        }
-        .with_workers(std::thread::available_parallelism().map_or(1, |n| n.get())))
+            codec: None,
+            writer: Arc::default(),
+            view: None,
+        };
+        store.drop_stale_generations()?;
+        Ok(store.with_workers(std::thread::available_parallelism().map_or(1, |n| n.get())))
+    }
+
+    /// Parks events with this codec (see [`EventCodec`]).
+    pub fn with_codec(mut self, codec: Arc<dyn EventCodec>) -> Self {
+        self.codec = Some(codec);
+        self
     }
 
     /// Applies partitions on at most `workers` threads (at least one).
@@ -262,9 +322,13 @@ impl Store {
         {
             return Ok(t.clone());
         }
+        let generation = match self.view {
+            Some(g) => g,
+            None => self.generation(topic, partition)?,
+        };
         let t = self
             .db
-            .open_tree(records::partition_tree_name(topic, partition))?;
+            .open_tree(records::generation_tree_name(topic, partition, generation))?;
         self.trees
             .write()
             .expect("the tree cache lock is never held across a panic")
@@ -281,6 +345,7 @@ impl Store {
             .filter_map(|n| records::partition_of_tree(topic, n))
             .collect();
         parts.sort_unstable();
+        parts.dedup();
         parts
     }
 
@@ -467,22 +532,27 @@ impl Store {
     /// If a partition fails, the error is returned once every partition has finished.
     pub fn prepare(&self, topic: &str, batch: &Batch) -> Result<Prepared, StoreError> {
         let started = Instant::now();
-        let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, (Vec<&Record>, Vec<&Unreadable>)> = BTreeMap::new();
         for r in &batch.records {
-            by_partition.entry(r.partition).or_default().push(r);
+            by_partition.entry(r.partition).or_default().0.push(r);
+        }
+        for u in &batch.unreadable {
+            by_partition.entry(u.partition).or_default().1.push(u);
         }
         for p in batch.next_offsets.keys() {
             by_partition.entry(*p).or_default();
         }
         let mut jobs = Vec::with_capacity(by_partition.len());
-        for (partition, records) in by_partition {
+        for (partition, (records, unreadable)) in by_partition {
             jobs.push(PartitionJob {
                 name: records::partition_tree_name(topic, partition),
                 tree: self.tree(topic, partition)?,
                 partition,
                 records,
+                unreadable,
                 next: batch.next_offsets.get(&partition).copied(),
                 emit_from: batch.emit_from.get(&partition).copied(),
+                codec: self.codec.as_deref(),
             });
         }
         // The biggest partitions first, so that no thread is left with a long one at
@@ -502,16 +572,20 @@ impl Store {
         };
         let mut writes = Vec::with_capacity(results.len());
         let mut follow_ups = Vec::new();
+        let mut dead_letters = Vec::new();
         for result in results {
-            let decided = result?;
+            let decided: Decided = result?;
             stats.merge(decided.stats);
             follow_ups.extend(decided.follow_ups);
+            dead_letters.extend(decided.dead_letters);
             writes.push((decided.tree, decided.writes));
         }
         stats.follow_ups = follow_ups.len() as u64;
         Ok(Prepared {
+            topic: topic.to_string(),
             writes,
             follow_ups,
+            dead_letters,
             stats,
             started,
         })
@@ -519,13 +593,32 @@ impl Store {
 
     /// Writes a prepared batch, each partition atomically, and flushes once for all of
     /// them. The caller has written its follow-ups to the log first.
+    ///
+    /// A batch decided over a partition's tree that a rebuild has since swapped out is
+    /// refused ([`StoreError::Swapped`]): its reader reads again from the new tree's
+    /// offset.
     pub fn commit(&self, prepared: Prepared) -> Result<BatchStats, StoreError> {
         let Prepared {
+            topic,
             writes,
             mut stats,
             started,
             ..
         } = prepared;
+        let _writing = self
+            .writer
+            .lock()
+            .expect("the writer lock is never held across a panic");
+        if self.view.is_none() {
+            for (tree, _) in &writes {
+                let live = self.live_tree_name(&topic, tree)?;
+                if live.as_deref() != Some(&*tree.name()) {
+                    return Err(StoreError::Swapped(
+                        String::from_utf8_lossy(&tree.name()).into_owned(),
+                    ));
+                }
+            }
+        }
         for (tree, batch) in writes {
             tree.apply_batch(batch)?;
         }
@@ -536,6 +629,66 @@ impl Store {
         Ok(stats)
     }
 
+    /// Whether an account is parked, and how: from its partition, as
+    /// [`Store::account`] finds it.
+    pub fn parked(&self, topic: &str, id: &AccountId) -> Result<Option<ParkMark>, StoreError> {
+        let Some(count) = self.partition_count(topic)? else {
+            return Ok(None);
+        };
+        let partition = partition_of(id, count);
+        let key = records::park_mark_key(id);
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(&key)?
+            .map(|v| records::decode_park_mark(&name, &key, &v))
+            .transpose()
+    }
+
+    /// Every parked account of these partitions, in partition then account order.
+    pub fn parked_in(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Vec<(i32, AccountId, ParkMark)>, StoreError> {
+        let mut out = Vec::new();
+        for &p in partitions {
+            let name = records::partition_tree_name(topic, p);
+            for kv in self
+                .tree(topic, p)?
+                .scan_prefix([records::PARK_MARK_PREFIX])
+            {
+                let (k, v) = kv?;
+                let id = records::account_in_key(&name, &k, 1)?;
+                out.push((p, id, records::decode_park_mark(&name, &k, &v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The partition's state digest: the sum of its records' hashes (see `partition`);
+    /// two stores with the same records hold the same digest.
+    pub fn digest(&self, topic: &str, partition: i32) -> Result<u128, StoreError> {
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(records::DIGEST_KEY)?
+            .map_or(Ok(0), |v| {
+                records::decode_u128(&name, records::DIGEST_KEY, &v)
+            })
+    }
+
+    /// The digest computed from scratch over every state record of the partition: what
+    /// [`Store::digest`] keeps without a scan (for tests, and for doubt).
+    pub fn digest_by_scan(&self, topic: &str, partition: i32) -> Result<u128, StoreError> {
+        let mut digest = 0u128;
+        for kv in self.tree(topic, partition)?.iter() {
+            let (k, v) = kv?;
+            if records::is_state_key(&k) {
+                digest = digest.wrapping_add(partition::record_hash(&k, Some(&v)));
+            }
+        }
+        Ok(digest)
+    }
+
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
@@ -544,8 +697,10 @@ impl Store {
 
 /// A batch decided and not yet written: see [`Store::prepare`].
 pub struct Prepared {
+    topic: String,
     writes: Vec<(sled::Tree, sled::Batch)>,
     follow_ups: Vec<Event>,
+    dead_letters: Vec<Skipped>,
     stats: BatchStats,
     started: Instant,
 }
@@ -555,215 +710,11 @@ impl Prepared {
     pub fn follow_ups(&self) -> &[Event] {
         &self.follow_ups
     }
-}
 
-/// One partition's share of a batch.
-struct PartitionJob<'b> {
-    name: String,
-    tree: sled::Tree,
-    partition: i32,
-    records: Vec<&'b Record>,
-    next: Option<i64>,
-    /// Events at or above it cause follow-ups; `None`: nothing here may emit.
-    emit_from: Option<i64>,
-}
-
-/// One partition's decided share: its writes and its follow-ups.
-struct Decided {
-    tree: sled::Tree,
-    writes: sled::Batch,
-    follow_ups: Vec<Event>,
-    stats: BatchStats,
-}
-
-impl PartitionJob<'_> {
-    fn decide(self) -> Result<Decided, StoreError> {
-        let stored = self
-            .tree
-            .get(records::OFFSET_KEY)?
-            .map(|v| records::decode_offset(&self.name, &v))
-            .transpose()?;
-        let mut state = PartitionState {
-            name: &self.name,
-            tree: &self.tree,
-            accounts: HashMap::new(),
-            touched: HashSet::new(),
-            commands: HashMap::new(),
-            follow_ups: HashMap::new(),
-            totals: None,
-            writes: sled::Batch::default(),
-        };
-        let mut stats = BatchStats::default();
-        let mut follow_ups = Vec::new();
-        for r in &self.records {
-            let at = Position {
-                partition: self.partition,
-                offset: r.offset,
-            };
-            let emits = self.emit_from.is_some_and(|from| r.offset >= from);
-            if stored.is_some_and(|next| r.offset < next) {
-                stats.redelivered += 1;
-                if emits {
-                    follow_ups.extend(recorded_follow_ups(&mut state, &r.event, at)?);
-                }
-                continue;
-            }
-            let applied = apply_event(&mut state, &r.event, at)?;
-            match applied.result {
-                ApplyResult::Applied => stats.applied += 1,
-                ApplyResult::Rejected(why) => *stats.rejected.entry(why.code()).or_default() += 1,
-                ApplyResult::Duplicate => stats.duplicates += 1,
-            }
-            if emits {
-                follow_ups.extend(applied.follow_ups);
-            }
-        }
-        let PartitionState {
-            accounts,
-            touched,
-            totals,
-            mut writes,
-            ..
-        } = state;
-        for id in &touched {
-            writes.insert(
-                records::account_key(id),
-                &records::encode_account(&accounts[id]),
-            );
-        }
-        if let Some(totals) = totals {
-            writes.insert(records::TOTALS_KEY, &records::encode_totals(&totals)[..]);
-        }
-        if let Some(next) = self.next {
-            // Never move an offset backwards, whatever the batch says.
-            if stored.is_none_or(|s| next > s) {
-                writes.insert(records::OFFSET_KEY, &records::encode_offset(next));
-            }
-            // An owner's batch: every event below `next` now has its follow-ups in the
-            // log (emitted here, or by an earlier owner below `emit_from`).
-            if self.emit_from.is_some() {
-                let emitted = self
-                    .tree
-                    .get(records::EMITTED_KEY)?
-                    .map(|v| records::decode_offset(&self.name, &v))
-                    .transpose()?;
-                if emitted.is_none_or(|e| next > e) {
-                    writes.insert(records::EMITTED_KEY, &records::encode_offset(next));
-                }
-            }
-        }
-        Ok(Decided {
-            tree: self.tree,
-            writes,
-            follow_ups,
-            stats,
-        })
-    }
-}
-
-/// [`LedgerState`] over one partition's tree, with what the batch reads and writes kept
-/// in memory and every write gathered into one atomic `sled::Batch`.
-struct PartitionState<'a> {
-    name: &'a str,
-    tree: &'a sled::Tree,
-    accounts: HashMap<AccountId, AccountState>,
-    /// Accounts changed by the batch, written once at the end.
-    touched: HashSet<AccountId>,
-    /// Command records written by this batch, by key, not yet in the tree.
-    commands: HashMap<Vec<u8>, CommandRecord>,
-    /// Follow-up records written by this batch, not yet in the tree.
-    follow_ups: HashMap<u128, FollowUpRecord>,
-    /// The partition's totals once the batch changed them, written once at the end.
-    totals: Option<Totals>,
-    writes: sled::Batch,
-}
-
-impl LedgerState for PartitionState<'_> {
-    type Error = StoreError;
-
-    fn account(&mut self, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
-        if let Some(s) = self.accounts.get(id) {
-            return Ok(Some(*s));
-        }
-        let key = records::account_key(id);
-        match self.tree.get(&key)? {
-            Some(v) => {
-                let s = records::decode_account(self.name, &key, &v)?;
-                self.accounts.insert(id.clone(), s);
-                Ok(Some(s))
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn put_account(&mut self, id: &AccountId, state: AccountState) -> Result<(), StoreError> {
-        self.accounts.insert(id.clone(), state);
-        self.touched.insert(id.clone());
-        Ok(())
-    }
-
-    fn command(
-        &mut self,
-        account: &AccountId,
-        id: &CommandId,
-    ) -> Result<Option<CommandRecord>, StoreError> {
-        let key = records::command_key(account, id);
-        if let Some(r) = self.commands.get(&key) {
-            return Ok(Some(r.clone()));
-        }
-        let prefix_len = records::command_prefix(id).len();
-        self.tree
-            .get(&key)?
-            .map(|v| {
-                records::decode_command(self.name, 0, prefix_len, &key, &v)
-                    .map(records::StoredCommand::into_record)
-            })
-            .transpose()
-    }
-
-    fn put_command(&mut self, id: &CommandId, record: CommandRecord) -> Result<(), StoreError> {
-        let key = records::command_key(&record.account_id, id);
-        self.writes
-            .insert(key.as_slice(), records::encode_command(&record));
-        self.commands.insert(key, record);
-        Ok(())
-    }
-
-    fn follow_up(&mut self, event_id: u128) -> Result<Option<FollowUpRecord>, StoreError> {
-        if let Some(r) = self.follow_ups.get(&event_id) {
-            return Ok(Some(*r));
-        }
-        let key = records::follow_up_key(event_id);
-        self.tree
-            .get(key)?
-            .map(|v| records::decode_follow_up(self.name, &key, &v))
-            .transpose()
-    }
-
-    fn put_follow_up(&mut self, event_id: u128, record: FollowUpRecord) -> Result<(), StoreError> {
-        self.writes.insert(
-            &records::follow_up_key(event_id),
-            &records::encode_follow_up(&record),
-        );
-        self.follow_ups.insert(event_id, record);
-        Ok(())
-    }
-
-    fn add_totals(&mut self, delta: &Totals) -> Result<(), StoreError> {
-        let totals = match &mut self.totals {
-            Some(t) => t,
-            None => {
-                let stored = self
-                    .tree
-                    .get(records::TOTALS_KEY)?
-                    .map_or(Ok(Totals::default()), |v| {
-                        records::decode_totals(self.name, &v)
-                    })?;
-                self.totals.insert(stored)
-            }
-        };
-        totals.add(delta);
-        Ok(())
+    /// The waiting events an operator skipped, to write to the dead-letter topic before
+    /// [`Store::commit`].
+    pub fn dead_letters(&self) -> &[Skipped] {
+        &self.dead_letters
     }
 }
 

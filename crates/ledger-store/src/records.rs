@@ -12,6 +12,14 @@
 //! | `f` event id | a follow-up's outcome (offset `i64`, then 0 or the rejection's byte), 9 bytes |
 //! | `t` | the partition's [`Totals`], six 16-byte big-endian integers |
 //! | `e` | the next offset whose follow-ups are not known to be in the log: `i64` |
+//! | `d` | the partition's state digest (see `digest`): `u128` big-endian |
+//! | `p` | how many accounts of the partition are parked: `u64` |
+//! | `K` account id | a parked account: the offset of its first waiting event (`i64`), how many wait (`u64`), then why the first cannot be read (text) |
+//! | `k` length, account id, offset | one waiting event of a parked account: `0` and the bytes as read (unreadable here), or `1` and the event as this build encodes it |
+//!
+//! A rebuild writes a partition's state into a tree of the next generation
+//! (`p/<topic>/<partition>@<generation>`) and the store swaps it in by writing the
+//! partition's generation into the meta tree (`gen/<topic>/<partition>`).
 //!
 //! A command id is 17 bytes when it is a UUID in canonical text (the ids the services
 //! generate): `1` then its 16 bytes. Any other id is `0`, its length (1 byte, ids are at
@@ -28,9 +36,9 @@ use ledger_domain::{
 use crate::StoreError;
 
 /// The layout this build reads and writes. 1 was one tree per kind shared by every
-/// partition, with bincode values and text keys; it is not migrated (the projection is
-/// rebuilt from the log instead).
-pub const LAYOUT: u32 = 2;
+/// partition, with bincode values and text keys; 2 had no state digest and no parked
+/// events. Neither is migrated (the projection is rebuilt from the log instead).
+pub const LAYOUT: u32 = 3;
 
 pub(crate) const META_TREE: &str = "meta";
 pub(crate) const META_LAYOUT: &[u8] = b"layout";
@@ -41,6 +49,26 @@ pub(crate) const TOTALS_KEY: &[u8] = b"t";
 pub(crate) const ACCOUNT_PREFIX: u8 = b'a';
 pub(crate) const COMMAND_PREFIX: u8 = b'c';
 pub(crate) const FOLLOW_UP_PREFIX: u8 = b'f';
+pub(crate) const DIGEST_KEY: &[u8] = b"d";
+pub(crate) const PARKED_COUNT_KEY: &[u8] = b"p";
+pub(crate) const PARK_MARK_PREFIX: u8 = b'K';
+pub(crate) const PARK_ENTRY_PREFIX: u8 = b'k';
+
+/// Whether a key's record is part of the partition's state, and so of its digest: the
+/// accounts, outcomes, totals and parked events, never the bookkeeping of how far it
+/// has read or emitted (a rebuild reaches the same state without emitting anything).
+pub(crate) fn is_state_key(key: &[u8]) -> bool {
+    matches!(
+        key.first(),
+        Some(
+            &ACCOUNT_PREFIX
+                | &COMMAND_PREFIX
+                | &FOLLOW_UP_PREFIX
+                | &PARK_MARK_PREFIX
+                | &PARK_ENTRY_PREFIX
+        )
+    ) || key == TOTALS_KEY
+}
 
 const COMMAND_ID_TEXT: u8 = 0;
 const COMMAND_ID_UUID: u8 = 1;
@@ -62,9 +90,24 @@ pub struct StoredCommand {
     pub transfer: Option<TransferRecord>,
 }
 
-/// The tree of one partition of a topic.
+/// The tree of one partition of a topic, of generation 0 (until a rebuild swaps
+/// another in).
 pub(crate) fn partition_tree_name(topic: &str, partition: i32) -> String {
-    format!("{}{partition}", partition_tree_prefix(topic))
+    generation_tree_name(topic, partition, 0)
+}
+
+/// The tree of one partition of a topic in a generation.
+pub(crate) fn generation_tree_name(topic: &str, partition: i32, generation: u32) -> String {
+    if generation == 0 {
+        format!("{}{partition}", partition_tree_prefix(topic))
+    } else {
+        format!("{}{partition}@{generation}", partition_tree_prefix(topic))
+    }
+}
+
+/// Where the meta tree keeps the generation of a partition's live tree.
+pub(crate) fn generation_key(topic: &str, partition: i32) -> Vec<u8> {
+    format!("gen/{topic}/{partition}").into_bytes()
 }
 
 pub(crate) fn partition_tree_prefix(topic: &str) -> String {
@@ -73,8 +116,143 @@ pub(crate) fn partition_tree_prefix(topic: &str) -> String {
 
 /// The partition a tree name belongs to, if it is one of `topic`'s.
 pub(crate) fn partition_of_tree(topic: &str, name: &[u8]) -> Option<i32> {
+    tree_generation(topic, name).map(|(p, _)| p)
+}
+
+/// The partition and generation a tree name belongs to, if it is one of `topic`'s.
+pub(crate) fn tree_generation(topic: &str, name: &[u8]) -> Option<(i32, u32)> {
     let rest = name.strip_prefix(partition_tree_prefix(topic).as_bytes())?;
-    std::str::from_utf8(rest).ok()?.parse().ok()
+    let rest = std::str::from_utf8(rest).ok()?;
+    match rest.split_once('@') {
+        Some((p, g)) => Some((p.parse().ok()?, g.parse().ok()?)),
+        None => Some((rest.parse().ok()?, 0)),
+    }
+}
+
+/// `K` and the account: the account is parked.
+pub(crate) fn park_mark_key(id: &AccountId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.as_str().len());
+    k.push(PARK_MARK_PREFIX);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+/// `k`, the account's length and id: every waiting event of the account starts with it.
+pub(crate) fn park_entry_prefix(id: &AccountId) -> Vec<u8> {
+    let text = id.as_str().as_bytes();
+    let mut k = Vec::with_capacity(2 + text.len() + 8);
+    k.push(PARK_ENTRY_PREFIX);
+    k.push(
+        u8::try_from(text.len())
+            .expect("an account id is at most 64 characters, validated at parse"),
+    );
+    k.extend_from_slice(text);
+    k
+}
+
+pub(crate) fn park_entry_key(id: &AccountId, offset: i64) -> Vec<u8> {
+    let mut k = park_entry_prefix(id);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// The offset a waiting event's key ends with.
+pub(crate) fn park_entry_offset(tree: &str, key: &[u8]) -> Result<i64, StoreError> {
+    let tail = key
+        .len()
+        .checked_sub(8)
+        .map(|at| &key[at..])
+        .ok_or_else(|| bad(tree, key, "a waiting event's key ends with its offset"))?;
+    Ok(i64::from_be_bytes(fixed::<8>(tree, key, tail)?))
+}
+
+/// A parked account: what `K` holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkMark {
+    /// The offset of the first waiting event, the one that cannot be read.
+    pub first_offset: i64,
+    /// Events waiting, that one included.
+    pub waiting: u64,
+    /// Why the first cannot be read.
+    pub reason: String,
+}
+
+pub(crate) fn encode_park_mark(m: &ParkMark) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + m.reason.len());
+    v.extend_from_slice(&m.first_offset.to_be_bytes());
+    v.extend_from_slice(&m.waiting.to_be_bytes());
+    v.extend_from_slice(m.reason.as_bytes());
+    v
+}
+
+pub(crate) fn decode_park_mark(
+    tree: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<ParkMark, StoreError> {
+    if bytes.len() < 16 {
+        return Err(bad(
+            tree,
+            key,
+            format!(
+                "a parked account is at least 16 bytes, found {}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(ParkMark {
+        first_offset: i64::from_be_bytes(fixed::<8>(tree, key, &bytes[..8])?),
+        waiting: u64::from_be_bytes(fixed::<8>(tree, key, &bytes[8..16])?),
+        reason: String::from_utf8_lossy(&bytes[16..]).into_owned(),
+    })
+}
+
+/// A waiting event, as `k` holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ParkEntry {
+    /// The bytes as read: this build could not read them.
+    Unreadable(Vec<u8>),
+    /// An event this build read, waiting behind one it could not, in its own encoding.
+    Waiting(Vec<u8>),
+}
+
+impl ParkEntry {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            ParkEntry::Unreadable(b) | ParkEntry::Waiting(b) => b,
+        }
+    }
+}
+
+pub(crate) fn encode_park_entry(e: &ParkEntry) -> Vec<u8> {
+    let (tag, bytes) = match e {
+        ParkEntry::Unreadable(b) => (0u8, b),
+        ParkEntry::Waiting(b) => (1u8, b),
+    };
+    let mut v = Vec::with_capacity(1 + bytes.len());
+    v.push(tag);
+    v.extend_from_slice(bytes);
+    v
+}
+
+pub(crate) fn decode_park_entry(
+    tree: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<ParkEntry, StoreError> {
+    match bytes.split_first() {
+        Some((0, rest)) => Ok(ParkEntry::Unreadable(rest.to_vec())),
+        Some((1, rest)) => Ok(ParkEntry::Waiting(rest.to_vec())),
+        _ => Err(bad(tree, key, "a waiting event starts with 0 or 1")),
+    }
+}
+
+pub(crate) fn decode_u128(tree: &str, key: &[u8], bytes: &[u8]) -> Result<u128, StoreError> {
+    Ok(u128::from_be_bytes(fixed::<16>(tree, key, bytes)?))
+}
+
+pub(crate) fn decode_u64(tree: &str, key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(fixed::<8>(tree, key, bytes)?))
 }
 
 pub(crate) fn partition_count_key(topic: &str) -> Vec<u8> {
@@ -471,6 +649,59 @@ mod tests {
             refunded: 4,
         };
         assert_eq!(decode_totals("t", &encode_totals(&t)).unwrap(), t);
+    }
+
+    #[test]
+    fn parked_records_round_trip_and_keys_sort_by_offset() {
+        let m = ParkMark {
+            first_offset: 7,
+            waiting: 3,
+            reason: "unknown event type 100".into(),
+        };
+        assert_eq!(
+            decode_park_mark("t", b"K", &encode_park_mark(&m)).unwrap(),
+            m
+        );
+        for e in [
+            ParkEntry::Unreadable(vec![0xEB, 9]),
+            ParkEntry::Waiting(vec![1, 2]),
+        ] {
+            assert_eq!(
+                decode_park_entry("t", b"k", &encode_park_entry(&e)).unwrap(),
+                e
+            );
+        }
+        let acc = AccountId::parse("acc-1").unwrap();
+        let (a, b) = (park_entry_key(&acc, 9), park_entry_key(&acc, 300));
+        assert!(a < b && a.starts_with(&park_entry_prefix(&acc)));
+        assert_eq!(park_entry_offset("t", &b).unwrap(), 300);
+        // "acc-1" never shares a prefix with "acc-10".
+        let longer = park_entry_prefix(&AccountId::parse("acc-10").unwrap());
+        assert!(!longer.starts_with(&park_entry_prefix(&acc)));
+        assert!(decode_park_mark("t", b"K", &[0; 15]).is_err());
+        assert!(decode_park_entry("t", b"k", &[7]).is_err());
+    }
+
+    #[test]
+    fn tree_names_carry_their_generation() {
+        assert_eq!(
+            tree_generation("t", partition_tree_name("t", 3).as_bytes()),
+            Some((3, 0))
+        );
+        assert_eq!(
+            tree_generation("t", generation_tree_name("t", 3, 2).as_bytes()),
+            Some((3, 2))
+        );
+        assert_eq!(
+            tree_generation("u", generation_tree_name("t", 3, 2).as_bytes()),
+            None
+        );
+        assert!(is_state_key(b"acc") && is_state_key(TOTALS_KEY) && !is_state_key(OFFSET_KEY));
+        assert!(
+            !is_state_key(EMITTED_KEY)
+                && !is_state_key(DIGEST_KEY)
+                && !is_state_key(PARKED_COUNT_KEY)
+        );
     }
 
     #[test]

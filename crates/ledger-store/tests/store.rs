@@ -10,8 +10,9 @@ use ledger_domain::{
     follow_up_cause, AccountId, Batch, CommandId, CommandStatus, Event, EventBody, FollowUpKind,
     Model, Position, Record, Rejection, Totals,
 };
-use ledger_store::{Store, StoreError};
+use ledger_store::{EventCodec, Store, StoreError, SwapError};
 use proptest::prelude::*;
+use std::sync::Arc;
 
 const TOPIC: &str = "ledger.events";
 const CACHE: u64 = 8 << 20;
@@ -360,6 +361,20 @@ proptest! {
             prop_assert_eq!(got.status, rec.status);
             prop_assert!(got.status.is_final());
         }
+        // The digest kept as the batches wrote is the digest of what is stored; and a
+        // store that applies the same log read-only, in one batch, holds the same.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = open(other_dir.path());
+        other.apply_batch(TOPIC, &Batch {
+            records: written.clone(),
+            next_offsets: log.ends.clone(),
+            ..Batch::default()
+        }).unwrap();
+        for p in 0..PARTITIONS {
+            let kept = store.digest(TOPIC, p).unwrap();
+            prop_assert_eq!(kept, store.digest_by_scan(TOPIC, p).unwrap());
+            prop_assert_eq!(kept, other.digest(TOPIC, p).unwrap(), "partition {}", p);
+        }
     }
 
     #[test]
@@ -594,4 +609,275 @@ fn a_credit_to_an_account_never_opened_causes_a_refund() {
         CommandStatus::Refunded(Rejection::DestinationNotOpen)
     );
     assert_eq!(t.status.reason(), Some("destination_not_open"));
+}
+
+/// The event log's codec as the store sees it, with an event type this "version" may or
+/// may not know: a payload `future:N` is a deposit of N to a newer projector and
+/// unreadable to an older one.
+struct TestCodec {
+    knows_future: bool,
+}
+
+impl EventCodec for TestCodec {
+    fn encode(&self, event: &Event) -> Vec<u8> {
+        encode_event(event)
+    }
+    fn decode(&self, bytes: &[u8]) -> Result<Event, String> {
+        decode_event(bytes, self.knows_future)
+    }
+}
+
+/// Events travel as `account|command|body` where body is `open`, `dep:N`, `wd:N`, or
+/// `future:N` (known only with `knows_future`).
+fn encode_event(e: &Event) -> Vec<u8> {
+    let body = match &e.body {
+        EventBody::OpenAccount => "open".to_string(),
+        EventBody::Deposit { amount } => format!("dep:{}", amount.minor_units()),
+        EventBody::Withdraw { amount } => format!("wd:{}", amount.minor_units()),
+        other => panic!("the test codec does not carry {other:?}"),
+    };
+    format!("{}|{}|{body}", e.account_id, e.command_id).into_bytes()
+}
+
+fn decode_event(bytes: &[u8], knows_future: bool) -> Result<Event, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+    let mut parts = text.splitn(3, '|');
+    let (a, c, body) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let body = match body.split_once(':') {
+        None if body == "open" => EventBody::OpenAccount,
+        Some(("dep", n)) => dep(n.parse().unwrap()),
+        Some(("wd", n)) => wd(n.parse().unwrap()),
+        Some(("future", n)) if knows_future => dep(n.parse().unwrap()),
+        _ => return Err(format!("unknown event type in {body}")),
+    };
+    Ok(ev(c, a, body))
+}
+
+fn open_with(dir: &std::path::Path, knows_future: bool) -> Store {
+    open(dir).with_codec(Arc::new(TestCodec { knows_future }))
+}
+
+impl Log {
+    /// The next offset of the account's partition, taken by an unreadable event.
+    fn unreadable(&mut self, b: &mut Batch, account: &str, payload: &str) {
+        let account_id = acc(account);
+        let partition = partition_of(&account_id, PARTITIONS);
+        let offset = self.ends.entry(partition).or_insert(0);
+        b.unreadable.push(ledger_domain::Unreadable {
+            partition,
+            offset: *offset,
+            account_id,
+            payload: payload.as_bytes().to_vec(),
+            reason: "unknown event type 100".into(),
+        });
+        *offset += 1;
+        b.next_offsets.insert(partition, *offset);
+    }
+}
+
+fn unpark(cmd: &str, account: &str, action: ledger_domain::UnparkKind) -> Event {
+    ev(cmd, account, EventBody::Unpark { action })
+}
+
+fn balance(store: &Store, account: &str) -> i64 {
+    store
+        .account(TOPIC, &acc(account))
+        .unwrap()
+        .map_or(0, |s| s.balance)
+}
+
+fn digests_hold(store: &Store) {
+    for p in 0..PARTITIONS {
+        assert_eq!(
+            store.digest(TOPIC, p).unwrap(),
+            store.digest_by_scan(TOPIC, p).unwrap(),
+            "partition {p}"
+        );
+    }
+}
+
+#[test]
+fn an_unreadable_event_parks_its_account_alone_until_a_newer_version_retries_it() {
+    use ledger_domain::UnparkKind::Retry;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::default();
+    // "acc-1" and "acc-5" share a partition: one parks, the other flows on.
+    let (a, other) = ("acc-1", "acc-5");
+    assert_eq!(
+        partition_of(&acc(a), PARTITIONS),
+        partition_of(&acc(other), PARTITIONS)
+    );
+    {
+        let store = open_with(dir.path(), false);
+        let mut b = log.batch(&[
+            ev("o1", a, EventBody::OpenAccount),
+            ev("o2", other, EventBody::OpenAccount),
+            ev("d1", a, dep(100)),
+        ]);
+        log.unreadable(&mut b, a, &format!("{a}|f1|future:7"));
+        let later = log.batch(&[ev("d2", a, dep(10)), ev("d3", other, dep(50))]);
+        b.records.extend(later.records);
+        b.next_offsets.extend(later.next_offsets);
+        let stats = store.apply_batch(TOPIC, &b).unwrap();
+        assert_eq!((stats.parked, stats.applied), (2, 4));
+        assert_eq!((balance(&store, a), balance(&store, other)), (100, 50));
+        let mark = store.parked(TOPIC, &acc(a)).unwrap().expect("parked");
+        assert_eq!(
+            (mark.first_offset, mark.waiting),
+            (b.unreadable[0].offset, 2)
+        );
+        assert!(store.parked(TOPIC, &acc(other)).unwrap().is_none());
+        digests_hold(&store);
+        // A retry by this version changes nothing: it still cannot read the event.
+        let stats = store
+            .apply_batch(TOPIC, &log.batch(&[unpark("u1", a, Retry)]))
+            .unwrap();
+        assert_eq!((stats.controls, stats.unparked), (1, 0));
+        assert_eq!(store.parked(TOPIC, &acc(a)).unwrap().unwrap().waiting, 2);
+        assert_eq!(
+            store
+                .parked_in(TOPIC, &(0..PARTITIONS).collect::<Vec<_>>())
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    // The same store under a "newer projector" that knows the type: the retry applies
+    // both waiting events in order, and the account flows again.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let store = open_with(dir.path(), true);
+    let stats = store
+        .apply_batch(
+            TOPIC,
+            &log.batch(&[unpark("u2", a, Retry), ev("d4", a, dep(1))]),
+        )
+        .unwrap();
+    assert_eq!((stats.unparked, stats.parked), (2, 0));
+    assert_eq!(balance(&store, a), 100 + 7 + 10 + 1);
+    assert!(store.parked(TOPIC, &acc(a)).unwrap().is_none());
+    digests_hold(&store);
+}
+
+#[test]
+fn a_skip_dead_letters_the_unreadable_event_only_when_the_batch_may_write_to_the_log() {
+    use ledger_domain::UnparkKind::Skip;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), false);
+    let mut log = Log::default();
+    let a = "acc-1";
+    let mut b = log.batch(&[ev("o1", a, EventBody::OpenAccount)]);
+    log.unreadable(&mut b, a, &format!("{a}|f1|future:7"));
+    let later = log.batch(&[ev("d1", a, dep(10))]);
+    b.records.extend(later.records);
+    b.next_offsets.extend(later.next_offsets);
+    store.apply_batch(TOPIC, &b).unwrap();
+    let mut skip = log.batch(&[unpark("u1", a, Skip)]);
+    // Read-only (a rebuild, a tail): the same decision, no dead letter.
+    let read_only = store.prepare(TOPIC, &skip).unwrap();
+    assert!(read_only.dead_letters().is_empty());
+    skip.emit_from = skip.next_offsets.keys().map(|&p| (p, 0)).collect();
+    let prepared = store.prepare(TOPIC, &skip).unwrap();
+    let dead = prepared.dead_letters().to_vec();
+    let stats = store.commit(prepared).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, format!("{a}|f1|future:7").into_bytes());
+    assert_eq!(dead[0].reason, "unknown event type 100");
+    assert_eq!((stats.dead_lettered, stats.unparked), (1, 1));
+    assert_eq!(balance(&store, a), 10);
+    assert!(store.parked(TOPIC, &acc(a)).unwrap().is_none());
+    digests_hold(&store);
+}
+
+#[test]
+fn a_rebuild_swaps_in_only_when_every_digest_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), false);
+    let mut log = Log::default();
+    let events: Vec<Event> = (0..40)
+        .map(|i| {
+            let a = format!("acc-{}", i % 7);
+            if i < 7 {
+                ev(&format!("c{i}"), &a, EventBody::OpenAccount)
+            } else {
+                ev(&format!("c{i}"), &a, dep(i))
+            }
+        })
+        .collect();
+    let whole = log.batch(&events);
+    // The live store applies in small batches; the rebuild below in one.
+    for chunk in whole.records.chunks(6) {
+        let mut b = Batch::default();
+        for r in chunk {
+            b.records.push(r.clone());
+            b.next_offsets.insert(r.partition, r.offset + 1);
+        }
+        store.apply_batch(TOPIC, &b).unwrap();
+    }
+    let at: BTreeMap<i32, Option<i64>> = (0..PARTITIONS)
+        .map(|p| (p, store.stored_offset(TOPIC, p).unwrap()))
+        .collect();
+    let parts: Vec<i32> = (0..PARTITIONS).collect();
+
+    // A rebuild that missed one event disagrees: nothing changes.
+    let view = store.rebuild_view(TOPIC, &parts).unwrap();
+    let mut short = whole.clone();
+    let dropped = short.records.remove(10);
+    view.store().apply_batch(TOPIC, &short).unwrap();
+    match store.swap_in(&view, &at) {
+        Err(SwapError::Mismatch { partition, .. }) => assert_eq!(partition, dropped.partition),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    store.discard(view).unwrap();
+    assert_eq!(balance(&store, "acc-3"), 10 + 17 + 24 + 31 + 38);
+
+    // A faithful one agrees and becomes the live store, durably.
+    let view = store.rebuild_view(TOPIC, &parts).unwrap();
+    view.store().apply_batch(TOPIC, &whole).unwrap();
+    let retired = store.swap_in(&view, &at).unwrap();
+    store.drop_retired(retired).unwrap();
+    let before: Vec<u128> = parts
+        .iter()
+        .map(|&p| store.digest(TOPIC, p).unwrap())
+        .collect();
+    // Writes go to the new trees from now on.
+    store
+        .apply_batch(TOPIC, &log.batch(&[ev("late", "acc-3", dep(1000))]))
+        .unwrap();
+    assert_eq!(balance(&store, "acc-3"), 10 + 17 + 24 + 31 + 38 + 1000);
+    drop(view);
+    drop(store);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let store = open_with(dir.path(), false);
+    assert_eq!(balance(&store, "acc-3"), 10 + 17 + 24 + 31 + 38 + 1000);
+    assert_ne!(
+        before,
+        parts
+            .iter()
+            .map(|&p| store.digest(TOPIC, p).unwrap())
+            .collect::<Vec<_>>()
+    );
+    digests_hold(&store);
+}
+
+#[test]
+fn a_batch_decided_before_a_swap_is_refused_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), false);
+    let mut log = Log::default();
+    let first = log.batch(&[ev("o", "acc-1", EventBody::OpenAccount)]);
+    store.apply_batch(TOPIC, &first).unwrap();
+    let p = first.records[0].partition;
+    let at: BTreeMap<i32, Option<i64>> = [(p, store.stored_offset(TOPIC, p).unwrap())].into();
+    let view = store.rebuild_view(TOPIC, &[p]).unwrap();
+    view.store().apply_batch(TOPIC, &first).unwrap();
+    let late = store
+        .prepare(TOPIC, &log.batch(&[ev("d", "acc-1", dep(5))]))
+        .unwrap();
+    let _retired = store.swap_in(&view, &at).unwrap();
+    assert!(matches!(store.commit(late), Err(StoreError::Swapped(_))));
+    assert_eq!(balance(&store, "acc-1"), 0);
 }

@@ -1,0 +1,573 @@
+//! One partition's share of a batch: its events decided against the partition's tree
+//! into one atomic write, with the follow-ups and dead letters they cause.
+//!
+//! Two things happen here beside the rules of the domain:
+//!
+//! - **Parking.** An event this build cannot read parks its account: it and every later
+//!   event of the account wait, in order, in the partition's tree, while the partition's
+//!   other accounts flow on. An operator's [`EventBody::Unpark`] in the log, applied at
+//!   its place like any event, reads the waiting events again (`Retry`) or first sends
+//!   the unreadable one to the dead-letter topic (`Skip`), and applies what it can.
+//! - **The state digest.** Every record of the partition's state (accounts, outcomes,
+//!   totals, parked events) contributes a 128-bit hash of its key and value, and the
+//!   digest is their sum modulo 2^128. A write subtracts the old record's hash and adds
+//!   the new one's, so the digest is kept as the batch writes, with no scan, and two
+//!   stores that hold the same records at the same offset hold the same digest, however
+//!   they got there. A verified rebuild compares it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use ledger_domain::model::{apply_event, recorded_follow_ups, LedgerState};
+use ledger_domain::{
+    AccountId, AccountState, ApplyResult, CommandId, CommandRecord, Event, EventBody,
+    FollowUpRecord, Position, Record, Totals, UnparkKind, Unreadable,
+};
+use sled::IVec;
+
+use crate::records::{self, ParkEntry, ParkMark};
+use crate::{BatchStats, EventCodec, Skipped, StoreError};
+
+/// One partition's share of a batch.
+pub(crate) struct PartitionJob<'b> {
+    pub(crate) name: String,
+    pub(crate) tree: sled::Tree,
+    pub(crate) partition: i32,
+    pub(crate) records: Vec<&'b Record>,
+    pub(crate) unreadable: Vec<&'b Unreadable>,
+    pub(crate) next: Option<i64>,
+    /// Events at or above it cause follow-ups; `None`: nothing here may emit.
+    pub(crate) emit_from: Option<i64>,
+    pub(crate) codec: Option<&'b dyn EventCodec>,
+}
+
+/// One partition's decided share: its writes and what must reach the log before them.
+pub(crate) struct Decided {
+    pub(crate) tree: sled::Tree,
+    pub(crate) writes: sled::Batch,
+    pub(crate) follow_ups: Vec<Event>,
+    pub(crate) dead_letters: Vec<Skipped>,
+    pub(crate) stats: BatchStats,
+}
+
+impl PartitionJob<'_> {
+    pub(crate) fn decide(self) -> Result<Decided, StoreError> {
+        let stored = self
+            .tree
+            .get(records::OFFSET_KEY)?
+            .map(|v| records::decode_offset(&self.name, &v))
+            .transpose()?;
+        let mut state = PartitionState::new(&self.name, &self.tree, self.codec);
+        let mut stats = BatchStats::default();
+        let mut follow_ups = Vec::new();
+        let mut dead_letters = Vec::new();
+        let mut records = self.records.iter().peekable();
+        let mut unreadable = self.unreadable.iter().peekable();
+        loop {
+            // The two lists interleave by offset: an account parks at its unreadable
+            // event's place, and only the events after it wait.
+            let take_unreadable = match (records.peek(), unreadable.peek()) {
+                (None, None) => break,
+                (Some(r), Some(u)) => u.offset < r.offset,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if take_unreadable {
+                let u = unreadable.next().expect("peeked above");
+                if stored.is_some_and(|next| u.offset < next) {
+                    stats.redelivered += 1;
+                    continue;
+                }
+                state.park(
+                    &u.account_id,
+                    u.offset,
+                    ParkEntry::Unreadable(u.payload.clone()),
+                    &u.reason,
+                )?;
+                stats.parked += 1;
+                continue;
+            }
+            let r = records.next().expect("peeked above");
+            let at = Position {
+                partition: self.partition,
+                offset: r.offset,
+            };
+            let emits = self.emit_from.is_some_and(|from| r.offset >= from);
+            if stored.is_some_and(|next| r.offset < next) {
+                stats.redelivered += 1;
+                if emits {
+                    follow_ups.extend(recorded_follow_ups(&mut state, &r.event, at)?);
+                }
+                continue;
+            }
+            if let EventBody::Unpark { action } = r.event.body {
+                stats.controls += 1;
+                state.unpark(
+                    self.partition,
+                    &r.event.account_id,
+                    action,
+                    emits,
+                    &mut Unparked {
+                        stats: &mut stats,
+                        follow_ups: &mut follow_ups,
+                        dead_letters: &mut dead_letters,
+                    },
+                )?;
+                continue;
+            }
+            if state.is_parked(&r.event.account_id)? {
+                let bytes = state.codec()?.encode(&r.event);
+                state.park(&r.event.account_id, r.offset, ParkEntry::Waiting(bytes), "")?;
+                stats.parked += 1;
+                continue;
+            }
+            let applied = apply_event(&mut state, &r.event, at)?;
+            stats.count(applied.result);
+            if emits {
+                follow_ups.extend(applied.follow_ups);
+            }
+        }
+        let mut writes = state.finish()?;
+        if let Some(next) = self.next {
+            // Never move an offset backwards, whatever the batch says.
+            if stored.is_none_or(|s| next > s) {
+                writes.insert(records::OFFSET_KEY, &records::encode_offset(next));
+            }
+            // An owner's batch: every event below `next` now has its follow-ups in the
+            // log (emitted here, or by an earlier owner below `emit_from`).
+            if self.emit_from.is_some() {
+                let emitted = self
+                    .tree
+                    .get(records::EMITTED_KEY)?
+                    .map(|v| records::decode_offset(&self.name, &v))
+                    .transpose()?;
+                if emitted.is_none_or(|e| next > e) {
+                    writes.insert(records::EMITTED_KEY, &records::encode_offset(next));
+                }
+            }
+        }
+        Ok(Decided {
+            tree: self.tree,
+            writes,
+            follow_ups,
+            dead_letters,
+            stats,
+        })
+    }
+}
+
+/// Where an unpark reports what it did.
+struct Unparked<'a> {
+    stats: &'a mut BatchStats,
+    follow_ups: &'a mut Vec<Event>,
+    dead_letters: &'a mut Vec<Skipped>,
+}
+
+/// The hash a record contributes to its partition's digest; an absent one contributes
+/// nothing.
+pub(crate) fn record_hash(key: &[u8], value: Option<&[u8]>) -> u128 {
+    let Some(value) = value else {
+        return 0;
+    };
+    let mut h = blake3::Hasher::new();
+    // The key's length first, so that no key and value can pass for another pair.
+    h.update(&(key.len() as u32).to_be_bytes());
+    h.update(key);
+    h.update(value);
+    let bytes: [u8; 16] = h.finalize().as_bytes()[..16]
+        .try_into()
+        .expect("a blake3 hash is 32 bytes");
+    u128::from_be_bytes(bytes)
+}
+
+/// [`LedgerState`] over one partition's tree, with what the batch reads and writes kept
+/// in memory and every write gathered, to become one atomic `sled::Batch`.
+pub(crate) struct PartitionState<'a> {
+    name: &'a str,
+    tree: &'a sled::Tree,
+    codec: Option<&'a dyn EventCodec>,
+    accounts: HashMap<AccountId, AccountState>,
+    /// Accounts changed by the batch, written once at the end.
+    touched: HashSet<AccountId>,
+    /// Command records written by this batch, by key, not yet in the tree.
+    commands: HashMap<Vec<u8>, CommandRecord>,
+    /// Follow-up records written by this batch, not yet in the tree.
+    follow_ups: HashMap<u128, FollowUpRecord>,
+    /// The partition's totals once the batch changed them, written once at the end.
+    totals: Option<Totals>,
+    /// Parked accounts the batch looked at (`None`: not parked).
+    marks: HashMap<AccountId, Option<ParkMark>>,
+    /// The waiting events of the parked accounts the batch unparked or parked, once read.
+    entries: HashMap<AccountId, BTreeMap<i64, ParkEntry>>,
+    /// How many accounts of the partition are parked, once read.
+    parked_count: Option<u64>,
+    /// Every write, by key (`None`: a removal), in key order.
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What the tree held under keys the batch read, so that the digest needs no second
+    /// read of a record it replaces.
+    originals: HashMap<Vec<u8>, Option<IVec>>,
+}
+
+impl<'a> PartitionState<'a> {
+    pub(crate) fn new(
+        name: &'a str,
+        tree: &'a sled::Tree,
+        codec: Option<&'a dyn EventCodec>,
+    ) -> Self {
+        PartitionState {
+            name,
+            tree,
+            codec,
+            accounts: HashMap::new(),
+            touched: HashSet::new(),
+            commands: HashMap::new(),
+            follow_ups: HashMap::new(),
+            totals: None,
+            marks: HashMap::new(),
+            entries: HashMap::new(),
+            parked_count: None,
+            writes: BTreeMap::new(),
+            originals: HashMap::new(),
+        }
+    }
+
+    fn read(&mut self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        let v = self.tree.get(key)?;
+        self.originals
+            .entry(key.to_vec())
+            .or_insert_with(|| v.clone());
+        Ok(v)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn codec(&self) -> Result<&'a dyn EventCodec, StoreError> {
+        self.codec.ok_or(StoreError::NoCodec)
+    }
+
+    fn parked_count(&mut self) -> Result<u64, StoreError> {
+        if let Some(n) = self.parked_count {
+            return Ok(n);
+        }
+        let n = match self.tree.get(records::PARKED_COUNT_KEY)? {
+            Some(v) => records::decode_u64(self.name, records::PARKED_COUNT_KEY, &v)?,
+            None => 0,
+        };
+        self.parked_count = Some(n);
+        Ok(n)
+    }
+
+    fn mark(&mut self, id: &AccountId) -> Result<Option<ParkMark>, StoreError> {
+        if let Some(m) = self.marks.get(id) {
+            return Ok(m.clone());
+        }
+        let key = records::park_mark_key(id);
+        let mark = self
+            .read(&key)?
+            .map(|v| records::decode_park_mark(self.name, &key, &v))
+            .transpose()?;
+        self.marks.insert(id.clone(), mark.clone());
+        Ok(mark)
+    }
+
+    fn set_mark(&mut self, id: &AccountId, mark: Option<ParkMark>) -> Result<(), StoreError> {
+        let was = self.mark(id)?.is_some();
+        let count = self.parked_count()?;
+        let count = match (was, mark.is_some()) {
+            (false, true) => count + 1,
+            (true, false) => count.saturating_sub(1),
+            _ => count,
+        };
+        self.parked_count = Some(count);
+        let key = records::park_mark_key(id);
+        match &mark {
+            Some(m) => self.put(key, records::encode_park_mark(m)),
+            None => self.remove(key),
+        }
+        self.marks.insert(id.clone(), mark);
+        Ok(())
+    }
+
+    /// Whether the account's events wait. Costs no read while nothing in the partition
+    /// is parked, which is nearly always.
+    fn is_parked(&mut self, id: &AccountId) -> Result<bool, StoreError> {
+        if self.parked_count()? == 0 {
+            return Ok(false);
+        }
+        Ok(self.mark(id)?.is_some())
+    }
+
+    /// The account's waiting events, in offset order: the tree's, with this batch's
+    /// writes over them.
+    fn entries(&mut self, id: &AccountId) -> Result<&mut BTreeMap<i64, ParkEntry>, StoreError> {
+        if !self.entries.contains_key(id) {
+            let prefix = records::park_entry_prefix(id);
+            let mut found = BTreeMap::new();
+            for kv in self.tree.scan_prefix(&prefix) {
+                let (k, v) = kv?;
+                self.originals
+                    .entry(k.to_vec())
+                    .or_insert_with(|| Some(v.clone()));
+                found.insert(
+                    records::park_entry_offset(self.name, &k)?,
+                    records::decode_park_entry(self.name, &k, &v)?,
+                );
+            }
+            for (k, v) in self.writes.range(prefix.clone()..) {
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let offset = records::park_entry_offset(self.name, k)?;
+                match v {
+                    Some(v) => found.insert(offset, records::decode_park_entry(self.name, k, v)?),
+                    None => found.remove(&offset),
+                };
+            }
+            self.entries.insert(id.clone(), found);
+        }
+        Ok(self.entries.get_mut(id).expect("inserted above"))
+    }
+
+    /// Parks the event at `offset` behind the account's earlier waiting ones; an
+    /// unreadable event parks an account that was not parked, with `reason`.
+    fn park(
+        &mut self,
+        id: &AccountId,
+        offset: i64,
+        entry: ParkEntry,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mark = match self.mark(id)? {
+            Some(mut m) => {
+                m.waiting += 1;
+                m
+            }
+            None => ParkMark {
+                first_offset: offset,
+                waiting: 1,
+                reason: reason.to_string(),
+            },
+        };
+        self.set_mark(id, Some(mark))?;
+        self.put(
+            records::park_entry_key(id, offset),
+            records::encode_park_entry(&entry),
+        );
+        if let Some(entries) = self.entries.get_mut(id) {
+            entries.insert(offset, entry);
+        }
+        Ok(())
+    }
+
+    /// An operator's decision for the account: skips its first waiting event (to the
+    /// dead-letter topic, when this batch may write to the log), then reads and applies
+    /// the waiting events in order up to the first that still cannot be read, where the
+    /// account stays parked. Changes nothing for an account that is not parked.
+    fn unpark(
+        &mut self,
+        partition: i32,
+        id: &AccountId,
+        action: UnparkKind,
+        emits: bool,
+        out: &mut Unparked<'_>,
+    ) -> Result<(), StoreError> {
+        let Some(mark) = self.mark(id)? else {
+            return Ok(());
+        };
+        let codec = self.codec()?;
+        let mut waiting = std::mem::take(self.entries(id)?);
+        if action == UnparkKind::Skip {
+            if let Some((offset, entry)) = waiting.pop_first() {
+                self.remove(records::park_entry_key(id, offset));
+                out.stats.dead_lettered += 1;
+                if emits {
+                    out.dead_letters.push(Skipped {
+                        partition,
+                        offset,
+                        account_id: id.clone(),
+                        payload: entry.bytes().to_vec(),
+                        reason: mark.reason.clone(),
+                    });
+                }
+            }
+        }
+        let mut still = None;
+        while let Some((offset, entry)) = waiting.pop_first() {
+            let event = codec.decode(entry.bytes()).and_then(|e| {
+                if &e.account_id == id {
+                    Ok(e)
+                } else {
+                    Err(format!("it names account {}, not {id}", e.account_id))
+                }
+            });
+            let event = match event {
+                Ok(e) => e,
+                Err(reason) => {
+                    waiting.insert(offset, entry);
+                    still = Some(ParkMark {
+                        first_offset: offset,
+                        waiting: waiting.len() as u64,
+                        reason,
+                    });
+                    break;
+                }
+            };
+            self.remove(records::park_entry_key(id, offset));
+            let applied = apply_event(self, &event, Position { partition, offset })?;
+            out.stats.count(applied.result);
+            out.stats.unparked += 1;
+            if emits {
+                out.follow_ups.extend(applied.follow_ups);
+            }
+        }
+        self.entries.insert(id.clone(), waiting);
+        self.set_mark(id, still)
+    }
+
+    /// The batch's writes as one atomic `sled::Batch`, with the digest moved by every
+    /// state record they replace.
+    fn finish(mut self) -> Result<sled::Batch, StoreError> {
+        for id in std::mem::take(&mut self.touched) {
+            let value = records::encode_account(&self.accounts[&id]).to_vec();
+            self.put(records::account_key(&id), value);
+        }
+        if let Some(totals) = self.totals {
+            self.put(
+                records::TOTALS_KEY.to_vec(),
+                records::encode_totals(&totals).to_vec(),
+            );
+        }
+        if let Some(count) = self.parked_count {
+            self.put(
+                records::PARKED_COUNT_KEY.to_vec(),
+                count.to_be_bytes().to_vec(),
+            );
+        }
+        let mut digest = match self.tree.get(records::DIGEST_KEY)? {
+            Some(v) => records::decode_u128(self.name, records::DIGEST_KEY, &v)?,
+            None => 0,
+        };
+        let before = digest;
+        let mut batch = sled::Batch::default();
+        for (key, value) in &self.writes {
+            if records::is_state_key(key) {
+                let old = match self.originals.get(key) {
+                    Some(v) => v.clone(),
+                    None => self.tree.get(key)?,
+                };
+                digest = digest
+                    .wrapping_sub(record_hash(key, old.as_deref()))
+                    .wrapping_add(record_hash(key, value.as_deref()));
+            }
+            match value {
+                Some(v) => batch.insert(key.as_slice(), v.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        if digest != before {
+            batch.insert(records::DIGEST_KEY, &digest.to_be_bytes());
+        }
+        Ok(batch)
+    }
+}
+
+impl LedgerState for PartitionState<'_> {
+    type Error = StoreError;
+
+    fn account(&mut self, id: &AccountId) -> Result<Option<AccountState>, StoreError> {
+        if let Some(s) = self.accounts.get(id) {
+            return Ok(Some(*s));
+        }
+        let key = records::account_key(id);
+        match self.read(&key)? {
+            Some(v) => {
+                let s = records::decode_account(self.name, &key, &v)?;
+                self.accounts.insert(id.clone(), s);
+                Ok(Some(s))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn put_account(&mut self, id: &AccountId, state: AccountState) -> Result<(), StoreError> {
+        self.accounts.insert(id.clone(), state);
+        self.touched.insert(id.clone());
+        Ok(())
+    }
+
+    fn command(
+        &mut self,
+        account: &AccountId,
+        id: &CommandId,
+    ) -> Result<Option<CommandRecord>, StoreError> {
+        let key = records::command_key(account, id);
+        if let Some(r) = self.commands.get(&key) {
+            return Ok(Some(r.clone()));
+        }
+        let prefix_len = records::command_prefix(id).len();
+        self.read(&key)?
+            .map(|v| {
+                records::decode_command(self.name, 0, prefix_len, &key, &v)
+                    .map(records::StoredCommand::into_record)
+            })
+            .transpose()
+    }
+
+    fn put_command(&mut self, id: &CommandId, record: CommandRecord) -> Result<(), StoreError> {
+        let key = records::command_key(&record.account_id, id);
+        self.put(key.clone(), records::encode_command(&record));
+        self.commands.insert(key, record);
+        Ok(())
+    }
+
+    fn follow_up(&mut self, event_id: u128) -> Result<Option<FollowUpRecord>, StoreError> {
+        if let Some(r) = self.follow_ups.get(&event_id) {
+            return Ok(Some(*r));
+        }
+        let key = records::follow_up_key(event_id);
+        self.read(&key)?
+            .map(|v| records::decode_follow_up(self.name, &key, &v))
+            .transpose()
+    }
+
+    fn put_follow_up(&mut self, event_id: u128, record: FollowUpRecord) -> Result<(), StoreError> {
+        self.put(
+            records::follow_up_key(event_id).to_vec(),
+            records::encode_follow_up(&record).to_vec(),
+        );
+        self.follow_ups.insert(event_id, record);
+        Ok(())
+    }
+
+    fn add_totals(&mut self, delta: &Totals) -> Result<(), StoreError> {
+        let totals = match &mut self.totals {
+            Some(t) => t,
+            None => {
+                let stored = self
+                    .read(records::TOTALS_KEY)?
+                    .map_or(Ok(Totals::default()), |v| {
+                        records::decode_totals(self.name, &v)
+                    })?;
+                self.totals.insert(stored)
+            }
+        };
+        totals.add(delta);
+        Ok(())
+    }
+}
+
+impl BatchStats {
+    fn count(&mut self, result: ApplyResult) {
+        match result {
+            ApplyResult::Applied => self.applied += 1,
+            ApplyResult::Rejected(why) => *self.rejected.entry(why.code()).or_default() += 1,
+            ApplyResult::Duplicate => self.duplicates += 1,
+            ApplyResult::Control => self.controls += 1,
+        }
+    }
+}
