@@ -39,6 +39,7 @@ pub fn event_type(body: &EventBody) -> &'static str {
         EventBody::TransferCredit { .. } => "ledger.transfer_credit.v1",
         EventBody::TransferRefund { .. } => "ledger.transfer_refunded.v1",
         EventBody::TransferCompleted { .. } => "ledger.transfer_completed.v1",
+        EventBody::Unpark { .. } => "ledger.unpark_requested.v1",
     }
 }
 

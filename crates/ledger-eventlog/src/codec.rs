@@ -6,7 +6,10 @@
 //! never allocates more than [`MAX_PAYLOAD`] whatever the input claims: it returns a
 //! typed [`DecodeError`], and the projector sends such events to the dead-letter topic.
 
-use ledger_domain::Event;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ledger_domain::{AccountId, CommandId, Event, EventBody};
+use serde::Deserialize;
 
 /// First byte of every envelope: `0xEB` ("event, binary").
 pub const MAGIC: u8 = 0xEB;
@@ -31,6 +34,15 @@ pub enum DecodeError {
     /// (ids and amounts are validated while decoding).
     #[error("malformed payload: {0}")]
     Malformed(String),
+    /// A well-formed event of a type this build does not know: a newer producer wrote
+    /// it. Its account is known, so it parks that account instead of being dropped.
+    #[error("unknown event type {type_index} (written by a newer version)")]
+    UnknownType {
+        /// The account its header names.
+        account_id: AccountId,
+        /// Its body's variant number.
+        type_index: u32,
+    },
 }
 
 impl DecodeError {
@@ -41,8 +53,101 @@ impl DecodeError {
             DecodeError::BadMagic(_) => "bad_magic",
             DecodeError::UnsupportedVersion(_) => "unsupported_version",
             DecodeError::Malformed(_) => "malformed",
+            DecodeError::UnknownType { .. } => "unknown_type",
         }
     }
+
+    /// Whether a newer version may read it: an unknown event type, or an envelope
+    /// version above this build's. Such an event parks its account; anything else is
+    /// poison.
+    pub fn newer_version(&self) -> bool {
+        match self {
+            DecodeError::UnknownType { .. } => true,
+            DecodeError::UnsupportedVersion(v) => *v > VERSION_1,
+            _ => false,
+        }
+    }
+}
+
+/// The body variants this build knows; a higher number is a newer type.
+const KNOWN_TYPES: u32 = 8;
+
+/// The variant number of the stand-in for a type only a newer version knows
+/// ([`enable_test_future_type`]).
+pub const TEST_FUTURE_TYPE: u32 = 100;
+
+static TEST_FUTURE_TYPE_KNOWN: AtomicBool = AtomicBool::new(false);
+
+/// Makes this process read [`TEST_FUTURE_TYPE`] as a deposit: a test's stand-in for
+/// "a newer projector that knows the type". Off unless a hidden flag asks for it.
+pub fn enable_test_future_type() {
+    TEST_FUTURE_TYPE_KNOWN.store(true, Ordering::Relaxed);
+}
+
+/// An event's header: every field before the body, which every version shares.
+#[derive(Deserialize)]
+struct Header {
+    event_id: u128,
+    command_id: CommandId,
+    account_id: AccountId,
+    time_ms: i64,
+}
+
+/// The envelope of an event of [`TEST_FUTURE_TYPE`]: `event`'s header, the type's
+/// number, an amount and a memo, as a newer producer would write it.
+pub fn encode_test_future_type(event: &Event, amount: u64, memo: &str) -> Vec<u8> {
+    let mut out = vec![MAGIC, VERSION_1];
+    let header = (
+        event.event_id,
+        &event.command_id,
+        &event.account_id,
+        event.time_ms,
+        TEST_FUTURE_TYPE,
+        amount,
+        memo,
+    );
+    bincode::serde::encode_into_std_write(header, &mut out, bincode_config())
+        .expect("plain values always serialize into a Vec");
+    out
+}
+
+/// Why a payload whose full decoding failed did: a type this build does not know
+/// (or the test's future type, when known), else the original error.
+fn unknown_type(payload: &[u8], error: DecodeError) -> Result<Event, DecodeError> {
+    let Ok((header, used)) =
+        bincode::serde::decode_from_slice::<Header, _>(payload, bincode_config())
+    else {
+        return Err(error);
+    };
+    let rest = &payload[used..];
+    let Ok((type_index, used)) =
+        bincode::serde::decode_from_slice::<u32, _>(rest, bincode_config())
+    else {
+        return Err(error);
+    };
+    if type_index < KNOWN_TYPES {
+        return Err(error);
+    }
+    if type_index == TEST_FUTURE_TYPE && TEST_FUTURE_TYPE_KNOWN.load(Ordering::Relaxed) {
+        if let Ok(((amount, _memo), _)) =
+            bincode::serde::decode_from_slice::<(u64, String), _>(&rest[used..], bincode_config())
+        {
+            if let Ok(amount) = ledger_domain::Amount::new(amount) {
+                return Ok(Event {
+                    event_id: header.event_id,
+                    command_id: header.command_id,
+                    account_id: header.account_id,
+                    time_ms: header.time_ms,
+                    body: EventBody::Deposit { amount },
+                });
+            }
+        }
+        return Err(error);
+    }
+    Err(DecodeError::UnknownType {
+        account_id: header.account_id,
+        type_index,
+    })
 }
 
 fn bincode_config() -> impl bincode::config::Config {
@@ -78,8 +183,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         )));
     }
     let (event, used): (Event, usize) =
-        bincode::serde::decode_from_slice(payload, bincode_config())
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        match bincode::serde::decode_from_slice(payload, bincode_config()) {
+            Ok(decoded) => decoded,
+            Err(e) => return unknown_type(payload, DecodeError::Malformed(e.to_string())),
+        };
     if used != payload.len() {
         return Err(DecodeError::Malformed(format!(
             "{} trailing bytes after the event",
@@ -168,6 +275,36 @@ mod tests {
         let bytes = encode(&e);
         assert_eq!(&bytes[39..], hex("05 05 6163632d32 fb f401 04"));
         assert_eq!(decode(&bytes).unwrap(), e);
+    }
+
+    #[test]
+    fn a_type_from_a_newer_version_names_its_account_and_a_newer_envelope_is_newer() {
+        let bytes = encode_test_future_type(&golden_event(), 7, "memo");
+        match decode(&bytes) {
+            Err(e @ DecodeError::UnknownType { .. }) => {
+                assert!(e.newer_version());
+                assert_eq!(e.kind(), "unknown_type");
+                let DecodeError::UnknownType {
+                    account_id,
+                    type_index,
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    (account_id.as_str(), type_index),
+                    ("acc-1", TEST_FUTURE_TYPE)
+                );
+            }
+            other => panic!("expected an unknown type, got {other:?}"),
+        }
+        assert!(DecodeError::UnsupportedVersion(2).newer_version());
+        assert!(!DecodeError::UnsupportedVersion(0).newer_version());
+        assert!(!DecodeError::Malformed("x".into()).newer_version());
+        // A known type's damaged body stays malformed.
+        let mut damaged = encode(&golden_event());
+        damaged.truncate(damaged.len() - 1);
+        assert!(matches!(decode(&damaged), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::codec;
 use crate::config::KafkaConfig;
-use crate::consume::{in_its_place, BatchSink, ConsumerSettings, Poison};
+use crate::consume::{in_its_place, parks, BatchSink, ConsumerSettings, Poison};
 
 /// Most events one follower batch applies.
 const BATCH_MAX: usize = 2000;
@@ -52,19 +52,29 @@ pub struct Follower {
 
 impl Follower {
     /// Starts the follower's thread, following nothing yet. It ends at `shutdown`.
+    ///
+    /// A `rebuild` follower replays what the group's owners already decided: it steps
+    /// over an event that cannot be applied (its owner dead-lettered it) instead of
+    /// stopping there.
     pub fn start<S: BatchSink>(
         kafka: &KafkaConfig,
         settings: &ConsumerSettings,
         sink: Arc<S>,
         shutdown: CancellationToken,
+        rebuild: bool,
     ) -> Result<Self, KafkaError> {
+        let client_id = if rebuild {
+            "ledger-rebuild"
+        } else {
+            "ledger-follower"
+        };
         let consumer: BaseConsumer = kafka
             .client_config(
                 &[
                     // librdkafka wants a group id for a consumer; with no subscription
                     // and no commits, the group is never joined or written.
                     ("group.id", "ledger-follower"),
-                    ("client.id", "ledger-follower"),
+                    ("client.id", client_id),
                     ("socket.connection.setup.timeout.ms", "3000"),
                     ("reconnect.backoff.max.ms", "1000"),
                     ("queued.min.messages", "5000"),
@@ -93,6 +103,7 @@ impl Follower {
             positions: BTreeMap::new(),
             pending: Batch::default(),
             shutdown,
+            step_over_poison: rebuild,
         };
         std::thread::Builder::new()
             .name("ledger-follow".into())
@@ -145,6 +156,8 @@ struct Run<S: BatchSink> {
     positions: BTreeMap<i32, i64>,
     pending: Batch,
     shutdown: CancellationToken,
+    /// Step over events that cannot be applied instead of stopping there (a rebuild).
+    step_over_poison: bool,
 }
 
 impl<S: BatchSink> Run<S> {
@@ -202,6 +215,35 @@ impl<S: BatchSink> Run<S> {
                             offset,
                             event,
                         }),
+                        // One that parks its account parks it here too, as on the owner.
+                        Err(error)
+                            if parks(
+                                &self.settings,
+                                msg.key(),
+                                partition,
+                                offset,
+                                msg.payload(),
+                                &error,
+                            )
+                            .is_some() =>
+                        {
+                            let u = parks(
+                                &self.settings,
+                                msg.key(),
+                                partition,
+                                offset,
+                                msg.payload(),
+                                &error,
+                            )
+                            .expect("checked by the guard");
+                            self.pending.unreadable.push(u);
+                        }
+                        // A rebuild replays what the owner already decided: it dead-lettered
+                        // the event and moved on (a halted owner never passed it, and the
+                        // rebuild's comparison stops short of it too).
+                        Err(error) if self.step_over_poison => {
+                            debug!(partition, offset, %error, "an event that cannot be applied, stepped over as its owner did");
+                        }
                         // What becomes of it is the owner's decision (dead letter, or halt);
                         // a follower never moves past it: it stops following there.
                         Err(error) => {

@@ -34,6 +34,10 @@ pub(super) struct LoopState {
     /// so that the group's committed offset never moves backwards while an instance
     /// catches up from below it.
     pub(super) committed: HashMap<i32, Option<i64>>,
+    /// Assigned partitions paused in librdkafka (see `pause`).
+    pub(super) paused: BTreeSet<i32>,
+    /// Paused partitions whose fetched events were dropped: read again on resume.
+    pub(super) dropped: BTreeSet<i32>,
 }
 
 impl LoopState {
@@ -71,6 +75,7 @@ pub(super) struct LoopContext<S: BatchSink> {
     /// most one batch is in flight: every other apply waits for it first, so applies
     /// never overlap.
     pub(super) in_flight: Mutex<Option<BTreeMap<i32, i64>>>,
+    pub(super) pause: super::PauseControl,
 }
 
 /// A thread that applies the batches it is handed to the sink, one at a time, and
@@ -159,7 +164,12 @@ pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl<S: BatchSink> LoopContext<S> {
-    pub(super) fn new(sink: Arc<S>, topic: String, metrics: ConsumerMetrics) -> Self {
+    pub(super) fn new(
+        sink: Arc<S>,
+        topic: String,
+        metrics: ConsumerMetrics,
+        pause: super::PauseControl,
+    ) -> Self {
         LoopContext {
             applier: Applier::new(sink.clone(), topic.clone()),
             sink,
@@ -170,10 +180,13 @@ impl<S: BatchSink> LoopContext<S> {
                 positions: HashMap::new(),
                 fatal: None,
                 committed: HashMap::new(),
+                paused: BTreeSet::new(),
+                dropped: BTreeSet::new(),
             }),
             group: Mutex::new(GroupHealth::default()),
             retired: AtomicBool::new(false),
             in_flight: Mutex::new(None),
+            pause,
         }
     }
 
@@ -220,6 +233,9 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                 warn!(error = %e, "acknowledging an empty rebalance failed");
             }
             return;
+        }
+        if (assigning || revoking) && self.pause.lift() {
+            warn!(partitions = ?parts, "the group rebalanced: every pause on this instance ends (a pause does not outlive a rebalance)");
         }
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -279,7 +295,10 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                     for p in &revoked {
                         st.positions.remove(p);
                         st.committed.remove(p);
+                        st.paused.remove(p);
+                        st.dropped.remove(p);
                     }
+                    self.metrics.paused_partitions.set(st.paused.len() as i64);
                 }
                 let res = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -301,6 +320,9 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                 let all: Vec<i32> = st.positions.keys().copied().collect();
                 st.positions.clear();
                 st.committed.clear();
+                st.paused.clear();
+                st.dropped.clear();
+                self.metrics.paused_partitions.set(0);
                 drop(st);
                 self.sink.on_revoked(&all);
             }

@@ -2,6 +2,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Counters of the loop itself; the sink keeps its own.
@@ -26,11 +27,19 @@ pub struct ConsumerMetrics {
     /// Failed attempts to learn a newly assigned partition's committed offset (or to seek
     /// back from it); the partition's events wait in hand meanwhile.
     pub committed_fetch_failures: Counter,
+    /// Assigned partitions whose applying is paused (by an operator, or a rebuild's
+    /// hold).
+    pub paused_partitions: Gauge,
 }
 
 impl ConsumerMetrics {
     /// Registers the counters.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "projector_paused_partitions",
+            "Assigned partitions whose applying is paused (POST /v1/admin/pause, or a rebuild's hold)",
+            self.paused_partitions.clone(),
+        );
         registry.register(
             "projector_committed_fetch_failures",
             "Failed attempts to learn an assigned partition's committed offset (or seek back from it); its events wait meanwhile",
@@ -48,7 +57,7 @@ impl ConsumerMetrics {
         );
         registry.register(
             "projector_poison_events",
-            "Undecodable events, by action (dead_lettered or halted)",
+            "Undecodable events, by action (parked, dead_lettered or halted)",
             self.poison.clone(),
         );
         registry.register(

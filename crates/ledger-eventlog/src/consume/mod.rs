@@ -31,7 +31,10 @@
 //! - `context`: the state the loop shares with librdkafka's rebalance callback, and the
 //!   callback, which starts partitions at their stored offsets and applies a revoked
 //!   partition's batch in hand before giving it up;
-//! - `poison`: what becomes of an event that does not decode (dead letter or halt);
+//! - `poison`: what becomes of an event that does not decode (parked, dead letter or
+//!   halt);
+//! - `pause`: an operator's pause of some partitions, and a rebuild's hold of all of
+//!   them, which the loop obeys at batch boundaries;
 //! - `restart`: when a consumer is given up for a new one (a fatal client error, a group
 //!   membership not steady for [`GROUP_STALL`]), and how the old one is retired;
 //! - `settings`: the loop's settings and the librdkafka properties they become;
@@ -39,6 +42,7 @@
 
 mod context;
 mod metrics;
+mod pause;
 mod poison;
 mod restart;
 mod settings;
@@ -61,11 +65,13 @@ use crate::codec;
 use crate::config::{ConflictingProperty, KafkaConfig};
 use crate::producer::EventProducer;
 use context::LoopContext;
+pub(crate) use poison::parks;
 use poison::{deal_with_poison, Poisoned};
 use restart::{retire, RestartPolicy};
 
 pub use context::panic_text;
 pub use metrics::ConsumerMetrics;
+pub use pause::PauseControl;
 pub use poison::{Poison, PoisonPolicy};
 pub use restart::GROUP_STALL;
 pub use settings::ConsumerSettings;
@@ -118,7 +124,12 @@ fn consume_with_one_client<S: BatchSink>(
     shutdown: &CancellationToken,
 ) -> Result<(), ConsumeError> {
     let cfg = settings::consumer_config(kafka, settings)?;
-    let ctx = LoopContext::new(sink, settings.topic.clone(), metrics);
+    let ctx = LoopContext::new(
+        sink,
+        settings.topic.clone(),
+        metrics,
+        settings.pause.clone(),
+    );
     let consumer: BaseConsumer<LoopContext<S>> = cfg.create_with_context(ctx)?;
     consumer.subscribe(&[&settings.topic])?;
     info!(topic = %settings.topic, group = %settings.group_id, "consuming");
@@ -196,6 +207,7 @@ fn poll_loop<S: BatchSink>(
         }
         // A batch applied in the background is committed as soon as it is done.
         ctx.commit_if_applied(consumer)?;
+        ctx.obey_pause(consumer, settings)?;
         let polled = if full { None } else { consumer.poll(wait) };
         // A batch ends when full, or past the wait at the first empty poll: events already
         // fetched still join it, so a backlog makes full batches, which cost far less per
@@ -229,7 +241,19 @@ fn poll_loop<S: BatchSink>(
         if msg.topic() != settings.topic {
             continue;
         }
-        let expected = ctx.state().positions.get(&partition).copied();
+        let (expected, stopped) = {
+            let st = ctx.state();
+            (
+                st.positions.get(&partition).copied(),
+                st.paused.contains(&partition),
+            )
+        };
+        if stopped {
+            // Fetched before the pause took effect: read again from the partition's
+            // position on resume.
+            ctx.state().dropped.insert(partition);
+            continue;
+        }
         let Some(expected) = expected else {
             // Not (or no longer) ours; whoever owns it reads it from its own stored offset.
             debug!(
@@ -261,6 +285,28 @@ fn poll_loop<S: BatchSink>(
                 st.positions.insert(partition, offset + 1);
             }
             Err(error) => {
+                if let Some(u) = parks(
+                    settings,
+                    msg.key(),
+                    partition,
+                    offset,
+                    msg.payload(),
+                    &error,
+                ) {
+                    ctx.metrics
+                        .poison
+                        .get_or_create(&vec![("action".into(), "parked".into())])
+                        .inc();
+                    warn!(partition, offset, account = %u.account_id, reason = %u.reason, "event this version cannot read; its account is parked, every other account flows on");
+                    let mut st = ctx.state();
+                    st.pending.unreadable.push(u);
+                    st.pending.next_offsets.insert(partition, offset + 1);
+                    st.positions.insert(partition, offset + 1);
+                    drop(st);
+                    batch_len += 1;
+                    batch_started.get_or_insert_with(Instant::now);
+                    continue;
+                }
                 match deal_with_poison(consumer, settings, dead_letters, shutdown, &msg, error)? {
                     Poisoned::DeadLettered => {}
                     // Shutting down before the dead-letter topic acknowledged: the
@@ -310,9 +356,12 @@ impl<S: BatchSink> LoopContext<S> {
             let mut batch = std::mem::take(&mut st.pending);
             // A partition whose committed offset is not known yet waits in hand: whether
             // its events must write their follow-ups depends on it.
-            let unknown = st.emit_from(&mut batch);
-            if !unknown.is_empty() {
-                st.pending = batch.split_off_partitions(&unknown);
+            let mut held = st.emit_from(&mut batch);
+            // Paused partitions keep their events in hand too.
+            held.extend(st.paused.iter().copied());
+            held.extend(self.pause.stopped_among(batch.partitions().into_iter()));
+            if !held.is_empty() {
+                st.pending = batch.split_off_partitions(&held);
             }
             batch
         };
@@ -438,6 +487,21 @@ impl<S: BatchSink> LoopContext<S> {
         mode: CommitMode,
     ) -> Result<(), ConsumeError> {
         self.finish_in_flight(consumer, mode)?;
+        if self.pause.holding() {
+            // A rebuild is comparing the store with another: nothing may be written.
+            // What is in hand is dropped uncommitted, and read again by whoever owns
+            // the partitions next (this loop included).
+            let mut st = self.state();
+            let dropped = match only {
+                Some(parts) => st.pending.split_off_partitions(parts),
+                None => std::mem::take(&mut st.pending),
+            };
+            debug!(
+                events = dropped.records.len(),
+                "events in hand left unapplied during a rebuild's hold"
+            );
+            return Ok(());
+        }
         let batch = {
             let mut st = self.state();
             let mut batch = match only {
@@ -460,6 +524,64 @@ impl<S: BatchSink> LoopContext<S> {
             .apply_batch(&self.topic, &batch)
             .map_err(|e| ConsumeError::Sink(Box::new(e)))?;
         self.commit(consumer, &batch.next_offsets, mode);
+        Ok(())
+    }
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    /// Pauses in librdkafka the partitions that must not be applied now and resumes the
+    /// others, reading a resumed partition again from its position if anything of it was
+    /// dropped meanwhile; acknowledges a hold once no batch is in flight.
+    fn obey_pause(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        settings: &ConsumerSettings,
+    ) -> Result<(), ConsumeError> {
+        if self.pause.hold_pending() {
+            self.finish_in_flight(consumer, CommitMode::Async)?;
+            self.pause.acknowledge_hold();
+            info!("holding: no batch in flight, nothing applied until the rebuild releases it");
+        }
+        let mut st = self.state();
+        let stopped = self.pause.stopped_among(st.positions.keys().copied());
+        let to_pause: Vec<i32> = stopped.difference(&st.paused).copied().collect();
+        let to_resume: Vec<i32> = st.paused.difference(&stopped).copied().collect();
+        if to_pause.is_empty() && to_resume.is_empty() {
+            return Ok(());
+        }
+        let list = |parts: &[i32]| {
+            let mut tpl = TopicPartitionList::with_capacity(parts.len());
+            for &p in parts {
+                tpl.add_partition(&settings.topic, p);
+            }
+            tpl
+        };
+        if !to_pause.is_empty() {
+            consumer.pause(&list(&to_pause))?;
+            st.paused.extend(to_pause.iter().copied());
+            info!(partitions = ?to_pause, "paused: applying stopped, queries still served");
+        }
+        if !to_resume.is_empty() {
+            consumer.resume(&list(&to_resume))?;
+            for p in &to_resume {
+                st.paused.remove(p);
+                if st.dropped.remove(p) {
+                    let from = st.positions.get(p).copied().unwrap_or(0);
+                    if let Err(e) = consumer.seek(
+                        &settings.topic,
+                        *p,
+                        Offset::Offset(from),
+                        Duration::from_secs(5),
+                    ) {
+                        // Not reading it again would skip events: stop this client, and
+                        // its successor starts from the store.
+                        return Err(ConsumeError::Kafka(e));
+                    }
+                }
+            }
+            info!(partitions = ?to_resume, "resumed applying");
+        }
+        self.metrics.paused_partitions.set(st.paused.len() as i64);
         Ok(())
     }
 }

@@ -1,8 +1,10 @@
 //! What becomes of an event that cannot be applied (it does not decode, or it sits in
-//! another partition than its account's), as [`PoisonPolicy`] says: it goes to the
-//! dead-letter topic, and its partition moves past it only once that topic has
-//! acknowledged it; or the consumer makes the events before it durable and halts without
-//! moving past it. A poison is never skipped silently.
+//! another partition than its account's), as [`PoisonPolicy`] says: one that a newer
+//! version may read parks its account (`parks`: the store keeps it, and the account's
+//! later events wait behind it); any other goes to the dead-letter topic, and its
+//! partition moves past it only once that topic has acknowledged it; or the consumer
+//! makes the events before it durable and halts without moving past it. A poison is
+//! never skipped silently.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
+
+use ledger_domain::partitioning::partition_of;
+use ledger_domain::{AccountId, Unreadable};
 
 use super::context::LoopContext;
 use super::{BatchSink, ConsumeError, ConsumerSettings};
@@ -53,8 +58,13 @@ impl Poison {
 /// What to do with an event that does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PoisonPolicy {
-    /// Write it to the dead-letter topic and move on once that is acknowledged.
+    /// An event a newer version may read (an unknown type, a newer envelope) whose key
+    /// is a valid account id in that account's partition parks the account: it and the
+    /// account's later events wait, in order, until an operator retries or skips it,
+    /// and every other account flows on. Anything else goes to the dead-letter topic.
     #[default]
+    Park,
+    /// Write it to the dead-letter topic and move on once that is acknowledged.
     DeadLetter,
     /// Stop the consumer without moving past it.
     Halt,
@@ -96,7 +106,7 @@ pub(super) fn deal_with_poison<S: BatchSink>(
                 error,
             })
         }
-        PoisonPolicy::DeadLetter => {
+        PoisonPolicy::Park | PoisonPolicy::DeadLetter => {
             let dead = DeadLetter {
                 dlq_topic: &settings.dlq_topic,
                 source_topic: &settings.topic,
@@ -130,6 +140,50 @@ pub(super) fn deal_with_poison<S: BatchSink>(
             Ok(Poisoned::DeadLettered)
         }
     }
+}
+
+/// The event as one that parks its account, when the policy parks and the event is
+/// one a newer version may read, keyed by a valid account id in that account's
+/// partition (anything less and it could park an account it does not belong to).
+pub(crate) fn parks(
+    settings: &ConsumerSettings,
+    key: Option<&[u8]>,
+    partition: i32,
+    offset: i64,
+    payload: Option<&[u8]>,
+    error: &Poison,
+) -> Option<Unreadable> {
+    if settings.on_poison != PoisonPolicy::Park {
+        return None;
+    }
+    let Poison::Undecodable(e) = error else {
+        return None;
+    };
+    if !e.newer_version() {
+        return None;
+    }
+    let account_id = AccountId::parse(std::str::from_utf8(key?).ok()?).ok()?;
+    if let DecodeError::UnknownType {
+        account_id: named, ..
+    } = e
+    {
+        if *named != account_id {
+            return None;
+        }
+    }
+    if settings
+        .partitions
+        .is_some_and(|n| partition_of(&account_id, n) != partition)
+    {
+        return None;
+    }
+    Some(Unreadable {
+        partition,
+        offset,
+        account_id,
+        payload: payload.unwrap_or_default().to_vec(),
+        reason: e.to_string(),
+    })
 }
 
 /// How long a dead letter is retried before the consumer gives up: well inside

@@ -32,6 +32,8 @@ pub struct ConsumerSettings {
     /// must then sit in its account's partition (murmur2 of the account id, which is also
     /// the key), and one that does not is poison with reason `wrong_partition`.
     pub partitions: Option<i32>,
+    /// An operator's pause and a rebuild's hold, which the loop obeys.
+    pub pause: super::PauseControl,
 }
 
 /// The consumer's librdkafka properties: ours, then the operator's, then the ones that
