@@ -69,11 +69,18 @@ pub enum ErrorCode {
     /// 503 with `Retry-After`: the account's partition is moving between projector
     /// instances and no instance can serve it yet; retrying shortly will succeed.
     PartitionMoving,
+    /// 400: `?partition=` is not a partition of the topic.
+    InvalidPartition,
+    /// 404: the account is not parked (nothing waits to be retried or skipped).
+    AccountNotParked,
+    /// 409: a rebuild is already running on this instance; `GET /v1/admin/rebuild`
+    /// follows it.
+    RebuildRunning,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownCommand,
         ErrorCode::MissingField,
@@ -99,6 +106,9 @@ impl ErrorCode {
         ErrorCode::NotReady,
         ErrorCode::Timeout,
         ErrorCode::PartitionMoving,
+        ErrorCode::InvalidPartition,
+        ErrorCode::AccountNotParked,
+        ErrorCode::RebuildRunning,
     ];
 
     /// The code as it appears on the wire.
@@ -129,6 +139,9 @@ impl ErrorCode {
             ErrorCode::NotReady => "not_ready",
             ErrorCode::Timeout => "timeout",
             ErrorCode::PartitionMoving => "partition_moving",
+            ErrorCode::InvalidPartition => "invalid_partition",
+            ErrorCode::AccountNotParked => "account_not_parked",
+            ErrorCode::RebuildRunning => "rebuild_running",
         }
     }
 
@@ -144,12 +157,14 @@ impl ErrorCode {
             | ErrorCode::InvalidCommandId
             | ErrorCode::InvalidTransfer
             | ErrorCode::InvalidToken
-            | ErrorCode::InvalidTimeout => StatusCode::BAD_REQUEST,
+            | ErrorCode::InvalidTimeout
+            | ErrorCode::InvalidPartition => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorCode::AccountNotFound | ErrorCode::CommandNotFound | ErrorCode::NotFound => {
-                StatusCode::NOT_FOUND
-            }
-            ErrorCode::AmbiguousCommandId => StatusCode::CONFLICT,
+            ErrorCode::AccountNotFound
+            | ErrorCode::CommandNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::AccountNotParked => StatusCode::NOT_FOUND,
+            ErrorCode::AmbiguousCommandId | ErrorCode::RebuildRunning => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

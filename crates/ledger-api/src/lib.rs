@@ -9,8 +9,10 @@
 //! - [`query`]: the projector's answers;
 //! - [`cluster`]: a projector group as any instance sees it;
 //! - [`ops`]: health and readiness, on both services;
+//! - [`admin`]: the projector's operations routes (pause, rebuild, parked accounts);
 //! - [`error`]: [`ErrorCode`] and the error body.
 
+pub mod admin;
 pub mod cluster;
 pub mod command;
 pub mod error;
@@ -18,6 +20,10 @@ pub mod openapi;
 pub mod ops;
 pub mod query;
 
+pub use admin::{
+    ParkedAccount, ParkedView, PartitionParam, PauseView, RebuildPartition, RebuildPhase,
+    RebuildView, UnparkAccepted,
+};
 pub use cluster::{ClusterView, InstanceView, PartitionRole, PartitionRoleView};
 pub use command::{Accepted, BatchItem, BatchResults, CommandRequest};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};

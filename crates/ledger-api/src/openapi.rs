@@ -10,6 +10,10 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::admin::{
+    ParkedAccount, ParkedView, PartitionParam, PauseView, RebuildPartition, RebuildPhase,
+    RebuildView, UnparkAccepted,
+};
 use crate::cluster::{ClusterView, InstanceView, PartitionRole, PartitionRoleView};
 use crate::command::{Accepted, BatchItem, BatchResults, CommandRequest};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
@@ -40,6 +44,13 @@ use crate::query::{
         get_progress,
         get_totals,
         get_cluster,
+        admin_pause,
+        admin_resume,
+        admin_rebuild_start,
+        admin_rebuild_status,
+        admin_parked,
+        admin_parked_retry,
+        admin_parked_skip,
         healthz,
         readyz,
         metrics,
@@ -63,6 +74,13 @@ use crate::query::{
         InstanceView,
         PartitionRoleView,
         PartitionRole,
+        PauseView,
+        RebuildView,
+        RebuildPhase,
+        RebuildPartition,
+        ParkedView,
+        ParkedAccount,
+        UnparkAccepted,
         ErrorBody,
         ErrorDetail,
         ErrorCode,
@@ -73,6 +91,7 @@ use crate::query::{
     tags(
         (name = "ingest", description = "command-ingest: commands in, one event each"),
         (name = "projector", description = "projector: the query API over the projected state"),
+        (name = "admin", description = "projector: pause and resume, the verified rebuild, parked accounts"),
         (name = "operations", description = "both services: health, readiness, metrics, this document"),
     )
 )]
@@ -240,6 +259,126 @@ fn get_totals() {}
     security((), ("bearer" = []))
 )]
 fn get_cluster() {}
+
+/// Stops applying one partition (`?partition=N`) or all of them, on every instance that
+/// owns them; queries keep being served and lag grows, visibly in `/v1/progress`.
+///
+/// The batch in hand is finished first. A pause lasts until resumed, until the instance
+/// restarts, or until the group rebalances.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/pause",
+    tag = "admin",
+    params(PartitionParam),
+    responses(
+        (status = 200, description = "What is paused now", body = PauseView),
+        (status = 400, description = "`invalid_partition`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`partition_moving`: no instance owns the partition now", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn admin_pause() {}
+
+/// Applies again what `pause` stopped: one partition, or all of them.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/resume",
+    tag = "admin",
+    params(PartitionParam),
+    responses(
+        (status = 200, description = "What is still paused", body = PauseView),
+        (status = 400, description = "`invalid_partition`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 503, description = "`partition_moving`: no instance owns the partition now", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn admin_resume() {}
+
+/// Starts a verified rebuild of this instance's partitions: a fresh store replays the
+/// log from offset 0 beside the live one, which keeps applying and serving; once it has
+/// caught up, the live store pauses at a batch boundary, the fresh one reaches the same
+/// offsets, and the two are swapped only if every partition's state digest agrees. The
+/// rebuild never writes to the log.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/rebuild",
+    tag = "admin",
+    responses(
+        (status = 202, description = "Started", body = RebuildView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 409, description = "`rebuild_running`", body = ErrorBody),
+        (status = 503, description = "`not_ready`: this instance owns no partition", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn admin_rebuild_start() {}
+
+/// The last rebuild on this instance: its phase, per partition the offsets and digests.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/rebuild",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The last rebuild", body = RebuildView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no rebuild since this instance started", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn admin_rebuild_status() {}
+
+/// Accounts parked across the group: each waits behind an event this version cannot
+/// apply, while every other account flows on.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/parked",
+    tag = "admin",
+    responses(
+        (status = 200, description = "Parked accounts", body = ParkedView),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn admin_parked() {}
+
+/// Applies a parked account's waiting events again, in order (after an upgrade that
+/// knows them). The decision is written to the log, keyed by the account, so every
+/// instance and every rebuild applies it at the same place.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/parked/{account_id}/retry",
+    tag = "admin",
+    params(("account_id" = String, Path, description = "The parked account")),
+    responses(
+        (status = 202, description = "The decision is in the log", body = UnparkAccepted),
+        (status = 400, description = "`invalid_account_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`account_not_parked`", body = ErrorBody),
+        (status = 503, description = "`log_unavailable`, or `partition_moving` with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn admin_parked_retry() {}
+
+/// Sends a parked account's first waiting event to the dead-letter topic, with its
+/// reason, and applies the events behind it. Written to the log like `retry`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/parked/{account_id}/skip",
+    tag = "admin",
+    params(("account_id" = String, Path, description = "The parked account")),
+    responses(
+        (status = 202, description = "The decision is in the log", body = UnparkAccepted),
+        (status = 400, description = "`invalid_account_id`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`", body = ErrorBody),
+        (status = 404, description = "`account_not_parked`", body = ErrorBody),
+        (status = 503, description = "`log_unavailable`, or `partition_moving` with `Retry-After`", body = ErrorBody),
+    ),
+    security((), ("bearer" = []))
+)]
+fn admin_parked_skip() {}
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "operations",

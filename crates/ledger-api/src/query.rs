@@ -17,6 +17,10 @@ pub struct AccountView {
     pub balance: i64,
     /// Events that took effect on the account (rejections and duplicates do not count).
     pub applied_events: u64,
+    /// Present and `true` while the account's events wait behind one this version cannot
+    /// apply (`GET /v1/admin/parked`): the balance is as of the event before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 /// A command's outcome, decided by the projector in log order.
@@ -257,6 +261,9 @@ pub struct PartitionProgress {
     pub owner: Option<String>,
     /// What `owner` does with the partition.
     pub role: Option<crate::cluster::PartitionRole>,
+    /// Whether an operator paused applying it (`POST /v1/admin/pause`).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl Progress {

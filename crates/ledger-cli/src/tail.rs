@@ -76,6 +76,8 @@ fn line(t: Tailed) -> Line {
                 EventBody::TransferRefund { to, amount, reason } => {
                     (Some(amount), Some(to), None, Some(reason.code()))
                 }
+                // An operator's decision for a parked account: `reason` names it.
+                EventBody::Unpark { action } => (None, None, None, Some(action.as_str())),
             };
             Content::Event {
                 event_type: cloudevents::event_type(&e.body),

@@ -50,12 +50,17 @@ pub(crate) struct QueryState {
     pub applied: watch::Receiver<Applied>,
     pub metadata: Arc<SharedMetadata>,
     pub group: Arc<Group>,
+    /// An operator's pause, which the consumer obeys.
+    pub pause: ledger_eventlog::consume::PauseControl,
+    pub rebuilder: Arc<crate::rebuild::Rebuilder>,
+    /// Writes operators' decisions for parked accounts to the log.
+    pub producer: ledger_eventlog::producer::EventProducer,
     pub http: reqwest::Client,
 }
 
 /// The query string, read leniently: the last of repeated parameters wins and unknown
 /// ones are ignored; [`consistency_params`] makes [`ConsistencyParams`] of it.
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// `?after=&timeout_ms=`. `timeout_ms` matters only with `after`, so it is read (and can
 /// be refused) only then.
@@ -91,8 +96,8 @@ fn consistency_params(params: &Params) -> Result<ConsistencyParams, ApiError> {
 
 /// A query as received: whether another instance forwarded it, the credentials to pass
 /// on, and the token to wait for, with its deadline.
-struct Ask {
-    forwarded: bool,
+pub(crate) struct Ask {
+    pub(crate) forwarded: bool,
     auth: Option<HeaderValue>,
     token: Option<Position>,
     deadline: Instant,
@@ -101,7 +106,11 @@ struct Ask {
 impl Ask {
     /// Reads the query; a token naming a partition the topic (of `count` partitions,
     /// once known) does not have is refused.
-    fn read(headers: &HeaderMap, params: &Params, count: Option<i32>) -> Result<Self, ApiError> {
+    pub(crate) fn read(
+        headers: &HeaderMap,
+        params: &Params,
+        count: Option<i32>,
+    ) -> Result<Self, ApiError> {
         let consistency = consistency_params(params)?;
         let token = consistency
             .after
@@ -144,7 +153,7 @@ impl Ask {
     }
 }
 
-fn moving(state: &QueryState, partition: i32, why: &str) -> ApiError {
+pub(crate) fn moving(state: &QueryState, partition: i32, why: &str) -> ApiError {
     state.group.metrics().partition_moving.inc();
     ApiError::new(
         ErrorCode::PartitionMoving,
@@ -154,12 +163,12 @@ fn moving(state: &QueryState, partition: i32, why: &str) -> ApiError {
     )
 }
 
-fn store_error(e: ledger_store::StoreError) -> ApiError {
+pub(crate) fn store_error(e: ledger_store::StoreError) -> ApiError {
     ApiError::internal(format!("store read failed: {e}"))
 }
 
 impl QueryState {
-    fn partition_count(&self) -> Result<i32, ApiError> {
+    pub(crate) fn partition_count(&self) -> Result<i32, ApiError> {
         self.group.partition_count().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::NotReady,
@@ -234,7 +243,7 @@ impl QueryState {
     }
 
     /// Sends a query to another instance, marked forwarded.
-    async fn ask_peer(
+    pub(crate) async fn ask_peer(
         &self,
         peer: &str,
         url: &str,
@@ -269,7 +278,7 @@ impl QueryState {
     /// Asks every live peer `path` (forwarded, so that each answers for itself only) at
     /// once, and decodes each answer; `None` for a peer that gave no usable one. For the
     /// queries about every partition (`/v1/progress`, `/v1/totals`).
-    async fn ask_live_peers<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn ask_live_peers<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         ask: &Ask,
@@ -335,14 +344,14 @@ impl QueryState {
 }
 
 /// Another instance's answer, read in full.
-struct PeerAnswer {
-    status: StatusCode,
+pub(crate) struct PeerAnswer {
+    pub(crate) status: StatusCode,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: axum::body::Bytes,
 }
 
 impl PeerAnswer {
-    async fn read(answer: reqwest::Response) -> Result<Self, String> {
+    pub(crate) async fn read(answer: reqwest::Response) -> Result<Self, String> {
         let status =
             StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         // The headers that matter to a client.
@@ -368,7 +377,7 @@ impl PeerAnswer {
         })
     }
 
-    fn json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         serde_json::from_slice(&self.body).ok()
     }
 
@@ -378,7 +387,7 @@ impl PeerAnswer {
     }
 
     /// As this instance's error.
-    fn error(&self) -> ApiError {
+    pub(crate) fn error(&self) -> ApiError {
         match self.json::<ErrorBody>() {
             Some(body) => ApiError::new(body.error.code, body.error.message),
             None => ApiError::internal(format!(
@@ -389,7 +398,7 @@ impl PeerAnswer {
     }
 
     /// Passed on as it came.
-    fn relay(self) -> Response {
+    pub(crate) fn relay(self) -> Response {
         let mut resp = Response::new(Body::from(self.body));
         *resp.status_mut() = self.status;
         for (name, value) in self.headers {
@@ -416,18 +425,29 @@ pub(crate) async fn account(
             let acc = s
                 .store
                 .account_in(&s.topic, partition, &id)
+                .map_err(store_error)?;
+            let parked = s
+                .store
+                .parked(&s.topic, &id)
                 .map_err(store_error)?
-                .ok_or_else(|| {
-                    ApiError::new(
+                .is_some();
+            // An account whose opening waits behind an unreadable event exists, parked.
+            let acc = match acc {
+                Some(acc) => acc,
+                None if parked => ledger_domain::AccountState::default(),
+                None => {
+                    return Err(ApiError::new(
                         ErrorCode::AccountNotFound,
                         format!("account {id} has not been opened (or not yet projected)"),
-                    )
-                })?;
+                    ))
+                }
+            };
             Ok(Json(AccountView {
                 account_id: id.clone(),
                 open: acc.open,
                 balance: acc.balance,
                 applied_events: acc.applied_events,
+                parked,
             })
             .into_response())
         })
@@ -620,6 +640,7 @@ fn local_rows(state: &QueryState) -> Vec<PartitionProgress> {
             assigned: role != PartitionRole::Draining,
             owner: Some(state.group.id.clone()),
             role: Some(role),
+            paused: role == PartitionRole::Owner && state.pause.is_paused(p),
         })
         .collect()
 }
@@ -680,6 +701,7 @@ pub(crate) async fn progress(
                             assigned: v.role != PartitionRole::Draining,
                             owner: Some(peer.entry.instance_id.clone()),
                             role: Some(v.role),
+                            paused: false,
                         });
                     }
                 }
@@ -695,6 +717,7 @@ pub(crate) async fn progress(
                 assigned: false,
                 owner: None,
                 role: None,
+                paused: false,
             });
         }
     }
@@ -836,6 +859,7 @@ mod tests {
             assigned: true,
             owner: None,
             role,
+            paused: false,
         }
     }
 

@@ -11,22 +11,24 @@
 //! holds to the group's directory (`directory`), hands partitions over warm, and
 //! answers any query, forwarding it once to the instance that serves it (`http`).
 
+mod admin;
 mod config;
 mod directory;
 mod group;
 mod http;
 mod metrics;
+mod rebuild;
 mod sink;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Router};
 use backon::{BlockingRetryable, ConstantBuilder, Retryable};
 use ledger_eventlog::admin::{ensure_topic, AdminError, TopicSpec};
-use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings};
+use ledger_eventlog::consume::{self, ConsumeError, ConsumerSettings, PauseControl};
 use ledger_eventlog::follow::Follower;
 use ledger_eventlog::probe::{watch_reachability, MetadataProbe, SharedMetadata};
 use ledger_eventlog::producer::{EventProducer, ProducerBuildError, ProducerSettings, Supervision};
@@ -96,6 +98,13 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
     let kafka = config.kafka();
+    if config.test_future_type {
+        warn!("test hook --test-future-type: reading the codec's stand-in for a newer event type");
+        ledger_eventlog::codec::enable_test_future_type();
+    }
+    // Events that wait behind a parked account's unreadable one are kept in the log's
+    // own envelope.
+    let store = store.with_codec(Arc::new(sink::LogCodec));
     let mut registry = Registry::default();
     let metrics = metrics::ProjectorMetrics::new(&mut registry);
     let stored = store.offsets(&config.kafka.topic)?;
@@ -156,6 +165,14 @@ pub async fn serve(
             client_id: "projector-follow-ups".into(),
         },
     )?;
+    let dead_letters = EventProducer::new(
+        &kafka,
+        ProducerSettings {
+            delivery_timeout: Duration::from_secs(10),
+            linger_ms: 0,
+            client_id: "projector-dlq".into(),
+        },
+    )?;
     let sink = Arc::new(sink::ProjectorSink {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -168,16 +185,10 @@ pub async fn serve(
             stop: consume_stop.clone(),
             crash_after: config.test_crash_after_follow_ups,
             batches: Default::default(),
+            dead_letters: dead_letters.clone(),
+            dlq_topic: config.dlq_topic(),
         },
     });
-    let dead_letters = EventProducer::new(
-        &kafka,
-        ProducerSettings {
-            delivery_timeout: Duration::from_secs(10),
-            linger_ms: 0,
-            client_id: "projector-dlq".into(),
-        },
-    )?;
     // High watermarks (which end warming) and partition lists: a client rebuilt when it
     // keeps failing, since a wedged one would leave partitions warming for good.
     let metadata = Arc::new(SharedMetadata::new(&kafka, metrics.probe_rebuilds.clone())?);
@@ -213,6 +224,7 @@ pub async fn serve(
         topic_reachable.clone(),
         stop.clone(),
     ));
+    let follow_up_producer_for_admin = follow_up_producer.clone();
     tracker.spawn(follow_up_producer.supervise(
         Supervision {
             reachable: topic_reachable,
@@ -245,11 +257,25 @@ pub async fn serve(
         on_poison: config.poison_policy(),
         // Known once the topic is found, below.
         partitions: None,
+        pause: PauseControl::default(),
     };
+    let rebuilder = Arc::new(rebuild::Rebuilder {
+        kafka: kafka.clone(),
+        settings: Default::default(),
+        store: store.clone(),
+        pause: settings.pause.clone(),
+        group: group.clone(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+        drop_first: config.test_rebuild_drop_first,
+        last: Default::default(),
+    });
+    let pause = settings.pause.clone();
     let consumer = {
         let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
         let (metadata, store, group) = (metadata.clone(), store.clone(), group.clone());
         let consume_stop = consume_stop.clone();
+        let rebuilder = rebuilder.clone();
         tokio::task::spawn_blocking(move || {
             // librdkafka notices a topic created after subscribing only at its next
             // metadata refresh (minutes); wait for the ingest to create it instead.
@@ -265,9 +291,13 @@ pub async fn serve(
             }
             settings.partitions = Some(partitions);
             group.set_partition_count(partitions);
+            *rebuilder
+                .settings
+                .lock()
+                .expect("the settings lock is never held across a panic") = Some(settings.clone());
             // Partitions handed over are tailed read-only by this, until their new owner
             // serves them.
-            match Follower::start(&kafka, &settings, sink.clone(), stop.clone()) {
+            match Follower::start(&kafka, &settings, sink.clone(), stop.clone(), false) {
                 Ok(f) => group.set_follower(f),
                 Err(e) => {
                     warn!(error = %e, "cannot start the read-only tail; partitions handed over stop being served at once")
@@ -332,6 +362,9 @@ pub async fn serve(
         applied: applied_rx,
         metadata,
         group: group.clone(),
+        pause,
+        rebuilder,
+        producer: follow_up_producer_for_admin,
         http: reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .build()
@@ -344,6 +377,17 @@ pub async fn serve(
         .route("/v1/progress", get(http::progress))
         .route("/v1/totals", get(http::totals))
         .route("/v1/cluster", get(http::cluster))
+        .route("/v1/admin/pause", post(admin::pause))
+        .route("/v1/admin/resume", post(admin::resume))
+        .route(
+            "/v1/admin/rebuild",
+            post(admin::start_rebuild).get(admin::rebuild_status),
+        )
+        .route("/v1/admin/parked", get(admin::parked))
+        .route(
+            "/v1/admin/parked/{account_id}/{action}",
+            post(admin::unpark),
+        )
         .route_layer(middleware::from_fn_with_state(auth, require_bearer))
         .with_state(query.clone());
     // Token waits end by 30 s; anything longer is stuck.

@@ -48,6 +48,11 @@ pub(crate) struct ProjectorMetrics {
     pub follow_up_failures: Counter,
     /// Follow-up producers replaced because they had stopped delivering, by signal.
     pub follow_up_producer_restarts: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Parked events, by what became of them: `parked` (it waits), `applied` (an
+    /// operator's retry or skip applied it), `skipped` (sent to the dead-letter topic).
+    pub parked_events: Family<Labels, Counter>,
+    /// Rebuilds, by outcome: `swapped`, `mismatch`, `failed`.
+    pub rebuilds: Family<Labels, Counter>,
 }
 
 impl ProjectorMetrics {
@@ -75,7 +80,19 @@ impl ProjectorMetrics {
             follow_ups: Counter::default(),
             follow_up_failures: Counter::default(),
             follow_up_producer_restarts: Family::default(),
+            parked_events: Family::default(),
+            rebuilds: Family::default(),
         };
+        registry.register(
+            "projector_parked_events",
+            "Events of parked accounts, by what became of them (parked, applied by an operator's retry or skip, skipped to the dead-letter topic)",
+            m.parked_events.clone(),
+        );
+        registry.register(
+            "projector_rebuilds",
+            "Verified rebuilds, by outcome (swapped, mismatch, failed)",
+            m.rebuilds.clone(),
+        );
         registry.register(
             "projector_follow_ups_emitted",
             "Follow-up events (transfer credits, refunds, completions) written to the log and acknowledged",

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use ledger_domain::{Batch, Event};
 use ledger_eventlog::consume::BatchSink;
-use ledger_eventlog::producer::EventProducer;
-use ledger_store::{Store, StoreError};
+use ledger_eventlog::producer::{DeadLetter, EventProducer};
+use ledger_store::{Skipped, Store, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -46,9 +46,10 @@ pub(crate) enum SinkError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The log did not acknowledge a batch's follow-ups before shutdown; the batch was
-    /// not stored, and is applied (and its follow-ups written) again at the next start.
-    #[error("stopping before the log acknowledged {count} follow-up events: {error}; the batch that caused them is not stored, and is applied again on restart")]
+    /// The log did not acknowledge a batch's follow-ups (or skipped events) before
+    /// shutdown; the batch was not stored, and is applied (and they are written) again
+    /// at the next start.
+    #[error("stopping before the log acknowledged {count} follow-up or dead-letter events: {error}; the batch that caused them is not stored, and is applied again on restart")]
     FollowUps {
         /// How many were not acknowledged.
         count: usize,
@@ -69,6 +70,9 @@ pub(crate) struct FollowUpWriter {
     pub crash_after: Option<u64>,
     /// Batches whose follow-ups were acknowledged, for the test hook.
     pub batches: AtomicU64,
+    /// Writes the waiting events an operator skipped.
+    pub dead_letters: EventProducer,
+    pub dlq_topic: String,
 }
 
 impl FollowUpWriter {
@@ -116,6 +120,51 @@ impl FollowUpWriter {
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Writes the skipped events to the dead-letter topic, as the consumer writes an
+    /// undecodable one, and returns once all are acknowledged; retried like follow-ups.
+    fn write_dead_letters(&self, skipped: &[Skipped]) -> Result<(), SinkError> {
+        for s in skipped {
+            let dead = DeadLetter {
+                dlq_topic: &self.dlq_topic,
+                source_topic: &self.topic,
+                source_partition: s.partition,
+                source_offset: s.offset,
+                key: Some(s.account_id.as_str().as_bytes()),
+                payload: Some(&s.payload),
+                error: &format!("skipped by an operator while parked: {}", s.reason),
+                error_kind: "parked_skipped",
+            };
+            let mut backoff = Duration::from_millis(100);
+            let mut stopping_attempts = 0;
+            loop {
+                match self
+                    .runtime
+                    .block_on(self.dead_letters.send_dead_letter(&dead))
+                {
+                    Ok(_) => {
+                        warn!(partition = s.partition, offset = s.offset, account = %s.account_id, reason = %s.reason, dlq = %self.dlq_topic, "parked event skipped by an operator, sent to the dead-letter topic");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(partition = s.partition, offset = s.offset, error = %e, "the dead-letter topic did not acknowledge a skipped event; retrying before the batch is stored");
+                        if self.stop.is_cancelled() {
+                            stopping_attempts += 1;
+                            if stopping_attempts > 1 {
+                                return Err(SinkError::FollowUps {
+                                    count: 1,
+                                    error: e.to_string(),
+                                });
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        Ok(())
     }
 
     /// The test hook: dies between the follow-ups' acknowledgement and the store.
@@ -183,9 +232,31 @@ impl BatchSink for ProjectorSink {
             );
             self.follow_ups.maybe_crash();
         }
+        if !prepared.dead_letters().is_empty() {
+            self.follow_ups
+                .write_dead_letters(prepared.dead_letters())?;
+        }
         let stats = self.store.commit(prepared)?;
         let m = &self.metrics;
         m.applied.inc_by(stats.applied);
+        for (what, n) in [
+            ("parked", stats.parked),
+            ("applied", stats.unparked),
+            ("skipped", stats.dead_lettered),
+        ] {
+            if n > 0 {
+                m.parked_events
+                    .get_or_create(&vec![("outcome", what.to_string())])
+                    .inc_by(n);
+            }
+        }
+        if stats.unparked + stats.dead_lettered > 0 {
+            info!(
+                applied = stats.unparked,
+                skipped = stats.dead_lettered,
+                "an operator's decision applied parked events"
+            );
+        }
         m.duplicates.inc_by(stats.duplicates);
         m.consumer.redelivered.inc_by(stats.redelivered);
         for (reason, n) in &stats.rejected {
@@ -239,5 +310,19 @@ impl BatchSink for ProjectorSink {
     fn on_revoked(&self, partitions: &[i32]) {
         info!(?partitions, "revoked");
         self.group.release(partitions);
+    }
+}
+
+/// The log's envelope, with which the store keeps the events that wait behind a parked
+/// account's unreadable one and reads them again on an operator's retry.
+pub(crate) struct LogCodec;
+
+impl ledger_store::EventCodec for LogCodec {
+    fn encode(&self, event: &Event) -> Vec<u8> {
+        ledger_eventlog::codec::encode(event)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Event, String> {
+        ledger_eventlog::codec::decode(bytes).map_err(|e| e.to_string())
     }
 }
