@@ -12,7 +12,7 @@ use ledger_eventlog::config::KafkaArgs;
 use reqwest::Url;
 
 /// `ledger`: send commands to the ledger, query the projection, generate load and verify
-/// it against a model.
+/// it against a model, operate the projector, and watch it all live.
 ///
 /// Exit codes: 0 success, 1 rejected or mismatch, 2 usage error, 3 service unavailable.
 #[derive(Debug, Parser)]
@@ -146,10 +146,93 @@ pub enum Cmd {
     },
     /// Generate a reproducible random workload, measure it, and optionally verify it.
     Load(LoadArgs),
+    /// Operate the projector: pause and resume applying, rebuild the store beside the
+    /// live one and swap it in once verified, and decide for parked accounts.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// A live view of every partition (owner, applied offset, lag, apply rate) and the
+    /// ingest's accept rate, refreshed each interval; `q` quits. When stdout is not a
+    /// terminal (or with --json), prints one snapshot, with rates from two samples an
+    /// interval apart, and exits.
+    Top(TopArgs),
     /// Print the topic's events as JSON lines, one per event, with partition and offset
     /// (reads Kafka directly, as any other consumer could; joins no group, commits
     /// nothing).
     Tail(TailArgs),
+}
+
+/// `ledger admin …`: the projector's operations routes.
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Stop applying one partition, or all; queries keep being served and the lag grows
+    /// (visible in `ledger top`). Lasts until resumed, a restart or a rebalance.
+    Pause(PartitionArg),
+    /// Apply again what `pause` stopped: one partition, or all.
+    Resume(PartitionArg),
+    /// Rebuild the projector's store from offset 0 beside the live one, compare the two
+    /// by a state digest at the same offsets, and swap them only if they agree. Exits 1
+    /// on a mismatch or a failure (the live store is then kept).
+    Rebuild(RebuildArgs),
+    /// List the accounts whose events wait behind one this projector cannot apply, or
+    /// decide for one of them.
+    Parked {
+        /// Without one: list them.
+        #[command(subcommand)]
+        action: Option<ParkedCmd>,
+    },
+}
+
+/// `--partition N` of `pause` and `resume`.
+#[derive(Debug, Args)]
+pub struct PartitionArg {
+    /// Only this partition [default: every partition].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub partition: Option<i32>,
+}
+
+/// Options of `admin rebuild`.
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Follow the rebuild until it is over, showing its phase and the events replayed;
+    /// exit 0 once swapped, 1 on a mismatch or a failure.
+    #[arg(long)]
+    pub wait: bool,
+    /// Show the last rebuild instead of starting one (with --wait: follow it).
+    #[arg(long)]
+    pub status: bool,
+}
+
+/// What to do with a parked account. The decision is written to the log, so every
+/// instance, and any later rebuild, applies it at the same place.
+#[derive(Debug, Subcommand)]
+pub enum ParkedCmd {
+    /// Apply the account's waiting events again, in order (after an upgrade that
+    /// knows them).
+    Retry {
+        /// The parked account.
+        #[arg(value_parser = parse_account)]
+        account: AccountId,
+    },
+    /// Send the account's first waiting event to the dead-letter topic and apply the
+    /// events behind it.
+    Skip {
+        /// The parked account.
+        #[arg(value_parser = parse_account)]
+        account: AccountId,
+    },
+}
+
+/// Options of `top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between two refreshes, in milliseconds; rates are measured over it.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(100..=60_000)
+    )]
+    pub interval_ms: u64,
 }
 
 /// Options of `tail`.
@@ -372,5 +455,96 @@ mod tests {
         let err = Cli::try_parse_from(["ledger", "deposit", "acc-1", "-5"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("amount"), "{err}");
+    }
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ledger").chain(args.iter().copied()))
+            .map(|c| c.command)
+    }
+
+    #[test]
+    fn admin_pause_and_resume_take_an_optional_partition() {
+        let partition = |args: &[&str]| match parse(args).unwrap() {
+            Cmd::Admin(AdminCmd::Pause(p)) => ("pause", p.partition),
+            Cmd::Admin(AdminCmd::Resume(p)) => ("resume", p.partition),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(partition(&["admin", "pause"]), ("pause", None));
+        assert_eq!(
+            partition(&["admin", "pause", "--partition", "3"]),
+            ("pause", Some(3))
+        );
+        assert_eq!(
+            partition(&["admin", "resume", "--partition", "0"]),
+            ("resume", Some(0))
+        );
+        for bad in [
+            &["admin", "pause", "--partition", "-1"][..],
+            &["admin", "pause", "--partition", "x"],
+            &["admin", "pause", "3"],
+            &["admin"],
+            &["admin", "frobnicate"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn admin_rebuild_starts_or_shows_and_may_wait() {
+        let rebuild = |args: &[&str]| match parse(args).unwrap() {
+            Cmd::Admin(AdminCmd::Rebuild(r)) => (r.status, r.wait),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(rebuild(&["admin", "rebuild"]), (false, false));
+        assert_eq!(rebuild(&["admin", "rebuild", "--wait"]), (false, true));
+        assert_eq!(rebuild(&["admin", "rebuild", "--status"]), (true, false));
+        assert_eq!(
+            rebuild(&["admin", "rebuild", "--status", "--wait"]),
+            (true, true)
+        );
+    }
+
+    #[test]
+    fn admin_parked_lists_or_decides_for_a_valid_account() {
+        assert!(matches!(
+            parse(&["admin", "parked"]).unwrap(),
+            Cmd::Admin(AdminCmd::Parked { action: None })
+        ));
+        match parse(&["admin", "parked", "retry", "acc-1"]).unwrap() {
+            Cmd::Admin(AdminCmd::Parked {
+                action: Some(ParkedCmd::Retry { account }),
+            }) => assert_eq!(account.as_str(), "acc-1"),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["admin", "parked", "skip", "acc-2"]).unwrap() {
+            Cmd::Admin(AdminCmd::Parked {
+                action: Some(ParkedCmd::Skip { account }),
+            }) => assert_eq!(account.as_str(), "acc-2"),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            &["admin", "parked", "retry"][..],
+            &["admin", "parked", "skip", "a b"],
+            &["admin", "parked", "forget", "acc-1"],
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn top_refreshes_every_second_unless_told() {
+        let interval = |args: &[&str]| {
+            parse(args).map(|c| match c {
+                Cmd::Top(t) => t.interval_ms,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(interval(&["top"]).unwrap(), 1000);
+        assert_eq!(interval(&["top", "--interval-ms", "250"]).unwrap(), 250);
+        assert_eq!(interval(&["--json", "top"]).unwrap(), 1000);
+        for bad in ["0", "99", "60001", "1s"] {
+            let err = interval(&["top", "--interval-ms", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
     }
 }

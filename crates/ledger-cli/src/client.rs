@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use ledger_api::{
     Accepted, AccountView, BatchItem, BatchResults, CommandRequest, CommandView, ConsistencyParams,
-    ErrorBody, ErrorCode, ErrorDetail, Progress, TotalsView,
+    ErrorBody, ErrorCode, ErrorDetail, ParkedView, PauseView, Progress, RebuildView, TotalsView,
+    UnparkAccepted,
 };
-use ledger_domain::{AccountId, CommandId};
+use ledger_domain::{AccountId, CommandId, UnparkKind};
 use rand::Rng;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
@@ -64,6 +65,15 @@ pub enum ClientError {
         /// How long the client kept retrying.
         waited_ms: u128,
     },
+    /// A request that must not be sent twice got no answer after it may have reached the
+    /// service, so it was not resent: whether it took effect is unknown.
+    #[error("service unavailable: no answer from {url} ({reason}); the request may or may not have taken effect")]
+    MaybeApplied {
+        /// The URL requested.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The service refused the request with an error of the contract.
     #[error("{code}: {message} ({status} from {url})")]
     Api {
@@ -94,7 +104,9 @@ impl ClientError {
     /// 2 when the request itself was refused as malformed or unauthorised, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            ClientError::Unreachable { .. } | ClientError::Unavailable { .. } => 3,
+            ClientError::Unreachable { .. }
+            | ClientError::Unavailable { .. }
+            | ClientError::MaybeApplied { .. } => 3,
             ClientError::Api {
                 status: 400 | 401 | 413 | 415,
                 ..
@@ -108,6 +120,7 @@ impl ClientError {
     pub fn code(&self) -> &str {
         match self {
             ClientError::Unreachable { .. } => "service_unreachable",
+            ClientError::MaybeApplied { .. } => "outcome_unknown",
             ClientError::Unavailable { code, .. } | ClientError::Api { code, .. } => code,
             ClientError::Protocol { .. } => "unexpected_answer",
             ClientError::Setup(_) => "client_setup",
@@ -117,6 +130,39 @@ impl ClientError {
     /// Whether the service answered 404.
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::Api { status: 404, .. })
+    }
+
+    /// Whether the service refused the request with this error code.
+    pub fn is_api(&self, wanted: ErrorCode) -> bool {
+        matches!(self, ClientError::Api { code, .. } if code == wanted.as_str())
+    }
+}
+
+/// Whether a request may be sent again after an attempt that may have taken effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Always: the request is idempotent (a read, a pause, a command with its id).
+    Always,
+    /// Only while no attempt can have reached the service and taken effect.
+    UnlessMaybeApplied,
+}
+
+/// How long a request is retried, and whether it may be resent.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    /// Retries stop once this much time has passed since the first attempt.
+    within: Duration,
+    /// Whether an attempt that may have taken effect is resent.
+    resend: Resend,
+}
+
+impl Retry {
+    /// Retried, and resent, for `within`: the request is idempotent.
+    fn idempotent(within: Duration) -> Self {
+        Self {
+            within,
+            resend: Resend::Always,
+        }
     }
 }
 
@@ -216,7 +262,7 @@ impl Client {
                 url.clone(),
                 Some(command),
                 REQUEST_TIMEOUT,
-                self.config.retry_for,
+                Retry::idempotent(self.config.retry_for),
             )
             .await?;
         Ok(Submitted {
@@ -241,7 +287,7 @@ impl Client {
                 url.clone(),
                 Some(commands),
                 REQUEST_TIMEOUT,
-                self.config.retry_for,
+                Retry::idempotent(self.config.retry_for),
             )
             .await?;
         let results: BatchResults = r.parse(&url, "a batch answer")?;
@@ -339,10 +385,142 @@ impl Client {
             url,
             None::<&()>,
             REQUEST_TIMEOUT,
-            self.config.retry_for,
+            Retry::idempotent(self.config.retry_for),
         )
         .await
         .map(|_| ())
+    }
+
+    /// `POST /v1/admin/pause`, or `/resume` when `pause` is false; one partition or all.
+    /// Sent again freely: pausing what is paused changes nothing.
+    pub async fn pause(
+        &self,
+        pause: bool,
+        partition: Option<i32>,
+    ) -> Result<PauseView, ClientError> {
+        let verb = if pause { "pause" } else { "resume" };
+        let query: Vec<(&str, String)> = partition
+            .map(|p| ("partition", p.to_string()))
+            .into_iter()
+            .collect();
+        self.admin(Method::POST, &["v1", "admin", verb], &query, Resend::Always)
+            .await
+    }
+
+    /// `POST /v1/admin/rebuild`: starts a rebuild; `409 rebuild_running` when one runs.
+    /// Not resent once it may have started one: the resend would answer 409.
+    pub async fn start_rebuild(&self) -> Result<RebuildView, ClientError> {
+        self.admin(
+            Method::POST,
+            &["v1", "admin", "rebuild"],
+            &[],
+            Resend::UnlessMaybeApplied,
+        )
+        .await
+    }
+
+    /// `GET /v1/admin/rebuild`: the last rebuild on the instance.
+    pub async fn rebuild(&self) -> Result<RebuildView, ClientError> {
+        self.admin(
+            Method::GET,
+            &["v1", "admin", "rebuild"],
+            &[],
+            Resend::Always,
+        )
+        .await
+    }
+
+    /// `GET /v1/admin/parked`: the parked accounts across the group.
+    pub async fn parked(&self) -> Result<ParkedView, ClientError> {
+        self.admin(Method::GET, &["v1", "admin", "parked"], &[], Resend::Always)
+            .await
+    }
+
+    /// `POST /v1/admin/parked/{account}/retry|skip`. The decision is written to the log
+    /// and carries no idempotency key, so it is not resent once it may have been
+    /// written: a second skip would skip the next waiting event too.
+    pub async fn unpark(
+        &self,
+        account: &AccountId,
+        action: UnparkKind,
+    ) -> Result<UnparkAccepted, ClientError> {
+        self.admin(
+            Method::POST,
+            &["v1", "admin", "parked", account.as_str(), action.as_str()],
+            &[],
+            Resend::UnlessMaybeApplied,
+        )
+        .await
+    }
+
+    /// One of the projector's operations routes, with retries for `--retry-for`.
+    async fn admin<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &[&str],
+        query: &[(&str, String)],
+        resend: Resend,
+    ) -> Result<T, ClientError> {
+        let url = self.url(Service::Projector, path, query);
+        let r = self
+            .call(
+                Service::Projector,
+                method,
+                url.clone(),
+                None::<&()>,
+                REQUEST_TIMEOUT,
+                Retry {
+                    within: self.config.retry_for,
+                    resend,
+                },
+            )
+            .await?;
+        r.parse(&url, "the expected answer")
+    }
+
+    /// `GET` of a JSON answer in one attempt bounded by `timeout`, for a live view: a
+    /// service that does not answer is shown as such at the next refresh, instead of
+    /// holding the view up with retries.
+    pub async fn look<T: DeserializeOwned>(
+        &self,
+        service: Service,
+        path: &[&str],
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = self.url(service, path, &[]);
+        self.look_once(service, &url, timeout)
+            .await?
+            .parse(&url, "the expected answer")
+    }
+
+    /// `GET /metrics` of a service (Prometheus text) in one attempt, as [`Client::look`].
+    pub async fn metrics_text(
+        &self,
+        service: Service,
+        timeout: Duration,
+    ) -> Result<String, ClientError> {
+        let url = self.url(service, &["metrics"], &[]);
+        let r = self.look_once(service, &url, timeout).await?;
+        String::from_utf8(r.body.to_vec())
+            .map_err(|_| protocol(&url, "the metrics are not UTF-8 text".into()))
+    }
+
+    async fn look_once(
+        &self,
+        service: Service,
+        url: &Url,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        // No retry window: the first failure is the answer.
+        self.call(
+            service,
+            Method::GET,
+            url.clone(),
+            None::<&()>,
+            timeout,
+            Retry::idempotent(Duration::ZERO),
+        )
+        .await
     }
 
     async fn query<T: DeserializeOwned>(
@@ -381,7 +559,7 @@ impl Client {
                 url.clone(),
                 None::<&()>,
                 timeout,
-                wait,
+                Retry::idempotent(wait),
             )
             .await?;
         r.parse(&url, "the expected answer")
@@ -407,7 +585,7 @@ impl Client {
         }
     }
 
-    /// One request with retries of `503` and transport failures until `retry_for` has
+    /// One request with retries of `503` and transport failures until `retry.within` has
     /// passed.
     async fn call<B: Serialize + ?Sized>(
         &self,
@@ -416,10 +594,10 @@ impl Client {
         url: Url,
         body: Option<&B>,
         timeout: Duration,
-        retry_for: Duration,
+        retry: Retry,
     ) -> Result<Response, ClientError> {
         let started = Instant::now();
-        let deadline = started + retry_for;
+        let deadline = started + retry.within;
         let mut attempts = 0u32;
         let mut ambiguous = false;
         loop {
@@ -495,6 +673,19 @@ impl Client {
                     }
                 }
             };
+            if ambiguous && retry.resend == Resend::UnlessMaybeApplied {
+                let reason = match failure {
+                    ClientError::Unreachable { reason, .. } => reason,
+                    ClientError::Unavailable { code, message, .. } => {
+                        format!("503 {code}: {message}")
+                    }
+                    other => other.to_string(),
+                };
+                return Err(ClientError::MaybeApplied {
+                    url: url.to_string(),
+                    reason,
+                });
+            }
             let now = Instant::now();
             if now >= deadline {
                 let error = match failure {
@@ -623,6 +814,15 @@ mod tests {
             .as_str(),
             "http://h:1/base/v1/accounts/a.b?after=v1.2.41"
         );
+        assert_eq!(
+            c.url(
+                Service::Projector,
+                &["v1", "admin", "pause"],
+                &[("partition", "3".into())]
+            )
+            .as_str(),
+            "http://h:1/base/v1/admin/pause?partition=3"
+        );
     }
 
     #[test]
@@ -662,5 +862,22 @@ mod tests {
             reason: String::new(),
         };
         assert_eq!(down.exit_code(), 3);
+        let unsure = ClientError::MaybeApplied {
+            url: "http://p/v1/admin/parked/a/skip".into(),
+            reason: "the answer was cut off".into(),
+        };
+        assert_eq!((unsure.exit_code(), unsure.code()), (3, "outcome_unknown"));
+        assert!(unsure
+            .to_string()
+            .contains("may or may not have taken effect"));
+        let running = ClientError::Api {
+            url: String::new(),
+            status: 409,
+            code: "rebuild_running".into(),
+            message: String::new(),
+        };
+        assert!(running.is_api(ErrorCode::RebuildRunning));
+        assert!(!running.is_api(ErrorCode::AccountNotParked));
+        assert_eq!(running.exit_code(), 1);
     }
 }

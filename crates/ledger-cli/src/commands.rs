@@ -28,8 +28,10 @@ pub enum Exit {
     Success,
     /// A command was rejected, or input lines were invalid: exit 1.
     Rejected,
-    /// The projector disagrees with the model: exit 1.
+    /// The projector disagrees with the model, or a rebuild with the live store: exit 1.
     Mismatch,
+    /// An operation the service ran could not finish (a rebuild): exit 1.
+    Failed,
 }
 
 impl Exit {
@@ -37,7 +39,7 @@ impl Exit {
     pub fn code(self) -> u8 {
         match self {
             Exit::Success => 0,
-            Exit::Rejected | Exit::Mismatch => 1,
+            Exit::Rejected | Exit::Mismatch | Exit::Failed => 1,
         }
     }
 }
@@ -65,6 +67,18 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// The service refused an operation for a reason the user can act on (a rebuild
+    /// already running, an account that is not parked): exit 1.
+    #[error("{message}")]
+    Refused {
+        /// The contract's error code.
+        code: ErrorCode,
+        /// What it means, and what to do.
+        message: String,
+    },
+    /// `ledger top` could not drive the terminal.
+    #[error("cannot drive the terminal: {0}")]
+    Terminal(#[source] std::io::Error),
     /// `--wait` gave up on a transfer that is debited but neither credited nor refunded.
     #[error(
         "transfer {command_id} of {account} is still pending after {waited_s} s: debited, \
@@ -91,6 +105,7 @@ impl CliError {
             CliError::Usage(_) | CliError::Read { .. } => 2,
             CliError::Tail(TailError::NoSuchPartition { .. }) => 2,
             CliError::Tail(_) | CliError::StillPending { .. } => 3,
+            CliError::Refused { .. } | CliError::Terminal(_) => 1,
         }
     }
 
@@ -104,6 +119,8 @@ impl CliError {
             CliError::Tail(TailError::NoSuchPartition { .. }) => "no_such_partition",
             CliError::Tail(_) => "log_unreachable",
             CliError::StillPending { .. } => "still_pending",
+            CliError::Refused { code, .. } => code.as_str(),
+            CliError::Terminal(_) => "terminal",
         }
     }
 }
@@ -194,6 +211,8 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             crate::tail::run(args.kafka, options).await?;
             Ok(Exit::Success)
         }
+        Cmd::Admin(command) => crate::admin::run(&client, out, command).await,
+        Cmd::Top(args) => crate::top::run(client, out, args).await,
     }
 }
 

@@ -1,16 +1,20 @@
 //! `ledger`, the command-line tool of the ledger: send commands to command-ingest, query
 //! the projector, generate a reproducible load and verify the projection against a
-//! model of what was accepted, and print the log itself.
+//! model of what was accepted, print the log itself, operate the projector (`admin`),
+//! and watch both services live (`top`).
 //!
 //! Exit codes: 0 success, 1 rejected or mismatch, 2 usage error, 3 service unavailable.
 
+mod admin;
 mod cli;
 mod client;
 mod commands;
 mod load;
 mod output;
+mod prometheus;
 mod runner;
 mod tail;
+mod top;
 mod verify;
 
 use std::process::ExitCode;

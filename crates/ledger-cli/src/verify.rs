@@ -924,6 +924,7 @@ mod tests {
             open: s.open,
             balance: s.balance,
             applied_events: s.applied_events,
+            parked: false,
         }
     }
 

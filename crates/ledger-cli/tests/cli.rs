@@ -2,152 +2,24 @@
 //! projector run in this process (one pair for the whole file, on a topic of its own,
 //! with an auth token) on the real broker of `LEDGER_TEST_BROKERS`.
 
+mod common;
+
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
 
+use common::{bare, closed_port_url, code, json, run, stderr, stdout, unique, Services};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "cli-test-token";
-/// How long the services may take to be ready.
-const READY: Duration = Duration::from_secs(60);
-
-struct Services {
-    ingest: String,
-    projector: String,
-    brokers: String,
-    topic: String,
-}
-
-/// Starts the services once, on a thread whose runtime lives as long as the tests.
+/// The services of this file's tests, started once.
 fn services() -> &'static Services {
     static SERVICES: OnceLock<Services> = OnceLock::new();
-    SERVICES.get_or_init(|| {
-        let brokers = ledger_testkit::brokers();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().expect("a runtime starts");
-            rt.block_on(async move {
-                let topic = ledger_testkit::unique_topic("cli");
-                let shutdown = CancellationToken::new();
-
-                let mut ingest = command_ingest::Config::for_brokers(&brokers);
-                ingest.kafka.topic = topic.clone();
-                ingest.service.auth_token = Some(TOKEN.into());
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let ingest_url = format!("http://{}", listener.local_addr().unwrap());
-                tokio::spawn(command_ingest::serve(ingest, listener, shutdown.clone()));
-                ledger_testkit::wait_ready(&ingest_url, READY).await;
-
-                let dir = store_dir();
-                let mut proj = projector::Config::for_brokers(&brokers, dir.path());
-                proj.kafka.topic = topic.clone();
-                proj.group_id = format!("{topic}.projector");
-                proj.service.auth_token = Some(TOKEN.into());
-                let store = projector::open_store(&proj).unwrap();
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let projector_url = format!("http://{}", listener.local_addr().unwrap());
-                tokio::spawn(projector::serve(proj, store, listener, shutdown.clone()));
-                ledger_testkit::wait_ready(&projector_url, READY).await;
-
-                tx.send(Services {
-                    ingest: ingest_url,
-                    projector: projector_url,
-                    brokers,
-                    topic,
-                })
-                .unwrap();
-                // Serve until the test process exits.
-                std::future::pending::<()>().await;
-                drop(dir);
-            });
-        });
-        rx.recv().expect("the services start")
-    })
-}
-
-/// The projector's store for this run. The services outlive every test, so the
-/// directory is never dropped: stale ones of earlier runs are removed instead.
-fn store_dir() -> tempfile::TempDir {
-    const PREFIX: &str = "ledger-cli-test-store-";
-    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let stale = std::time::SystemTime::now() - Duration::from_secs(3600);
-    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < stale);
-        if old && entry.file_name().to_string_lossy().starts_with(PREFIX) {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-    tempfile::Builder::new()
-        .prefix(PREFIX)
-        .tempdir_in(root)
-        .unwrap()
-}
-
-/// A port nothing listens on.
-fn closed_port_url() -> String {
-    format!("http://127.0.0.1:{}", ledger_testkit::free_port())
-}
-
-/// A unique id for this test's accounts and commands.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-fn bare() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    for var in [
-        "LEDGER_INGEST_URL",
-        "LEDGER_PROJECTOR_URL",
-        "LEDGER_AUTH_TOKEN",
-        "LEDGER_LOG",
-        "KAFKA_BROKERS",
-        "LEDGER_TOPIC",
-    ] {
-        c.env_remove(var);
-    }
-    c
+    SERVICES.get_or_init(|| Services::start("cli", None))
 }
 
 /// The binary, pointed at the services.
 fn ledger() -> Command {
-    let s = services();
-    let mut c = bare();
-    c.env("LEDGER_INGEST_URL", &s.ingest)
-        .env("LEDGER_PROJECTOR_URL", &s.projector)
-        .env("LEDGER_AUTH_TOKEN", TOKEN);
-    c
-}
-
-fn run(cmd: &mut Command, args: &[&str]) -> Output {
-    cmd.args(args).output().expect("the binary runs")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited, not killed")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is one JSON document ({e}): {}\nstderr: {}",
-            stdout(o),
-            stderr(o)
-        )
-    })
+    services().ledger()
 }
 
 /// `ledger tail --from-beginning` of one partition of the services' topic, each line
@@ -207,6 +79,10 @@ fn usage_errors_exit_2_before_any_request() {
         &["transfer", "acc-1", "acc-1", "5"],
         &["transfer", "acc-1", "acc-2", "0"],
         &["transfer", "acc-1", "acc-2"],
+        &["admin", "pause", "--partition", "-1"],
+        &["admin", "parked", "skip", "a b"],
+        &["admin", "rebuild", "now"],
+        &["top", "--interval-ms", "0"],
         &["frobnicate"],
     ] {
         let o = run(
