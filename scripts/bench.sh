@@ -34,7 +34,12 @@
 #      first 202, and to the first whole second of nothing but 202s.
 # Needs Java 17 and Maven (as scripts/kafka-local.sh does).
 # Writes target/bench/summary.json (plus every step's JSON and the services' logs in
-# target/bench/) and prints a table.
+# target/bench/) and prints a table; then target/bench/report.html, one self-contained
+# page (inline SVG) with the pictures: the end-to-end lag's distribution and its
+# percentiles per second, the replay rate over time of the projector (both worker
+# counts) and the Kafka Streams peer against raw Kafka's consume rate, memory over time,
+# and the table. `target/release/ledger-bench report --dir target/bench` makes the page
+# again from a run's JSON, without running anything.
 #
 # Not part of the tests. It never touches the dev (9092) or test (19092) brokers.
 #
@@ -190,7 +195,7 @@ kafka_java() {
         -cp "$KAFKA_STATE/lib/*" "$@"
 }
 
-rm -rf "$STEPS" "$LOGS" "$OUT/summary.json"
+rm -rf "$STEPS" "$LOGS" "$OUT/summary.json" "$OUT/report.html"
 mkdir -p "$STEPS" "$LOGS" "$TMP"
 BEGIN=$SECONDS
 
@@ -341,8 +346,10 @@ kstreams_peer() {
     local guarantee="$1" name="$2" app="bench-kstreams-$2-$RUN"
     # Its changelog topics, deleted with the run's other topics.
     TOPICS+=("$app-accounts-changelog" "$app-commands-changelog")
+    # --brokers, --group, --topic: its progress over time, for the report.
     "$BENCH" peer --log-file "$LOGS/kstreams-$name.log" --pid-file "$TMP/peer.pid" \
-        --timeout-s 900 --watch "broker=$BROKER_PID" -- \
+        --timeout-s 900 --watch "broker=$BROKER_PID" \
+        --brokers "$BROKERS" --group "$app" --topic "$T_REPLAY" -- \
         java -Xmx512m -cp "$KSTREAMS_CP" local.ledger.kstreams.KStreamsPeer \
         --brokers "$BROKERS" --topic "$T_REPLAY" --application-id "$app" \
         --state-dir "$TMP/kstreams-$name" --guarantee "$guarantee" --threads 2 \
@@ -543,6 +550,16 @@ rows = [
     ("e2e_lag_max_ms", fmt(summary["e2e_lag_max_ms"], " ms"), "", f"not visible/failed: {summary['e2e_not_visible']}; " + cpu(e2e)),
     ("e2e projector", fmt(summary["e2e_projector_mean_batch_size"]), "", f"mean events per batch; apply+flush p99 <= {summary['e2e_apply_flush_p99_le_ms']} ms, max <= {summary['e2e_apply_flush_max_le_ms']} ms; 202 p99 {fmt(summary['e2e_accepted_p99_ms_from_due'], ' ms')} from due time"),
 ]
+# Again with the rows as printed, for the HTML report's table.
+summary["table"] = [
+    {"section": name} if value is None else
+    {"name": name, "value": value, "target": target, "note": note,
+     "met": summary["targets"][name]["met"] if name in summary["targets"] else None}
+    for name, value, target, note in rows
+]
+with open(out, "w") as f:
+    json.dump(summary, f, indent=2)
+
 w0 = max(len(r[0]) for r in rows)
 w1 = max(len(r[1] or "") for r in rows)
 print()
@@ -558,3 +575,5 @@ for name, value, target, note in rows:
     print(f"  {name:<{w0}}  {value:>{w1}}  {target:<13} {note}")
 print(f"\nwritten: {out}")
 PY
+"$BENCH" report --dir "$OUT" --out "$OUT/report.html" >/dev/null
+echo "written: $OUT/report.html"

@@ -6,6 +6,11 @@
 //! (coordinated omission). Every command is followed: right after its `202`, a
 //! `GET /v1/commands/{id}?after=TOKEN` that the projector answers the moment the event
 //! is applied, so the lag is measured for all of them, not a sample.
+//!
+//! Besides the percentiles, the result keeps the lag histograms whole (every recorded
+//! value with its count) and the lag's percentiles per second of the measured window, so
+//! the report can draw the distribution and show whether the tail is spread out or comes
+//! from a few stalls.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +67,8 @@ enum Outcome {
 
 struct Sample {
     measured: bool,
+    /// When it was due, from the start of the measured window.
+    offset: Duration,
     outcome: Outcome,
 }
 
@@ -226,10 +233,15 @@ pub async fn run(spec: E2eSpec) -> anyhow::Result<Value> {
             let (ingest, projector, tx) = (ingest.clone(), projector.clone(), tx.clone());
             let body = bodies[i as usize].clone();
             let measured = due >= measure_from;
+            let offset = due.saturating_duration_since(measure_from);
             let wait = spec.wait_timeout_ms;
             tokio::spawn(async move {
                 let outcome = one_command(ingest, projector, body, due, wait).await;
-                let _ = tx.send(Sample { measured, outcome });
+                let _ = tx.send(Sample {
+                    measured,
+                    offset,
+                    outcome,
+                });
             });
             i += 1;
             due = start + period.mul_f64(i as f64);
@@ -243,6 +255,9 @@ pub async fn run(spec: E2eSpec) -> anyhow::Result<Value> {
     let mut lag = stats::latency_histogram();
     let mut accept = stats::latency_histogram();
     let mut total_h: Histogram<u64> = stats::latency_histogram();
+    let seconds = (spec.duration.as_secs_f64().ceil() as usize).max(1);
+    let mut lag_by_second: Vec<Histogram<u64>> =
+        (0..seconds).map(|_| stats::latency_histogram()).collect();
     let (mut sent, mut not_visible, mut refused, mut query_failed) = (0u64, 0u64, 0u64, 0u64);
     let mut first_failure: Option<String> = None;
     // Each command ends by its wait timeout; the margin covers a stuck ingest.
@@ -262,6 +277,8 @@ pub async fn run(spec: E2eSpec) -> anyhow::Result<Value> {
             Outcome::Visible(a, l, t) => {
                 stats::record(&mut accept, a);
                 stats::record(&mut lag, l);
+                let second = (s.offset.as_secs() as usize).min(seconds - 1);
+                stats::record(&mut lag_by_second[second], l);
                 stats::record(&mut total_h, t);
             }
             Outcome::NotVisible(a) => {
@@ -302,6 +319,28 @@ pub async fn run(spec: E2eSpec) -> anyhow::Result<Value> {
     out.insert("lag_202_to_visible".into(), stats::summary(&lag));
     out.insert("accept_latency_from_due".into(), stats::summary(&accept));
     out.insert("visible_from_due".into(), stats::summary(&total_h));
+    out.insert("lag_202_to_visible_histogram".into(), stats::recorded(&lag));
+    out.insert(
+        "visible_from_due_histogram".into(),
+        stats::recorded(&total_h),
+    );
+    // By the second in which each command was due.
+    out.insert(
+        "lag_202_to_visible_by_second".into(),
+        Value::Array(
+            lag_by_second
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let mut v = stats::summary(h);
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("second".into(), json!(i));
+                    }
+                    v
+                })
+                .collect(),
+        ),
+    );
     out.insert("cpu".into(), Value::Object(cpu0.report_until(&cpu1)));
     out.insert(
         "ingest_produce_latency_seconds".into(),

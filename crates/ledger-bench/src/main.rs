@@ -5,6 +5,10 @@
 //! progress and errors go to stderr. The script runs Kafka's own perf tools next to
 //! these, so every number has a raw-Kafka baseline from the same run on the same
 //! machine. Not part of the test suite.
+//!
+//! `report` is the exception: it measures nothing, and draws a run's JSON (in the
+//! script's output folder) as an HTML page, so a past run's report can be made again
+//! without running anything.
 
 mod e2e;
 mod fill;
@@ -15,6 +19,7 @@ mod procfs;
 mod prom;
 mod recovery;
 mod replay;
+mod report;
 mod stats;
 mod store;
 mod workload;
@@ -155,6 +160,16 @@ enum Cmd {
         /// Processes whose CPU use to report, as NAME=PID (repeatable).
         #[arg(long = "watch", value_parser = parse_watched)]
         watched: Vec<Watched>,
+        /// Bootstrap servers, to sample the peer's progress (with --group and --topic).
+        #[arg(long, requires_all = ["group", "topic"])]
+        brokers: Option<String>,
+        /// The peer's consumer group (a Kafka Streams application.id): its committed
+        /// offsets on --topic, sampled every 250 ms, are the peer's progress over time.
+        #[arg(long, requires_all = ["brokers", "topic"])]
+        group: Option<String>,
+        /// The topic the peer consumes.
+        #[arg(long, requires_all = ["brokers", "group"])]
+        topic: Option<String>,
         /// The peer's command line, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -183,6 +198,16 @@ enum Cmd {
         /// Workload seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+    /// Writes the HTML report of a run (charts and the summary table) from the JSON that
+    /// scripts/bench.sh left in DIR: summary.json and steps/*.json.
+    Report {
+        /// The run's output folder.
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+        /// Where to write the page [default: DIR/report.html].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Visibility lag at a fixed offered rate: from each 202 until the projector has it.
     E2eLag {
@@ -454,14 +479,26 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
             pid_file,
             timeout_s,
             watched,
+            brokers,
+            group,
+            topic,
             command,
         } => {
+            let progress = match (brokers, group, topic) {
+                (Some(brokers), Some(group), Some(topic)) => Some(peer::GroupProgress {
+                    brokers,
+                    group,
+                    topic,
+                }),
+                _ => None,
+            };
             let spec = peer::PeerSpec {
                 command,
                 log: log_file,
                 pid_file,
                 timeout: Duration::from_secs(timeout_s),
                 watched,
+                progress,
             };
             tokio::task::spawn_blocking(move || peer::run(spec)).await??
         }
@@ -484,6 +521,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
                 seed,
             };
             tokio::task::spawn_blocking(move || store::run(&spec)).await??
+        }
+        Cmd::Report { dir, out } => {
+            let out = out.unwrap_or_else(|| dir.join("report.html"));
+            let written = report::write(&dir, &out)?;
+            json!({"report": out, "charts": written.charts, "bytes": written.bytes})
         }
         Cmd::E2eLag {
             ingest_url,

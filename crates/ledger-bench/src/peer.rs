@@ -8,15 +8,24 @@
 //! broker). Peak RSS and CPU come from `getrusage(RUSAGE_CHILDREN)` once it has been
 //! reaped, so they are exact even though `/proc/PID` is gone by then: the peer is the only
 //! child this process ever waits for. `VmHWM` is also sampled while it runs, as a check.
+//!
+//! Given the peer's consumer group, its progress over time is sampled from outside too:
+//! the group's committed offsets, which is also what the Kafka Streams peer itself
+//! watches to know it is done. The report draws its rate from these samples next to the
+//! projector's.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nix::sys::resource::{getrusage, UsageWho};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
 use crate::procfs::{self, round3, CpuSnapshot, Watched};
@@ -33,6 +42,89 @@ pub struct PeerSpec {
     pub timeout: Duration,
     /// Other processes whose CPU use to report (the broker).
     pub watched: Vec<Watched>,
+    /// Where to sample its progress from, if anywhere.
+    pub progress: Option<GroupProgress>,
+}
+
+/// A peer's consumer group on its input topic.
+#[derive(Clone, Debug)]
+pub struct GroupProgress {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// The group (a Kafka Streams application's `application.id`).
+    pub group: String,
+    /// The topic it consumes.
+    pub topic: String,
+}
+
+/// Stops the progress sampler however `run` ends, an error included.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Samples the group's committed offsets on the topic every `every` until `stop`, as
+/// (seconds since `started`, records committed past the partitions' starts).
+fn sample_committed(
+    p: &GroupProgress,
+    started: Instant,
+    every: Duration,
+    stop: &AtomicBool,
+) -> anyhow::Result<Vec<(f64, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &p.brokers)
+        .set("group.id", &p.group)
+        .set("enable.auto.commit", "false")
+        // read_committed would make librdkafka ask for stable offsets only, which the
+        // broker refuses while a transaction holds offsets (all the time under
+        // exactly_once_v2), and librdkafka retries that until the timeout. The peer's own
+        // check (Admin.listConsumerGroupOffsets) does not ask for stable offsets either.
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .context("creating the progress sampler's consumer")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(&p.topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == p.topic)
+        .flat_map(|t| t.partitions().iter().map(|x| x.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!("topic {} has no partitions", p.topic);
+    }
+    let mut starts = Vec::with_capacity(partitions.len());
+    let mut tpl = TopicPartitionList::new();
+    for &q in &partitions {
+        starts.push(consumer.fetch_watermarks(&p.topic, q, timeout)?.0);
+        tpl.add_partition(&p.topic, q);
+    }
+    let mut out = Vec::new();
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if Instant::now() >= next {
+            next += every;
+            // A failed fetch (the coordinator moving, say) is a missing sample, no more.
+            if let Ok(c) = consumer.committed_offsets(tpl.clone(), Duration::from_secs(2)) {
+                let committed: i64 = partitions
+                    .iter()
+                    .zip(&starts)
+                    .map(
+                        |(&q, &lo)| match c.find_partition(&p.topic, q).map(|e| e.offset()) {
+                            Some(Offset::Offset(o)) => (o - lo).max(0),
+                            _ => 0,
+                        },
+                    )
+                    .sum();
+                out.push((round3(started.elapsed().as_secs_f64()), committed));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(out)
 }
 
 fn log_tail(log: Option<&Path>) -> String {
@@ -82,6 +174,11 @@ pub fn run(spec: PeerSpec) -> anyhow::Result<Value> {
     if let Some(f) = &spec.pid_file {
         std::fs::write(f, format!("{pid}\n"))?;
     }
+    let stop_sampler = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let sampler = spec.progress.clone().map(|p| {
+        let stop = stop_sampler.0.clone();
+        std::thread::spawn(move || sample_committed(&p, started, Duration::from_millis(250), &stop))
+    });
     // Read stdout on the side, so a chatty peer never blocks on a full pipe.
     let stdout = child.stdout.take().context("the peer's stdout")?;
     let reader = std::thread::spawn(move || {
@@ -121,6 +218,12 @@ pub fn run(spec: PeerSpec) -> anyhow::Result<Value> {
     };
     let wall = started.elapsed().as_secs_f64();
     let cpu_after = CpuSnapshot::take(&spec.watched);
+    drop(stop_sampler);
+    let progress = sampler.map(|h| {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("the progress sampler panicked"))
+            .and_then(|r| r)
+    });
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).context("getrusage")?;
     let stdout = reader
         .join()
@@ -159,6 +262,23 @@ pub fn run(spec: PeerSpec) -> anyhow::Result<Value> {
         );
     }
     out.insert("cpu".into(), Value::Object(cpu));
+    match progress {
+        // [seconds since the peer started, records committed]
+        Some(Ok(samples)) => {
+            out.insert(
+                "samples".into(),
+                json!(samples
+                    .iter()
+                    .map(|(t, n)| json!([t, n]))
+                    .collect::<Vec<_>>()),
+            );
+        }
+        // Only the picture lacks it; the peer's own figures stand.
+        Some(Err(e)) => {
+            out.insert("samples_error".into(), json!(format!("{e:#}")));
+        }
+        None => {}
+    }
     out.insert(
         "rss_samples_mb".into(),
         json!(samples
@@ -192,6 +312,7 @@ mod tests {
             pid_file: None,
             timeout: Duration::from_secs(30),
             watched: vec![],
+            progress: None,
         })
         .unwrap();
         assert_eq!(v["events"], 3);
@@ -202,6 +323,7 @@ mod tests {
             pid_file: None,
             timeout: Duration::from_secs(30),
             watched: vec![],
+            progress: None,
         });
         assert!(failing.unwrap_err().to_string().contains("failed"));
     }

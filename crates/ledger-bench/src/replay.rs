@@ -356,6 +356,17 @@ pub async fn run(spec: ReplaySpec) -> anyhow::Result<Value> {
         "cpu".into(),
         Value::Object(cpu_before.report_until(&cpu_after)),
     );
+    // The projector's log says how many workers its store ran with, which the default
+    // leaves to the machine; the report names the series by it.
+    out.insert(
+        "workers".into(),
+        json!(log
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| workers_from_log(&text))),
+    );
+    // [seconds since the process started, events applied, RSS in MB]: the report draws
+    // the replay rate over time from these.
     out.insert(
         "samples".into(),
         json!(samples
@@ -364,6 +375,16 @@ pub async fn run(spec: ReplaySpec) -> anyhow::Result<Value> {
             .collect::<Vec<_>>()),
     );
     Ok(Value::Object(out))
+}
+
+/// `workers=N` from the projector's "store opened" log line.
+fn workers_from_log(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.contains("store opened"))?;
+    let rest = &line[line.find("workers=")? + "workers=".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Events per second between the samples at 10 % and 90 % of `total`: the rate once
@@ -382,4 +403,33 @@ async fn futures_join(waiters: Vec<tokio::task::JoinHandle<Instant>>) -> anyhow:
         last = Some(last.map_or(t, |l| l.max(t)));
     }
     Ok(last.unwrap_or_else(Instant::now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_come_from_the_store_opened_line() {
+        let log = "2026-12-01T02:03:00.70Z  INFO projector: starting\n\
+                   2026-12-01T02:03:00.71Z  INFO projector: store opened data_dir=/d workers=12 offsets={}\n";
+        assert_eq!(workers_from_log(log), Some(12));
+        assert_eq!(
+            workers_from_log("INFO projector: store opened data_dir=/d"),
+            None
+        );
+        assert_eq!(workers_from_log(""), None);
+    }
+
+    #[test]
+    fn steady_rate_skips_start_up() {
+        let samples = [
+            (0.5, 0, 0),
+            (1.0, 10, 0),
+            (2.0, 60, 0),
+            (3.0, 95, 0),
+            (3.5, 100, 0),
+        ];
+        assert_eq!(steady_rate(&samples, 100), Some(42.5));
+    }
 }

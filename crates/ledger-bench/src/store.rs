@@ -120,6 +120,7 @@ fn apply_through_store(spec: &StoreSpec, dir: &Path) -> anyhow::Result<(f64, f64
             records,
             next_offsets,
             emit_from: BTreeMap::new(),
+            unreadable: Vec::new(),
         };
         let stats = store.apply_batch("bench", &batch)?;
         apply += stats.apply_time.as_secs_f64();

@@ -66,11 +66,12 @@ fn command_json(account: &str, body: EventBody) -> String {
             r#"{{"type":"transfer","from_account":"{account}","to_account":"{to}","amount":{amount}}}"#,
             to = to.as_str()
         ),
-        // Follow-ups are the projector's to write, never a client's: the ingest refuses
-        // this as an unknown command.
+        // Follow-ups and control events are the projector's to write, never a client's:
+        // the ingest refuses this as an unknown command.
         EventBody::TransferCredit { .. }
         | EventBody::TransferRefund { .. }
-        | EventBody::TransferCompleted { .. } => r#"{"type":"follow_up"}"#.to_string(),
+        | EventBody::TransferCompleted { .. }
+        | EventBody::Unpark { .. } => r#"{"type":"follow_up"}"#.to_string(),
     }
 }
 
