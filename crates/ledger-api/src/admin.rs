@@ -131,6 +131,9 @@ pub struct UnparkAccepted {
     /// What was decided: `retry` or `skip`.
     #[schema(value_type = String, example = "retry")]
     pub action: UnparkKind,
+    /// The offset of the waiting event the decision is for: it applies only while that
+    /// event is still the account's first, so sending it twice never skips two.
+    pub first_offset: i64,
     /// The decision's place in the log.
     pub partition: i32,
     /// The decision's place in the log.

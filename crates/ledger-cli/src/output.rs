@@ -340,9 +340,10 @@ pub fn parked_text(v: &ParkedView) -> String {
 /// A parked account's retry or skip, accepted: where the decision is in the log.
 pub fn unpark_line(a: &UnparkAccepted) -> String {
     format!(
-        "{} of {} accepted: the decision is at partition {}, offset {}; token {}",
+        "{} of {} (waiting from offset {}) accepted: the decision is at partition {}, offset {}; token {}",
         a.action.as_str(),
         a.account_id,
+        a.first_offset,
         a.partition,
         a.offset,
         a.token
@@ -664,13 +665,14 @@ mod tests {
         let a = UnparkAccepted {
             account_id: acc,
             action: ledger_domain::UnparkKind::Skip,
+            first_offset: 17,
             partition: 2,
             offset: 21,
             token: "v1.2.21".into(),
         };
         assert_eq!(
             unpark_line(&a),
-            "skip of acc-7 accepted: the decision is at partition 2, offset 21; token v1.2.21"
+            "skip of acc-7 (waiting from offset 17) accepted: the decision is at partition 2, offset 21; token v1.2.21"
         );
     }
 }

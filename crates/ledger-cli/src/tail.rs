@@ -77,7 +77,7 @@ fn line(t: Tailed) -> Line {
                     (Some(amount), Some(to), None, Some(reason.code()))
                 }
                 // An operator's decision for a parked account: `reason` names it.
-                EventBody::Unpark { action } => (None, None, None, Some(action.as_str())),
+                EventBody::Unpark { action, .. } => (None, None, None, Some(action.as_str())),
             };
             Content::Event {
                 event_type: cloudevents::event_type(&e.body),

@@ -84,6 +84,10 @@ pub enum EventBody {
     Unpark {
         /// What to do with the waiting events.
         action: UnparkKind,
+        /// The offset of the first waiting event the operator saw: the decision applies
+        /// only while it still is, so a decision sent twice (a retried request, a double
+        /// click) never skips a second event.
+        first_offset: i64,
     },
 }
 

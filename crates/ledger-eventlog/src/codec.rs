@@ -308,6 +308,31 @@ mod tests {
     }
 
     #[test]
+    fn every_known_type_decodes_and_the_next_number_is_unknown() {
+        // `KNOWN_TYPES` must follow `EventBody`: its last variant decodes, and one past it
+        // is a newer version's type.
+        let mut e = golden_event();
+        e.body = EventBody::Unpark {
+            action: ledger_domain::UnparkKind::Skip,
+            first_offset: 9,
+        };
+        assert_eq!(decode(&encode(&e)).unwrap(), e);
+        let mut next = vec![MAGIC, VERSION_1];
+        let header = (
+            e.event_id,
+            &e.command_id,
+            &e.account_id,
+            e.time_ms,
+            KNOWN_TYPES,
+        );
+        bincode::serde::encode_into_std_write(header, &mut next, bincode_config()).unwrap();
+        assert!(matches!(
+            decode(&next),
+            Err(DecodeError::UnknownType { type_index, .. }) if type_index == KNOWN_TYPES
+        ));
+    }
+
+    #[test]
     fn typed_errors() {
         assert_eq!(decode(b""), Err(DecodeError::Empty));
         assert_eq!(decode(b"{\"type\":1}"), Err(DecodeError::BadMagic(b'{')));

@@ -215,42 +215,30 @@ impl<S: BatchSink> Run<S> {
                             offset,
                             event,
                         }),
-                        // One that parks its account parks it here too, as on the owner.
-                        Err(error)
-                            if parks(
-                                &self.settings,
-                                msg.key(),
-                                partition,
-                                offset,
-                                msg.payload(),
-                                &error,
-                            )
-                            .is_some() =>
-                        {
-                            let u = parks(
-                                &self.settings,
-                                msg.key(),
-                                partition,
-                                offset,
-                                msg.payload(),
-                                &error,
-                            )
-                            .expect("checked by the guard");
-                            self.pending.unreadable.push(u);
-                        }
-                        // A rebuild replays what the owner already decided: it dead-lettered
-                        // the event and moved on (a halted owner never passed it, and the
-                        // rebuild's comparison stops short of it too).
-                        Err(error) if self.step_over_poison => {
-                            debug!(partition, offset, %error, "an event that cannot be applied, stepped over as its owner did");
-                        }
-                        // What becomes of it is the owner's decision (dead letter, or halt);
-                        // a follower never moves past it: it stops following there.
                         Err(error) => {
-                            warn!(partition, offset, %error, "an event that cannot be applied; no longer following the partition (its owner deals with it)");
-                            self.apply();
-                            self.drop_partition(partition);
-                            continue;
+                            if let Some(u) = parks(
+                                &self.settings,
+                                msg.key(),
+                                partition,
+                                offset,
+                                msg.payload(),
+                                &error,
+                            ) {
+                                // It parks its account here too, as on the owner.
+                                self.pending.unreadable.push(u);
+                            } else if self.step_over_poison {
+                                // A rebuild replays what the owner already decided: it
+                                // dead-lettered the event and moved on (a halted owner never
+                                // passed it, and the rebuild's comparison stops short of it).
+                                debug!(partition, offset, %error, "an event that cannot be applied, stepped over as its owner did");
+                            } else {
+                                // What becomes of it is the owner's decision (dead letter, or
+                                // halt); a follower never moves past it: it stops following.
+                                warn!(partition, offset, %error, "an event that cannot be applied; no longer following the partition (its owner deals with it)");
+                                self.apply();
+                                self.drop_partition(partition);
+                                continue;
+                            }
                         }
                     }
                     self.pending.next_offsets.insert(partition, offset + 1);

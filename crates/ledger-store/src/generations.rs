@@ -1,7 +1,7 @@
 //! A verified rebuild's second store, in the same database as the live one.
 //!
 //! A rebuild writes each partition's state into trees of a new generation, which the
-//! live store does not read, through a [`RebuildView`] that applies batches exactly as
+//! live store does not read, through a [`Rebuilding`] that applies batches exactly as
 //! the live store does. [`Store::swap_in`] then compares, under the writer lock (so that
 //! no batch lands meanwhile), each partition's offset and state digest in both; only if
 //! every partition agrees does it make the new trees the live ones, by writing their
@@ -56,14 +56,14 @@ pub enum SwapError {
 pub struct Retired(Vec<sled::IVec>);
 
 /// A store over the next generation of some partitions' trees, beside the live one.
-pub struct RebuildView {
+pub struct Rebuilding {
     store: Store,
     topic: String,
     partitions: Vec<i32>,
     generation: u32,
 }
 
-impl RebuildView {
+impl Rebuilding {
     /// The store to apply the rebuild's batches to: it reads and writes only the new
     /// generation's trees.
     pub fn store(&self) -> &Store {
@@ -92,19 +92,12 @@ impl Store {
         })
     }
 
-    /// The name of the live tree of the partition a tree belongs to.
-    pub(crate) fn live_tree_name(
-        &self,
-        topic: &str,
-        tree: &sled::Tree,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Whether `tree` is its partition's live tree (the one the store reads and writes).
+    pub(crate) fn is_live(&self, topic: &str, tree: &sled::Tree) -> Result<bool, StoreError> {
         let Some((partition, _)) = records::tree_generation(topic, &tree.name()) else {
-            return Ok(None);
+            return Ok(false);
         };
-        let g = self.generation(topic, partition)?;
-        Ok(Some(
-            records::generation_tree_name(topic, partition, g).into_bytes(),
-        ))
+        Ok(self.tree(topic, partition)?.name() == tree.name())
     }
 
     /// Drops every partition tree that is not its partition's live one: what a rebuild
@@ -130,13 +123,18 @@ impl Store {
 
     /// A view over fresh trees of the next generation for these partitions, empty,
     /// for a rebuild to apply the log into from offset 0.
-    pub fn rebuild_view(&self, topic: &str, partitions: &[i32]) -> Result<RebuildView, StoreError> {
-        self.drop_stale_generations()?;
+    pub fn rebuild_view(&self, topic: &str, partitions: &[i32]) -> Result<Rebuilding, StoreError> {
         let mut generation = 0;
         for &p in partitions {
             generation = generation.max(self.generation(topic, p)?);
         }
         let generation = generation + 1;
+        // Whatever a rebuild that died left under these names (trees that a swap retired
+        // are older generations, and may still be read: they are left alone).
+        for &p in partitions {
+            self.db
+                .drop_tree(records::generation_tree_name(topic, p, generation))?;
+        }
         let store = Store {
             db: self.db.clone(),
             meta: self.meta.clone(),
@@ -148,7 +146,7 @@ impl Store {
             writer: self.writer.clone(),
             view: Some(generation),
         };
-        Ok(RebuildView {
+        Ok(Rebuilding {
             store,
             topic: topic.to_string(),
             partitions: partitions.to_vec(),
@@ -165,7 +163,7 @@ impl Store {
     /// are dropped at the next open).
     pub fn swap_in(
         &self,
-        view: &RebuildView,
+        view: &Rebuilding,
         at: &BTreeMap<i32, Option<i64>>,
     ) -> Result<Retired, SwapError> {
         let topic = view.topic.as_str();
@@ -235,7 +233,7 @@ impl Store {
     }
 
     /// Drops a view's trees, after a rebuild that did not swap.
-    pub fn discard(&self, view: RebuildView) -> Result<(), StoreError> {
+    pub fn discard(&self, view: Rebuilding) -> Result<(), StoreError> {
         for &p in &view.partitions {
             self.db.drop_tree(records::generation_tree_name(
                 &view.topic,

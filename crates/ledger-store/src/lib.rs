@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::{AccountId, AccountState, Batch, CommandId, Event, Record, Totals, Unreadable};
 
-pub use generations::{RebuildView, Retired, SwapError};
+pub use generations::{Rebuilding, Retired, SwapError};
 use partition::{Decided, PartitionJob};
 pub use records::{ParkMark, StoredCommand, LAYOUT};
 
@@ -113,7 +113,7 @@ pub enum StoreError {
         found: String,
     },
     /// A rebuild swapped the partition's tree out after this batch was decided over it.
-    #[error("the tree {0} was swapped out by a rebuild while a batch was being applied to it; the batch is read again from the new tree's offset")]
+    #[error("the tree {0} was swapped out by a rebuild while a batch was being applied to it; the batch was not stored")]
     Swapped(String),
     /// An account must park, but the store was opened without an [`EventCodec`].
     #[error("an event must wait behind an unreadable one, but this store has no codec to keep it with (a bug: open it with Store::with_codec)")]
@@ -322,6 +322,16 @@ impl Store {
         {
             return Ok(t.clone());
         }
+        // A miss is resolved under the write lock: a swap writes the new generation and
+        // then replaces the cached tree under this lock, so an old tree is never cached
+        // after it.
+        let mut trees = self
+            .trees
+            .write()
+            .expect("the tree cache lock is never held across a panic");
+        if let Some(t) = trees.get(&key) {
+            return Ok(t.clone());
+        }
         let generation = match self.view {
             Some(g) => g,
             None => self.generation(topic, partition)?,
@@ -329,10 +339,7 @@ impl Store {
         let t = self
             .db
             .open_tree(records::generation_tree_name(topic, partition, generation))?;
-        self.trees
-            .write()
-            .expect("the tree cache lock is never held across a panic")
-            .insert(key, t.clone());
+        trees.insert(key, t.clone());
         Ok(t)
     }
 
@@ -611,8 +618,7 @@ impl Store {
             .expect("the writer lock is never held across a panic");
         if self.view.is_none() {
             for (tree, _) in &writes {
-                let live = self.live_tree_name(&topic, tree)?;
-                if live.as_deref() != Some(&*tree.name()) {
+                if !self.is_live(&topic, tree)? {
                     return Err(StoreError::Swapped(
                         String::from_utf8_lossy(&tree.name()).into_owned(),
                     ));
@@ -715,6 +721,11 @@ impl Prepared {
     /// [`Store::commit`].
     pub fn dead_letters(&self) -> &[Skipped] {
         &self.dead_letters
+    }
+
+    /// What the batch will do once committed (its times are not known yet).
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
     }
 }
 

@@ -96,15 +96,25 @@ impl PartitionJob<'_> {
                 stats.redelivered += 1;
                 if emits {
                     follow_ups.extend(recorded_follow_ups(&mut state, &r.event, at)?);
+                    // What an operator's decision released, as it was released then.
+                    if let EventBody::Unpark { .. } = r.event.body {
+                        let (f, d) = state.released_by(at)?;
+                        follow_ups.extend(f);
+                        dead_letters.extend(d);
+                    }
                 }
                 continue;
             }
-            if let EventBody::Unpark { action } = r.event.body {
+            if let EventBody::Unpark {
+                action,
+                first_offset,
+            } = r.event.body
+            {
                 stats.controls += 1;
                 state.unpark(
-                    self.partition,
+                    at,
                     &r.event.account_id,
-                    action,
+                    (action, first_offset),
                     emits,
                     &mut Unparked {
                         stats: &mut stats,
@@ -200,6 +210,8 @@ pub(crate) struct PartitionState<'a> {
     entries: HashMap<AccountId, BTreeMap<i64, ParkEntry>>,
     /// How many accounts of the partition are parked, once read.
     parked_count: Option<u64>,
+    /// Whether the batch changed it.
+    parked_count_changed: bool,
     /// Every write, by key (`None`: a removal), in key order.
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// What the tree held under keys the batch read, so that the digest needs no second
@@ -225,6 +237,7 @@ impl<'a> PartitionState<'a> {
             marks: HashMap::new(),
             entries: HashMap::new(),
             parked_count: None,
+            parked_count_changed: false,
             writes: BTreeMap::new(),
             originals: HashMap::new(),
         }
@@ -283,7 +296,10 @@ impl<'a> PartitionState<'a> {
             (true, false) => count.saturating_sub(1),
             _ => count,
         };
-        self.parked_count = Some(count);
+        if Some(count) != self.parked_count {
+            self.parked_count = Some(count);
+            self.parked_count_changed = true;
+        }
         let key = records::park_mark_key(id);
         match &mark {
             Some(m) => self.put(key, records::encode_park_mark(m)),
@@ -364,36 +380,43 @@ impl<'a> PartitionState<'a> {
         Ok(())
     }
 
-    /// An operator's decision for the account: skips its first waiting event (to the
-    /// dead-letter topic, when this batch may write to the log), then reads and applies
-    /// the waiting events in order up to the first that still cannot be read, where the
-    /// account stays parked. Changes nothing for an account that is not parked.
+    /// An operator's decision for the account, made while its first waiting event was
+    /// at `first_offset` (and ignored otherwise: the decision was sent again, or came
+    /// after another): skips that event (to the dead-letter topic, when this batch may
+    /// write to the log), then reads and applies the waiting events in order up to the
+    /// first that still cannot be read, where the account stays parked. What it released
+    /// is recorded under the decision's offset, for an owner that must write their
+    /// follow-ups again ([`PartitionState::released_by`]).
     fn unpark(
         &mut self,
-        partition: i32,
+        at: Position,
         id: &AccountId,
-        action: UnparkKind,
+        (action, first_offset): (UnparkKind, i64),
         emits: bool,
         out: &mut Unparked<'_>,
     ) -> Result<(), StoreError> {
-        let Some(mark) = self.mark(id)? else {
+        let Some(mark) = self.mark(id)?.filter(|m| m.first_offset == first_offset) else {
             return Ok(());
         };
+        let partition = at.partition;
         let codec = self.codec()?;
         let mut waiting = std::mem::take(self.entries(id)?);
+        let mut released = records::Released::default();
         if action == UnparkKind::Skip {
             if let Some((offset, entry)) = waiting.pop_first() {
                 self.remove(records::park_entry_key(id, offset));
-                out.stats.dead_lettered += 1;
+                let skipped = Skipped {
+                    partition,
+                    offset,
+                    account_id: id.clone(),
+                    payload: entry.bytes().to_vec(),
+                    reason: mark.reason.clone(),
+                };
                 if emits {
-                    out.dead_letters.push(Skipped {
-                        partition,
-                        offset,
-                        account_id: id.clone(),
-                        payload: entry.bytes().to_vec(),
-                        reason: mark.reason.clone(),
-                    });
+                    out.stats.dead_lettered += 1;
+                    out.dead_letters.push(skipped.clone());
                 }
+                released.skipped = Some(skipped);
             }
         }
         let mut still = None;
@@ -424,9 +447,42 @@ impl<'a> PartitionState<'a> {
             if emits {
                 out.follow_ups.extend(applied.follow_ups);
             }
+            released.events.push((offset, entry.bytes().to_vec()));
+        }
+        if !released.is_empty() {
+            self.put(
+                records::released_key(at.offset),
+                records::encode_released(&released),
+            );
         }
         self.entries.insert(id.clone(), waiting);
         self.set_mark(id, still)
+    }
+
+    /// The follow-ups and the dead letter of what the operator's decision at `at`
+    /// released, as it released them: for an owner that reads the decision again and
+    /// cannot know that they reached the log.
+    fn released_by(&mut self, at: Position) -> Result<(Vec<Event>, Vec<Skipped>), StoreError> {
+        let key = records::released_key(at.offset);
+        let Some(v) = self.read(&key)? else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let released = records::decode_released(self.name, &key, &v)?;
+        let codec = self.codec()?;
+        let mut follow_ups = Vec::new();
+        for (offset, bytes) in &released.events {
+            // It was read once; a codec that cannot read it now is a downgrade, and its
+            // follow-ups were decided by the version that could.
+            let Ok(event) = codec.decode(bytes) else {
+                continue;
+            };
+            let cause = Position {
+                partition: at.partition,
+                offset: *offset,
+            };
+            follow_ups.extend(recorded_follow_ups(self, &event, cause)?);
+        }
+        Ok((follow_ups, released.skipped.into_iter().collect()))
     }
 
     /// The batch's writes as one atomic `sled::Batch`, with the digest moved by every

@@ -16,6 +16,7 @@
 //! | `p` | how many accounts of the partition are parked: `u64` |
 //! | `K` account id | a parked account: the offset of its first waiting event (`i64`), how many wait (`u64`), then why the first cannot be read (text) |
 //! | `k` length, account id, offset | one waiting event of a parked account: `0` and the bytes as read (unreadable here), or `1` and the event as this build encodes it |
+//! | `u` offset | what an operator's decision (the `Unpark` event at that offset) released: each applied event's offset and bytes, and the skipped one |
 //!
 //! A rebuild writes a partition's state into a tree of the next generation
 //! (`p/<topic>/<partition>@<generation>`) and the store swaps it in by writing the
@@ -53,6 +54,7 @@ pub(crate) const DIGEST_KEY: &[u8] = b"d";
 pub(crate) const PARKED_COUNT_KEY: &[u8] = b"p";
 pub(crate) const PARK_MARK_PREFIX: u8 = b'K';
 pub(crate) const PARK_ENTRY_PREFIX: u8 = b'k';
+pub(crate) const RELEASED_PREFIX: u8 = b'u';
 
 /// Whether a key's record is part of the partition's state, and so of its digest: the
 /// accounts, outcomes, totals and parked events, never the bookkeeping of how far it
@@ -245,6 +247,121 @@ pub(crate) fn decode_park_entry(
         Some((1, rest)) => Ok(ParkEntry::Waiting(rest.to_vec())),
         _ => Err(bad(tree, key, "a waiting event starts with 0 or 1")),
     }
+}
+
+/// `u` and the offset of the operator's decision.
+pub(crate) fn released_key(offset: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(RELEASED_PREFIX);
+    k.extend_from_slice(&offset.to_be_bytes());
+    k
+}
+
+/// What an operator's decision released.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Released {
+    /// The waiting events it applied: offset and bytes, in order.
+    pub(crate) events: Vec<(i64, Vec<u8>)>,
+    /// The event it skipped, to the dead-letter topic.
+    pub(crate) skipped: Option<crate::Skipped>,
+}
+
+impl Released {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.skipped.is_none()
+    }
+}
+
+fn put_bytes(v: &mut Vec<u8>, bytes: &[u8]) {
+    v.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    v.extend_from_slice(bytes);
+}
+
+pub(crate) fn encode_released(r: &Released) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&(r.events.len() as u32).to_be_bytes());
+    for (offset, bytes) in &r.events {
+        v.extend_from_slice(&offset.to_be_bytes());
+        put_bytes(&mut v, bytes);
+    }
+    match &r.skipped {
+        None => v.push(0),
+        Some(s) => {
+            v.push(1);
+            v.extend_from_slice(&s.partition.to_be_bytes());
+            v.extend_from_slice(&s.offset.to_be_bytes());
+            put_bytes(&mut v, s.account_id.as_str().as_bytes());
+            put_bytes(&mut v, &s.payload);
+            put_bytes(&mut v, s.reason.as_bytes());
+        }
+    }
+    v
+}
+
+/// Reads [`encode_released`]'s bytes front to back.
+struct Reader<'a> {
+    tree: &'a str,
+    key: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.rest.len() < n {
+            return Err(bad(self.tree, self.key, "a released record ends early"));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let bytes = self.take(N)?;
+        fixed::<N>(self.tree, self.key, bytes)
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let n = u32::from_be_bytes(self.fixed::<4>()?) as usize;
+        self.take(n)
+    }
+}
+
+pub(crate) fn decode_released(
+    tree: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<Released, StoreError> {
+    let mut r = Reader {
+        tree,
+        key,
+        rest: bytes,
+    };
+    let n = u32::from_be_bytes(r.fixed::<4>()?);
+    let mut out = Released::default();
+    for _ in 0..n {
+        let offset = i64::from_be_bytes(r.fixed::<8>()?);
+        out.events.push((offset, r.bytes()?.to_vec()));
+    }
+    if r.fixed::<1>()? == [1] {
+        let partition = i32::from_be_bytes(r.fixed::<4>()?);
+        let offset = i64::from_be_bytes(r.fixed::<8>()?);
+        let account = String::from_utf8_lossy(r.bytes()?).into_owned();
+        let account_id = AccountId::parse(&account).map_err(|e| {
+            bad(
+                tree,
+                key,
+                format!("a released record names {account:?}: {e}"),
+            )
+        })?;
+        let payload = r.bytes()?.to_vec();
+        let reason = String::from_utf8_lossy(r.bytes()?).into_owned();
+        out.skipped = Some(crate::Skipped {
+            partition,
+            offset,
+            account_id,
+            payload,
+            reason,
+        });
+    }
+    Ok(out)
 }
 
 pub(crate) fn decode_u128(tree: &str, key: &[u8], bytes: &[u8]) -> Result<u128, StoreError> {
@@ -679,6 +796,23 @@ mod tests {
         let longer = park_entry_prefix(&AccountId::parse("acc-10").unwrap());
         assert!(!longer.starts_with(&park_entry_prefix(&acc)));
         assert!(decode_park_mark("t", b"K", &[0; 15]).is_err());
+        let released = Released {
+            events: vec![(4, vec![1, 2]), (9, vec![])],
+            skipped: Some(crate::Skipped {
+                partition: 2,
+                offset: 3,
+                account_id: acc.clone(),
+                payload: vec![0xEB, 9],
+                reason: "unknown event type 100".into(),
+            }),
+        };
+        let bytes = encode_released(&released);
+        assert_eq!(decode_released("t", b"u", &bytes).unwrap(), released);
+        assert!(decode_released("t", b"u", &bytes[..bytes.len() - 1]).is_err());
+        assert_eq!(
+            decode_released("t", b"u", &encode_released(&Released::default())).unwrap(),
+            Released::default()
+        );
         assert!(decode_park_entry("t", b"k", &[7]).is_err());
     }
 

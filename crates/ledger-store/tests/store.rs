@@ -634,6 +634,7 @@ fn encode_event(e: &Event) -> Vec<u8> {
         EventBody::OpenAccount => "open".to_string(),
         EventBody::Deposit { amount } => format!("dep:{}", amount.minor_units()),
         EventBody::Withdraw { amount } => format!("wd:{}", amount.minor_units()),
+        EventBody::Transfer { to, amount } => format!("tr:{to}:{}", amount.minor_units()),
         other => panic!("the test codec does not carry {other:?}"),
     };
     format!("{}|{}|{body}", e.account_id, e.command_id).into_bytes()
@@ -651,6 +652,10 @@ fn decode_event(bytes: &[u8], knows_future: bool) -> Result<Event, String> {
         None if body == "open" => EventBody::OpenAccount,
         Some(("dep", n)) => dep(n.parse().unwrap()),
         Some(("wd", n)) => wd(n.parse().unwrap()),
+        Some(("tr", rest)) => {
+            let (to, n) = rest.split_once(':').unwrap();
+            transfer(to, n.parse().unwrap())
+        }
         Some(("future", n)) if knows_future => dep(n.parse().unwrap()),
         _ => return Err(format!("unknown event type in {body}")),
     };
@@ -679,8 +684,15 @@ impl Log {
     }
 }
 
-fn unpark(cmd: &str, account: &str, action: ledger_domain::UnparkKind) -> Event {
-    ev(cmd, account, EventBody::Unpark { action })
+fn unpark(cmd: &str, account: &str, action: ledger_domain::UnparkKind, first_offset: i64) -> Event {
+    ev(
+        cmd,
+        account,
+        EventBody::Unpark {
+            action,
+            first_offset,
+        },
+    )
 }
 
 fn balance(store: &Store, account: &str) -> i64 {
@@ -734,7 +746,10 @@ fn an_unreadable_event_parks_its_account_alone_until_a_newer_version_retries_it(
         digests_hold(&store);
         // A retry by this version changes nothing: it still cannot read the event.
         let stats = store
-            .apply_batch(TOPIC, &log.batch(&[unpark("u1", a, Retry)]))
+            .apply_batch(
+                TOPIC,
+                &log.batch(&[unpark("u1", a, Retry, mark.first_offset)]),
+            )
             .unwrap();
         assert_eq!((stats.controls, stats.unparked), (1, 0));
         assert_eq!(store.parked(TOPIC, &acc(a)).unwrap().unwrap().waiting, 2);
@@ -750,10 +765,11 @@ fn an_unreadable_event_parks_its_account_alone_until_a_newer_version_retries_it(
     // both waiting events in order, and the account flows again.
     std::thread::sleep(std::time::Duration::from_millis(50));
     let store = open_with(dir.path(), true);
+    let first = store.parked(TOPIC, &acc(a)).unwrap().unwrap().first_offset;
     let stats = store
         .apply_batch(
             TOPIC,
-            &log.batch(&[unpark("u2", a, Retry), ev("d4", a, dep(1))]),
+            &log.batch(&[unpark("u2", a, Retry, first), ev("d4", a, dep(1))]),
         )
         .unwrap();
     assert_eq!((stats.unparked, stats.parked), (2, 0));
@@ -769,13 +785,22 @@ fn a_skip_dead_letters_the_unreadable_event_only_when_the_batch_may_write_to_the
     let store = open_with(dir.path(), false);
     let mut log = Log::default();
     let a = "acc-1";
+    // Two unreadable events, a deposit after each.
     let mut b = log.batch(&[ev("o1", a, EventBody::OpenAccount)]);
     log.unreadable(&mut b, a, &format!("{a}|f1|future:7"));
-    let later = log.batch(&[ev("d1", a, dep(10))]);
-    b.records.extend(later.records);
-    b.next_offsets.extend(later.next_offsets);
+    let first = b.unreadable[0].offset;
+    for (cmd, future) in [("d1", None), ("", Some("f2")), ("d2", None)] {
+        match future {
+            Some(f) => log.unreadable(&mut b, a, &format!("{a}|{f}|future:9")),
+            None => {
+                let later = log.batch(&[ev(cmd, a, dep(10))]);
+                b.records.extend(later.records);
+                b.next_offsets.extend(later.next_offsets);
+            }
+        }
+    }
     store.apply_batch(TOPIC, &b).unwrap();
-    let mut skip = log.batch(&[unpark("u1", a, Skip)]);
+    let mut skip = log.batch(&[unpark("u1", a, Skip, first)]);
     // Read-only (a rebuild, a tail): the same decision, no dead letter.
     let read_only = store.prepare(TOPIC, &skip).unwrap();
     assert!(read_only.dead_letters().is_empty());
@@ -788,8 +813,75 @@ fn a_skip_dead_letters_the_unreadable_event_only_when_the_batch_may_write_to_the
     assert_eq!(dead[0].reason, "unknown event type 100");
     assert_eq!((stats.dead_lettered, stats.unparked), (1, 1));
     assert_eq!(balance(&store, a), 10);
-    assert!(store.parked(TOPIC, &acc(a)).unwrap().is_none());
+    let mark = store
+        .parked(TOPIC, &acc(a))
+        .unwrap()
+        .expect("parked at the second");
+    assert_eq!(
+        (mark.first_offset, mark.waiting),
+        (b.unreadable[1].offset, 2)
+    );
+    // The same decision again (a retried request): it no longer applies, and never
+    // skips the second unreadable event.
+    let mut again = log.batch(&[unpark("u1-again", a, Skip, first)]);
+    again.emit_from = again.next_offsets.keys().map(|&p| (p, 0)).collect();
+    let prepared = store.prepare(TOPIC, &again).unwrap();
+    assert!(prepared.dead_letters().is_empty());
+    let stats = store.commit(prepared).unwrap();
+    assert_eq!(
+        (stats.controls, stats.dead_lettered, stats.unparked),
+        (1, 0, 0)
+    );
+    assert_eq!(store.parked(TOPIC, &acc(a)).unwrap(), Some(mark));
     digests_hold(&store);
+}
+
+#[test]
+fn an_owner_reading_a_decision_again_writes_what_it_released_again() {
+    use ledger_domain::UnparkKind::Skip;
+    // A decision applied read-only (as a partition being handed over is read): nothing
+    // written to the log. Its next owner reads it again from the committed offset, and
+    // must write the skipped event's dead letter and the released transfer's credit.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_with(dir.path(), false);
+    let mut log = Log::default();
+    let a = "acc-1";
+    let mut b = log.batch(&[ev("o1", a, EventBody::OpenAccount), ev("d1", a, dep(100))]);
+    log.unreadable(&mut b, a, &format!("{a}|f1|future:7"));
+    let first = b.unreadable[0].offset;
+    let later = log.batch(&[ev("t1", a, transfer("acc-2", 30))]);
+    let transfer_at = later.records[0].offset;
+    b.records.extend(later.records);
+    b.next_offsets.extend(later.next_offsets);
+    store.apply_batch(TOPIC, &b).unwrap();
+    let mut decision = log.batch(&[unpark("u1", a, Skip, first)]);
+    let read_only = store.prepare(TOPIC, &decision).unwrap();
+    assert!(read_only.follow_ups().is_empty() && read_only.dead_letters().is_empty());
+    store.commit(read_only).unwrap();
+    assert_eq!(
+        balance(&store, a),
+        70,
+        "the transfer was released and debited"
+    );
+    // Read again as an owner, below the stored offset.
+    decision.emit_from = decision.next_offsets.keys().map(|&p| (p, 0)).collect();
+    let again = store.prepare(TOPIC, &decision).unwrap();
+    assert_eq!(again.stats().redelivered, 1);
+    assert_eq!(again.dead_letters().len(), 1);
+    assert_eq!(again.dead_letters()[0].offset, first);
+    let credits: Vec<&Event> = again.follow_ups().iter().collect();
+    assert_eq!(credits.len(), 1, "{credits:?}");
+    assert!(matches!(credits[0].body, EventBody::TransferCredit { .. }));
+    assert_eq!(
+        follow_up_cause(credits[0].event_id),
+        Some((
+            Position {
+                partition: b.records[0].partition,
+                offset: transfer_at
+            },
+            FollowUpKind::Credit
+        ))
+    );
 }
 
 #[test]
@@ -880,4 +972,111 @@ fn a_batch_decided_before_a_swap_is_refused_after_it() {
     let _retired = store.swap_in(&view, &at).unwrap();
     assert!(matches!(store.commit(late), Err(StoreError::Swapped(_))));
     assert_eq!(balance(&store, "acc-1"), 0);
+}
+
+/// A step of a log with parked accounts: an event, an event this version may not read
+/// (for account `n`), or an operator's decision for the account's `pick`-th unreadable
+/// event so far.
+#[derive(Clone, Debug)]
+enum Step {
+    Event(Event),
+    Unreadable(u8),
+    Decide(u8, bool, usize),
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0u8..4, 0u16..40, prop_oneof![Just(EventBody::OpenAccount), (1u64..500).prop_map(dep), (1u64..500).prop_map(wd)])
+            .prop_map(|(a, c, body)| Step::Event(ev(&format!("c{c}"), &format!("acc-{a}"), body))),
+        1 => (0u8..4).prop_map(Step::Unreadable),
+        1 => (0u8..4, any::<bool>(), 0usize..3).prop_map(|(a, skip, pick)| Step::Decide(a, skip, pick)),
+    ]
+}
+
+/// Each step as a one-item batch, in log order.
+fn step_batches(steps: &[Step]) -> Vec<Batch> {
+    let mut log = Log::default();
+    let mut unreadable_at: BTreeMap<u8, Vec<i64>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let b = match step {
+            Step::Event(e) => log.batch(std::slice::from_ref(e)),
+            Step::Unreadable(a) => {
+                let mut b = Batch::default();
+                let account = format!("acc-{a}");
+                log.unreadable(
+                    &mut b,
+                    &account,
+                    &format!("{account}|f{i}|future:{}", i + 1),
+                );
+                unreadable_at
+                    .entry(*a)
+                    .or_default()
+                    .push(b.unreadable[0].offset);
+                b
+            }
+            Step::Decide(a, skip, pick) => {
+                let seen = unreadable_at.get(a).cloned().unwrap_or_default();
+                let first = seen.get(*pick % seen.len().max(1)).copied().unwrap_or(0);
+                let action = if *skip {
+                    ledger_domain::UnparkKind::Skip
+                } else {
+                    ledger_domain::UnparkKind::Retry
+                };
+                log.batch(&[unpark(&format!("u{i}"), &format!("acc-{a}"), action, first)])
+            }
+        };
+        out.push(b);
+    }
+    out
+}
+
+fn merged(batches: &[Batch]) -> Batch {
+    let mut into = Batch::default();
+    for b in batches {
+        into.records.extend(b.records.iter().cloned());
+        into.unreadable.extend(b.unreadable.iter().cloned());
+        for (&p, &n) in &b.next_offsets {
+            let e = into.next_offsets.entry(p).or_insert(n);
+            *e = (*e).max(n);
+        }
+    }
+    into
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Parking, retries and skips leave the same digest whatever the batching and
+    /// whether the store may write to the log: an owner applying in small batches and a
+    /// read-only reader applying everything at once agree, and each digest is its scan.
+    #[test]
+    fn parked_accounts_keep_the_digest_independent_of_batching_and_emitting(
+        steps in proptest::collection::vec(arb_step(), 1..60),
+        cuts in proptest::collection::vec(1usize..10, 1..8),
+        knows_future in any::<bool>(),
+    ) {
+        let singles = step_batches(&steps);
+        let (owner_dir, reader_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let owner = open_with(owner_dir.path(), knows_future);
+        let reader = open_with(reader_dir.path(), knows_future);
+        let mut start = 0;
+        let mut i = 0;
+        while start < singles.len() {
+            let end = (start + cuts[i % cuts.len()]).min(singles.len());
+            let mut b = merged(&singles[start..end]);
+            b.emit_from = b.next_offsets.keys().map(|&p| (p, 0)).collect();
+            owner.apply_batch(TOPIC, &b).unwrap();
+            start = end;
+            i += 1;
+        }
+        reader.apply_batch(TOPIC, &merged(&singles)).unwrap();
+        for p in 0..PARTITIONS {
+            let d = owner.digest(TOPIC, p).unwrap();
+            prop_assert_eq!(d, owner.digest_by_scan(TOPIC, p).unwrap());
+            prop_assert_eq!(d, reader.digest(TOPIC, p).unwrap(), "partition {}", p);
+        }
+        let all: Vec<i32> = (0..PARTITIONS).collect();
+        prop_assert_eq!(owner.parked_in(TOPIC, &all).unwrap(), reader.parked_in(TOPIC, &all).unwrap());
+    }
 }

@@ -17,9 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
 use ledger_api::cluster::FORWARDED_BY_HEADER;
-use ledger_api::{
-    AccountView, ErrorCode, ParkedAccount, ParkedView, PartitionRole, PauseView, UnparkAccepted,
-};
+use ledger_api::{ErrorCode, ParkedAccount, ParkedView, PartitionRole, PauseView, UnparkAccepted};
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::{AccountId, CommandId, Event, EventBody, UnparkKind};
 use ledger_http::ApiError;
@@ -253,24 +251,28 @@ pub(crate) async fn unpark(
     let count = state.partition_count()?;
     let partition = partition_of(&id, count);
     let forwarded = headers.contains_key(FORWARDED_BY_HEADER);
-    let parked = match state.group.route(partition, false, forwarded) {
+    // Where the account's first waiting event is, as its partition's server sees it: the
+    // decision names it, so that sending it twice never skips a second event.
+    let first_offset = match state.group.route(partition, false, forwarded) {
         Route::Local => state
             .store
             .parked(&state.topic, &id)
             .map_err(store_error)?
-            .is_some(),
+            .map(|m| m.first_offset),
         Route::Peer { id: peer, url } => {
             let ask =
                 crate::http::Ask::read(&headers, &Ok(Query(Default::default())), Some(count))?;
             let answer = state
-                .ask_peer(&peer, &url, &format!("/v1/accounts/{id}"), &[], &ask)
+                .ask_peer(&peer, &url, "/v1/admin/parked", &[], &ask)
                 .await
                 .map_err(|e| moving(&state, partition, &e))?;
-            match answer.status {
-                StatusCode::OK => answer.json::<AccountView>().is_some_and(|v| v.parked),
-                StatusCode::NOT_FOUND => false,
-                _ => return Err(answer.error()),
+            if answer.status != StatusCode::OK {
+                return Err(answer.error());
             }
+            answer
+                .json::<ParkedView>()
+                .and_then(|v| v.accounts.into_iter().find(|a| a.account_id == id))
+                .map(|a| a.first_offset)
         }
         Route::Moving => {
             return Err(moving(
@@ -280,12 +282,12 @@ pub(crate) async fn unpark(
             ))
         }
     };
-    if !parked {
+    let Some(first_offset) = first_offset else {
         return Err(ApiError::new(
             ErrorCode::AccountNotParked,
             format!("account {id} is not parked: nothing waits to be retried or skipped"),
         ));
-    }
+    };
     let bits = uuid::Uuid::now_v7().as_u128();
     let event = Event {
         event_id: bits,
@@ -294,7 +296,10 @@ pub(crate) async fn unpark(
         time_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
-        body: EventBody::Unpark { action },
+        body: EventBody::Unpark {
+            action,
+            first_offset,
+        },
     };
     let at = state
         .producer
@@ -303,7 +308,7 @@ pub(crate) async fn unpark(
         .map_err(|e| {
             ApiError::new(
                 ErrorCode::LogUnavailable,
-                format!("the decision could not be written to the log: {e}; it may or may not be there, and sending it again is safe"),
+                format!("the decision could not be written to the log: {e}; it may or may not be there, and sending it again is safe (it names the waiting event it is for, and applies only while that event is first)"),
             )
         })?;
     state
@@ -318,6 +323,7 @@ pub(crate) async fn unpark(
         Json(UnparkAccepted {
             account_id: id,
             action,
+            first_offset,
             partition: at.partition,
             offset: at.offset,
             token: at.token(),

@@ -6,7 +6,7 @@
 //!
 //! 1. **Replaying.** A read-only follower ([`Follower`] in its rebuild mode: it never
 //!    commits, never writes to the log, steps over what the owner dead-lettered) reads
-//!    each partition from offset 0 into a [`RebuildView`] of the store. It never passes
+//!    each partition from offset 0 into a [`Rebuilding`] view of the store. It never passes
 //!    the live store: a batch beyond the live offset waits for it, so that the two can
 //!    meet at the same offset.
 //! 2. **Verifying.** Once every partition is within [`CLOSE_ENOUGH`] of the live store,
@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ledger_api::{ErrorCode, PartitionRole, RebuildPartition, RebuildPhase, RebuildView};
 use ledger_domain::Batch;
@@ -31,10 +31,11 @@ use ledger_eventlog::consume::{BatchSink, ConsumerSettings, PauseControl};
 use ledger_eventlog::follow::Follower;
 use ledger_eventlog::KafkaConfig;
 use ledger_http::ApiError;
-use ledger_store::{RebuildView as StoreView, Retired, Store, StoreError, SwapError};
+use ledger_store::{Rebuilding, Retired, Store, StoreError, SwapError};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::directory::now_ms;
 use crate::group::Group;
 use crate::metrics::ProjectorMetrics;
 
@@ -48,6 +49,8 @@ const HOLD_WAIT: Duration = Duration::from_secs(30);
 const MEET_WAIT: Duration = Duration::from_secs(30);
 /// How long trees swapped out stay, for queries that were reading them.
 const RETIRE_AFTER: Duration = Duration::from_secs(40);
+/// How long the rebuild may read nothing before it gives up.
+const NO_PROGRESS: Duration = Duration::from_secs(120);
 /// How often progress is read.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -66,17 +69,21 @@ pub(crate) struct Rebuilder {
     pub last: Mutex<Option<RebuildView>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Rebuilder {
     fn last(&self) -> std::sync::MutexGuard<'_, Option<RebuildView>> {
         self.last
             .lock()
             .expect("the rebuild view lock is never held across a panic")
+    }
+
+    /// The partitions this instance owns now.
+    fn owned(&self) -> Vec<i32> {
+        self.group
+            .held()
+            .into_iter()
+            .filter(|(_, role)| *role == PartitionRole::Owner)
+            .map(|(p, _)| p)
+            .collect()
     }
 
     /// The last rebuild since this instance started.
@@ -97,17 +104,23 @@ impl Rebuilder {
                     "the projector has not found its topic yet",
                 )
             })?;
-        let owned: Vec<i32> = self
-            .group
-            .held()
-            .into_iter()
-            .filter(|(_, role)| *role == PartitionRole::Owner)
-            .map(|(p, _)| p)
-            .collect();
+        let owned = self.owned();
         if owned.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::NotReady,
                 "this instance owns no partition yet: nothing to rebuild here",
+            ));
+        }
+        // The rebuild meets the live store where it stands: a paused one never gets there.
+        let paused: Vec<i32> = owned
+            .iter()
+            .copied()
+            .filter(|&p| self.pause.is_paused(p))
+            .collect();
+        if !paused.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::NotReady,
+                format!("partitions {paused:?} are paused: resume them (POST /v1/admin/resume) before a rebuild, which must reach the live store's offsets"),
             ));
         }
         let view = {
@@ -238,7 +251,7 @@ impl Rebuilder {
         &self,
         settings: &ConsumerSettings,
         partitions: &[i32],
-        view: &StoreView,
+        view: &Rebuilding,
         sink: &Arc<RebuildSink>,
         follower_stop: &CancellationToken,
     ) -> Result<Outcome, String> {
@@ -261,6 +274,7 @@ impl Rebuilder {
                 .collect()
         };
         // Replaying, until close enough to the live store.
+        let mut last_move = (Instant::now(), BTreeMap::new());
         loop {
             if self.stop.is_cancelled() {
                 return Err("the projector is stopping".into());
@@ -268,6 +282,11 @@ impl Rebuilder {
             let live = offsets(&self.store).map_err(|e| e.to_string())?;
             let rebuilt = offsets(view.store()).map_err(|e| e.to_string())?;
             self.show(&live, &rebuilt, sink);
+            if rebuilt != last_move.1 {
+                last_move = (Instant::now(), rebuilt.clone());
+            } else if last_move.0.elapsed() > NO_PROGRESS {
+                return Err(format!("the rebuild made no progress for {NO_PROGRESS:?} (at {rebuilt:?}, the live store at {live:?}): is the broker reachable, is a partition paused?"));
+            }
             if let Some(&p) = partitions.iter().find(|&&p| !follower.is_following(p)) {
                 return Err(format!("the rebuild's reader stopped reading partition {p} (its offset left the log, or the rebuilt store failed): see the log"));
             }
@@ -285,13 +304,7 @@ impl Rebuilder {
             return Err("the live consumer did not stand still in time for the comparison".into());
         }
         let at = offsets(&self.store).map_err(|e| e.to_string())?;
-        let owned: Vec<i32> = self
-            .group
-            .held()
-            .into_iter()
-            .filter(|(_, role)| *role == PartitionRole::Owner)
-            .map(|(p, _)| p)
-            .collect();
+        let owned = self.owned();
         if owned != partitions {
             return Err(format!("this instance's partitions changed during the rebuild (from {partitions:?} to {owned:?}); start it again"));
         }
@@ -310,6 +323,10 @@ impl Rebuilder {
         // Nothing more may land in the rebuilt trees once they may become the live ones.
         follower_stop.cancel();
         sink.close();
+        let owned_now = self.owned();
+        if owned_now != partitions {
+            return Err(format!("this instance's partitions changed during the comparison (to {owned_now:?}); start it again"));
+        }
         self.update(|v| {
             // Counted once the last batch is done: its offsets show before its count.
             v.events_replayed = sink.events.load(Ordering::Relaxed);

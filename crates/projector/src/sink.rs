@@ -76,21 +76,43 @@ pub(crate) struct FollowUpWriter {
 }
 
 impl FollowUpWriter {
+    /// Runs `attempt` until it leaves nothing unacknowledged, backing off between tries;
+    /// once the projector is stopping, gives up after one more failure. `attempt` answers
+    /// how many are still unacknowledged and the last error.
+    fn until_acknowledged(
+        &self,
+        mut attempt: impl FnMut() -> Option<(usize, String)>,
+    ) -> Result<(), SinkError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut stopping_attempts = 0;
+        loop {
+            let Some((count, error)) = attempt() else {
+                return Ok(());
+            };
+            if self.stop.is_cancelled() {
+                stopping_attempts += 1;
+                if stopping_attempts > 1 {
+                    return Err(SinkError::FollowUps { count, error });
+                }
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
     /// Writes `events` and returns once the log has acknowledged all of them. Blocks the
     /// apply (nothing is stored meanwhile): a broker outage stalls applying, never
     /// loses a follow-up. The producer itself is replaced by its supervisor when it stops
     /// delivering.
     fn write(&self, events: &[Event], metrics: &ProjectorMetrics) -> Result<(), SinkError> {
         let mut waiting: Vec<Event> = events.to_vec();
-        let mut backoff = Duration::from_millis(100);
-        let mut stopping_attempts = 0;
-        loop {
+        self.until_acknowledged(|| {
             let attempted = waiting.len();
             let outcomes = self
                 .runtime
                 .block_on(self.producer.send_many(&self.topic, &waiting));
             let mut last_error = None;
-            let failed: Vec<Event> = waiting
+            waiting = std::mem::take(&mut waiting)
                 .into_iter()
                 .zip(outcomes)
                 .filter_map(|(event, outcome)| match outcome {
@@ -101,31 +123,19 @@ impl FollowUpWriter {
                     }
                 })
                 .collect();
-            metrics.follow_ups.inc_by((attempted - failed.len()) as u64);
-            let Some(error) = last_error else {
-                return Ok(());
-            };
-            metrics.follow_up_failures.inc_by(failed.len() as u64);
-            warn!(unacknowledged = failed.len(), %error, "the log did not acknowledge follow-up events; retrying before the batch is stored");
-            if self.stop.is_cancelled() {
-                stopping_attempts += 1;
-                if stopping_attempts > 1 {
-                    return Err(SinkError::FollowUps {
-                        count: failed.len(),
-                        error,
-                    });
-                }
-            }
-            waiting = failed;
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+            metrics.follow_ups.inc_by((attempted - waiting.len()) as u64);
+            let error = last_error?;
+            metrics.follow_up_failures.inc_by(waiting.len() as u64);
+            warn!(unacknowledged = waiting.len(), %error, "the log did not acknowledge follow-up events; retrying before the batch is stored");
+            Some((waiting.len(), error))
+        })
     }
 
     /// Writes the skipped events to the dead-letter topic, as the consumer writes an
     /// undecodable one, and returns once all are acknowledged; retried like follow-ups.
     fn write_dead_letters(&self, skipped: &[Skipped]) -> Result<(), SinkError> {
         for s in skipped {
+            let error = format!("skipped by an operator while parked: {}", s.reason);
             let dead = DeadLetter {
                 dlq_topic: &self.dlq_topic,
                 source_topic: &self.topic,
@@ -133,36 +143,19 @@ impl FollowUpWriter {
                 source_offset: s.offset,
                 key: Some(s.account_id.as_str().as_bytes()),
                 payload: Some(&s.payload),
-                error: &format!("skipped by an operator while parked: {}", s.reason),
+                error: &error,
                 error_kind: "parked_skipped",
             };
-            let mut backoff = Duration::from_millis(100);
-            let mut stopping_attempts = 0;
-            loop {
-                match self
-                    .runtime
-                    .block_on(self.dead_letters.send_dead_letter(&dead))
-                {
-                    Ok(_) => {
-                        warn!(partition = s.partition, offset = s.offset, account = %s.account_id, reason = %s.reason, dlq = %self.dlq_topic, "parked event skipped by an operator, sent to the dead-letter topic");
-                        break;
-                    }
+            self.until_acknowledged(|| {
+                match self.runtime.block_on(self.dead_letters.send_dead_letter(&dead)) {
+                    Ok(_) => None,
                     Err(e) => {
                         warn!(partition = s.partition, offset = s.offset, error = %e, "the dead-letter topic did not acknowledge a skipped event; retrying before the batch is stored");
-                        if self.stop.is_cancelled() {
-                            stopping_attempts += 1;
-                            if stopping_attempts > 1 {
-                                return Err(SinkError::FollowUps {
-                                    count: 1,
-                                    error: e.to_string(),
-                                });
-                            }
-                        }
+                        Some((1, e.to_string()))
                     }
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+            })?;
+            warn!(partition = s.partition, offset = s.offset, account = %s.account_id, reason = %s.reason, dlq = %self.dlq_topic, "parked event skipped by an operator, sent to the dead-letter topic");
         }
         Ok(())
     }

@@ -162,15 +162,86 @@ async fn a_pause_stops_applying_while_queries_are_served_and_resume_catches_up()
     assert_eq!(metric(&base, "projector_paused_partitions").await, Some(0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_ends_a_pause_and_no_partition_stays_stopped() {
+    // A pause ends at a rebalance: the partitions this instance keeps apply again, and
+    // those handed to another instance and back are fetched again.
+    let brokers = ledger_testkit::brokers();
+    let topic = ledger_testkit::unique_topic("pause-rebalance");
+    create_topic(&brokers, &topic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let group = format!("{topic}.g");
+    let mut log = produce(&brokers, &topic, &opened("pr", 12)).await;
+    let a = ProjectorProcess::spawn(
+        &brokers,
+        &topic,
+        &group,
+        &dir.path().join("a"),
+        &["--instance-id", "pr-a", "--handoff-ms", "0"],
+    );
+    let base = a.url();
+    wait_ready(&base, WAIT).await;
+    wait_applied(&base, &ends_of(&log), WAIT).await;
+    let http = reqwest::Client::new();
+    let (status, _) = post(&http, &format!("{base}/v1/admin/pause")).await;
+    assert_eq!(status, 200);
+    log.extend(produce(&brokers, &topic, &deposits("pr", 12, 3, "p")).await);
+
+    // A second instance joins (the group rebalances: the pause ends), then leaves (its
+    // partitions come back to the first).
+    let mut b = ProjectorProcess::spawn(
+        &brokers,
+        &topic,
+        &group,
+        &dir.path().join("b"),
+        &["--instance-id", "pr-b", "--handoff-ms", "0"],
+    );
+    wait_for("the second instance to own partitions", WAIT, || async {
+        let p = get_json(&http, &format!("{base}/v1/progress")).await;
+        p["partitions"]
+            .as_array()?
+            .iter()
+            .any(|r| r["owner"] == "pr-b" && r["role"] == "owner")
+            .then_some(())
+    })
+    .await;
+    b.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(b.wait_exit(WAIT).success());
+    log.extend(produce(&brokers, &topic, &deposits("pr", 12, 2, "q")).await);
+    let done = wait_for(
+        "every partition applied again on the first instance",
+        WAIT,
+        || async {
+            let p = get_json(&http, &format!("{base}/v1/progress")).await;
+            let rows = p["partitions"].as_array()?;
+            (p["total_lag"] == 0
+                && rows
+                    .iter()
+                    .all(|r| r["owner"] == "pr-a" && r["paused"] == false))
+            .then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(
+        done["partitions"].as_array().unwrap().len(),
+        PARTITIONS as usize
+    );
+    assert_eq!(metric(&base, "projector_paused_partitions").await, Some(0));
+    assert_http_matches(&base, &model_of(&log)).await;
+}
+
 /// Starts a rebuild and waits until it is over; returns its last view.
 async fn rebuild(http: &reqwest::Client, base: &str) -> Value {
     let (status, started) = post(http, &format!("{base}/v1/admin/rebuild")).await;
     assert_eq!(status, 202, "{started}");
     assert_eq!(started["phase"], "replaying", "{started}");
+    // It replays thousands of events and checks its progress every 100 ms: still running.
     let (status, again) = post(http, &format!("{base}/v1/admin/rebuild")).await;
-    if status == 409 {
-        assert_eq!(again["error"]["code"], "rebuild_running");
-    }
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("rebuild_running")),
+        "{again}"
+    );
     wait_for(
         "the rebuild to finish",
         Duration::from_secs(120),

@@ -277,6 +277,12 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                     self.state().fatal.get_or_insert(ConsumeError::Kafka(e));
                     return;
                 }
+                // A partition paused here, revoked and assigned again must be fetched: the
+                // pause is resumed whatever librdkafka kept of it (the loop pauses again
+                // whatever must stay stopped). Harmless for one never paused.
+                if let Err(e) = consumer.resume(tpl) {
+                    warn!(error = %e, "resuming newly assigned partitions failed");
+                }
                 info!(partitions = ?starts, "partitions assigned; resuming from the stored offsets");
                 self.sink.on_assigned(&parts);
             }
@@ -292,6 +298,17 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                 }
                 {
                     let mut st = self.state();
+                    // Resumed before they go, for the same reason as on assignment.
+                    let paused: Vec<i32> = revoked.intersection(&st.paused).copied().collect();
+                    if !paused.is_empty() {
+                        let mut list = TopicPartitionList::with_capacity(paused.len());
+                        for &p in &paused {
+                            list.add_partition(&self.topic, p);
+                        }
+                        if let Err(e) = consumer.resume(&list) {
+                            warn!(partitions = ?paused, error = %e, "resuming revoked partitions failed");
+                        }
+                    }
                     for p in &revoked {
                         st.positions.remove(p);
                         st.committed.remove(p);

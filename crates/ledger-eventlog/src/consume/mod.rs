@@ -202,6 +202,7 @@ fn poll_loop<S: BatchSink>(
             && ctx.state().pending.records.len() >= HELD_BATCHES * settings.batch_max_events
         {
             ctx.commit_if_applied(consumer)?;
+            ctx.obey_pause(consumer, settings)?;
             std::thread::sleep(idle_poll);
             continue;
         }
@@ -556,30 +557,39 @@ impl<S: BatchSink> LoopContext<S> {
             }
             tpl
         };
+        // A failure leaves the partition as it was, and is tried again next time round.
         if !to_pause.is_empty() {
-            consumer.pause(&list(&to_pause))?;
-            st.paused.extend(to_pause.iter().copied());
-            info!(partitions = ?to_pause, "paused: applying stopped, queries still served");
+            match consumer.pause(&list(&to_pause)) {
+                Ok(()) => {
+                    st.paused.extend(to_pause.iter().copied());
+                    info!(partitions = ?to_pause, "paused: applying stopped, queries still served");
+                }
+                Err(e) => warn!(partitions = ?to_pause, error = %e, "pausing failed; trying again"),
+            }
         }
-        if !to_resume.is_empty() {
-            consumer.resume(&list(&to_resume))?;
-            for p in &to_resume {
-                st.paused.remove(p);
-                if st.dropped.remove(p) {
-                    let from = st.positions.get(p).copied().unwrap_or(0);
-                    if let Err(e) = consumer.seek(
-                        &settings.topic,
-                        *p,
-                        Offset::Offset(from),
-                        Duration::from_secs(5),
-                    ) {
-                        // Not reading it again would skip events: stop this client, and
-                        // its successor starts from the store.
-                        return Err(ConsumeError::Kafka(e));
-                    }
+        for p in to_resume {
+            // Anything dropped while paused is read again: the position is set back first,
+            // while the partition still fetches nothing.
+            if st.dropped.contains(&p) {
+                let from = st.positions.get(&p).copied().unwrap_or(0);
+                if let Err(e) = consumer.seek(
+                    &settings.topic,
+                    p,
+                    Offset::Offset(from),
+                    Duration::from_secs(5),
+                ) {
+                    warn!(partition = p, from, error = %e, "cannot set the paused partition back to its position; it stays paused, trying again");
+                    continue;
                 }
             }
-            info!(partitions = ?to_resume, "resumed applying");
+            match consumer.resume(&list(&[p])) {
+                Ok(()) => {
+                    st.paused.remove(&p);
+                    st.dropped.remove(&p);
+                    info!(partition = p, "resumed applying");
+                }
+                Err(e) => warn!(partition = p, error = %e, "resuming failed; trying again"),
+            }
         }
         self.metrics.paused_partitions.set(st.paused.len() as i64);
         Ok(())

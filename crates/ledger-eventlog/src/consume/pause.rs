@@ -196,6 +196,9 @@ mod tests {
             "no loop acknowledged it"
         );
         assert!(c.hold_pending());
+        c.release_hold();
+        assert!(!c.hold_pending() && !c.holding());
+        // The loop's side acknowledges only a hold asked for after it started.
         let loop_side = c.clone();
         let t = std::thread::spawn(move || {
             while !loop_side.hold_pending() {
@@ -203,7 +206,6 @@ mod tests {
             }
             loop_side.acknowledge_hold();
         });
-        c.release_hold();
         assert!(c.hold(Duration::from_secs(5)));
         t.join().unwrap();
         assert_eq!(c.stopped_among(0..3), BTreeSet::from([0, 1, 2]));
