@@ -212,11 +212,17 @@ pub(crate) struct PartitionState<'a> {
     parked_count: Option<u64>,
     /// Whether the batch changed it.
     parked_count_changed: bool,
-    /// Every write, by key (`None`: a removal), in key order.
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// What the tree held under keys the batch read, so that the digest needs no second
-    /// read of a record it replaces.
-    originals: HashMap<Vec<u8>, Option<IVec>>,
+    /// Every write, in the order made (sled applies them in that order, atomically).
+    batch: sled::Batch,
+    /// The writes of waiting events (`None`: a removal), for [`Self::entries`] to read
+    /// over the tree's.
+    park_writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The hash of the record now under each state key the batch read or wrote (the
+    /// tree's, then the batch's latest), so that a write moves the digest without reading
+    /// what it replaces a second time.
+    hashes: HashMap<Vec<u8>, u128>,
+    /// What the batch's writes add to the digest, modulo 2^128.
+    digest_delta: u128,
 }
 
 impl<'a> PartitionState<'a> {
@@ -238,25 +244,49 @@ impl<'a> PartitionState<'a> {
             entries: HashMap::new(),
             parked_count: None,
             parked_count_changed: false,
-            writes: BTreeMap::new(),
-            originals: HashMap::new(),
+            batch: sled::Batch::default(),
+            park_writes: BTreeMap::new(),
+            hashes: HashMap::new(),
+            digest_delta: 0,
         }
     }
 
     fn read(&mut self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
         let v = self.tree.get(key)?;
-        self.originals
-            .entry(key.to_vec())
-            .or_insert_with(|| v.clone());
+        if records::is_state_key(key) && !self.hashes.contains_key(key) {
+            self.hashes
+                .insert(key.to_vec(), record_hash(key, v.as_deref()));
+        }
         Ok(v)
     }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+    /// Writes `value` under `key` (`None`: removes it), moving the digest by the change.
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), StoreError> {
+        if records::is_state_key(&key) {
+            let old = match self.hashes.get(&key) {
+                Some(h) => *h,
+                None => record_hash(&key, self.tree.get(&key)?.as_deref()),
+            };
+            let new = record_hash(&key, value.as_deref());
+            self.digest_delta = self.digest_delta.wrapping_sub(old).wrapping_add(new);
+            self.hashes.insert(key.clone(), new);
+        }
+        if key.first() == Some(&records::PARK_ENTRY_PREFIX) {
+            self.park_writes.insert(key.clone(), value.clone());
+        }
+        match value {
+            Some(v) => self.batch.insert(key, v),
+            None => self.batch.remove(key),
+        }
+        Ok(())
     }
 
-    fn remove(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
+        self.write(key, Some(value))
+    }
+
+    fn remove(&mut self, key: Vec<u8>) -> Result<(), StoreError> {
+        self.write(key, None)
     }
 
     fn codec(&self) -> Result<&'a dyn EventCodec, StoreError> {
@@ -302,8 +332,8 @@ impl<'a> PartitionState<'a> {
         }
         let key = records::park_mark_key(id);
         match &mark {
-            Some(m) => self.put(key, records::encode_park_mark(m)),
-            None => self.remove(key),
+            Some(m) => self.put(key, records::encode_park_mark(m))?,
+            None => self.remove(key)?,
         }
         self.marks.insert(id.clone(), mark);
         Ok(())
@@ -326,15 +356,15 @@ impl<'a> PartitionState<'a> {
             let mut found = BTreeMap::new();
             for kv in self.tree.scan_prefix(&prefix) {
                 let (k, v) = kv?;
-                self.originals
-                    .entry(k.to_vec())
-                    .or_insert_with(|| Some(v.clone()));
+                if !self.hashes.contains_key(k.as_ref()) {
+                    self.hashes.insert(k.to_vec(), record_hash(&k, Some(&v)));
+                }
                 found.insert(
                     records::park_entry_offset(self.name, &k)?,
                     records::decode_park_entry(self.name, &k, &v)?,
                 );
             }
-            for (k, v) in self.writes.range(prefix.clone()..) {
+            for (k, v) in self.park_writes.range(prefix.clone()..) {
                 if !k.starts_with(&prefix) {
                     break;
                 }
@@ -373,7 +403,7 @@ impl<'a> PartitionState<'a> {
         self.put(
             records::park_entry_key(id, offset),
             records::encode_park_entry(&entry),
-        );
+        )?;
         if let Some(entries) = self.entries.get_mut(id) {
             entries.insert(offset, entry);
         }
@@ -404,7 +434,7 @@ impl<'a> PartitionState<'a> {
         let mut released = records::Released::default();
         if action == UnparkKind::Skip {
             if let Some((offset, entry)) = waiting.pop_first() {
-                self.remove(records::park_entry_key(id, offset));
+                self.remove(records::park_entry_key(id, offset))?;
                 let skipped = Skipped {
                     partition,
                     offset,
@@ -440,7 +470,7 @@ impl<'a> PartitionState<'a> {
                     break;
                 }
             };
-            self.remove(records::park_entry_key(id, offset));
+            self.remove(records::park_entry_key(id, offset))?;
             let applied = apply_event(self, &event, Position { partition, offset })?;
             out.stats.count(applied.result);
             out.stats.unparked += 1;
@@ -453,7 +483,7 @@ impl<'a> PartitionState<'a> {
             self.put(
                 records::released_key(at.offset),
                 records::encode_released(&released),
-            );
+            )?;
         }
         self.entries.insert(id.clone(), waiting);
         self.set_mark(id, still)
@@ -486,49 +516,32 @@ impl<'a> PartitionState<'a> {
     }
 
     /// The batch's writes as one atomic `sled::Batch`, with the digest moved by every
-    /// state record they replace.
+    /// state record they replaced.
     fn finish(mut self) -> Result<sled::Batch, StoreError> {
         for id in std::mem::take(&mut self.touched) {
             let value = records::encode_account(&self.accounts[&id]).to_vec();
-            self.put(records::account_key(&id), value);
+            self.put(records::account_key(&id), value)?;
         }
         if let Some(totals) = self.totals {
-            self.put(
-                records::TOTALS_KEY.to_vec(),
-                records::encode_totals(&totals).to_vec(),
-            );
+            let value = records::encode_totals(&totals).to_vec();
+            self.put(records::TOTALS_KEY.to_vec(), value)?;
         }
-        if let Some(count) = self.parked_count {
+        if let (Some(count), true) = (self.parked_count, self.parked_count_changed) {
             self.put(
                 records::PARKED_COUNT_KEY.to_vec(),
                 count.to_be_bytes().to_vec(),
-            );
+            )?;
         }
-        let mut digest = match self.tree.get(records::DIGEST_KEY)? {
-            Some(v) => records::decode_u128(self.name, records::DIGEST_KEY, &v)?,
-            None => 0,
-        };
-        let before = digest;
-        let mut batch = sled::Batch::default();
-        for (key, value) in &self.writes {
-            if records::is_state_key(key) {
-                let old = match self.originals.get(key) {
-                    Some(v) => v.clone(),
-                    None => self.tree.get(key)?,
-                };
-                digest = digest
-                    .wrapping_sub(record_hash(key, old.as_deref()))
-                    .wrapping_add(record_hash(key, value.as_deref()));
-            }
-            match value {
-                Some(v) => batch.insert(key.as_slice(), v.as_slice()),
-                None => batch.remove(key.as_slice()),
-            }
+        if self.digest_delta != 0 {
+            let stored = match self.tree.get(records::DIGEST_KEY)? {
+                Some(v) => records::decode_u128(self.name, records::DIGEST_KEY, &v)?,
+                None => 0,
+            };
+            let digest = stored.wrapping_add(self.digest_delta);
+            self.batch
+                .insert(records::DIGEST_KEY, &digest.to_be_bytes());
         }
-        if digest != before {
-            batch.insert(records::DIGEST_KEY, &digest.to_be_bytes());
-        }
-        Ok(batch)
+        Ok(self.batch)
     }
 }
 
@@ -576,7 +589,7 @@ impl LedgerState for PartitionState<'_> {
 
     fn put_command(&mut self, id: &CommandId, record: CommandRecord) -> Result<(), StoreError> {
         let key = records::command_key(&record.account_id, id);
-        self.put(key.clone(), records::encode_command(&record));
+        self.put(key.clone(), records::encode_command(&record))?;
         self.commands.insert(key, record);
         Ok(())
     }
@@ -595,7 +608,7 @@ impl LedgerState for PartitionState<'_> {
         self.put(
             records::follow_up_key(event_id).to_vec(),
             records::encode_follow_up(&record).to_vec(),
-        );
+        )?;
         self.follow_ups.insert(event_id, record);
         Ok(())
     }
