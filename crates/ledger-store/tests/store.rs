@@ -763,7 +763,6 @@ fn an_unreadable_event_parks_its_account_alone_until_a_newer_version_retries_it(
     }
     // The same store under a "newer projector" that knows the type: the retry applies
     // both waiting events in order, and the account flows again.
-    std::thread::sleep(std::time::Duration::from_millis(50));
     let store = open_with(dir.path(), true);
     let first = store.parked(TOPIC, &acc(a)).unwrap().unwrap().first_offset;
     let stats = store
@@ -942,7 +941,6 @@ fn a_rebuild_swaps_in_only_when_every_digest_agrees() {
     assert_eq!(balance(&store, "acc-3"), 10 + 17 + 24 + 31 + 38 + 1000);
     drop(view);
     drop(store);
-    std::thread::sleep(std::time::Duration::from_millis(50));
     let store = open_with(dir.path(), false);
     assert_eq!(balance(&store, "acc-3"), 10 + 17 + 24 + 31 + 38 + 1000);
     assert_ne!(

@@ -273,20 +273,24 @@ async fn a_rebuild_under_load_swaps_when_the_digests_agree_and_keeps_the_live_st
         (404, Some("not_found"))
     );
 
-    // Load goes on through the rebuild.
+    // Load goes on through the rebuild, until it is over.
+    let rebuilt = tokio_util::sync::CancellationToken::new();
     let load = {
-        let (brokers, topic) = (brokers.clone(), topic.clone());
+        let (brokers, topic, rebuilt) = (brokers.clone(), topic.clone(), rebuilt.clone());
         tokio::spawn(async move {
             let mut written = Vec::new();
-            for round in 0..20 {
-                let chunk = workload(100 + round, 200, 100, &format!("rb{round}"));
+            for round in 0..200 {
+                if rebuilt.is_cancelled() {
+                    break;
+                }
+                let chunk = workload(100 + round, 200, 50, &format!("rb{round}"));
                 written.extend(produce(&brokers, &topic, &chunk).await);
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             written
         })
     };
     let done = rebuild(&http, &base).await;
+    rebuilt.cancel();
     assert_eq!(done["phase"], "swapped", "{done}");
     let compared: i64 = done["partitions"]
         .as_array()
