@@ -128,12 +128,21 @@ fn draw_partitions(frame: &mut Frame, area: Rect, s: &Snapshot) {
             row
         }
     });
-    let table = Table::new(rows, widths)
+    frame.render_widget(table(rows, widths, header, block), area);
+}
+
+/// A table of the view's style: columns as wide as their cells, packed to the left.
+fn table<'a>(
+    rows: impl IntoIterator<Item = Row<'a>>,
+    widths: impl IntoIterator<Item = Constraint>,
+    header: Row<'a>,
+    block: Block<'a>,
+) -> Table<'a> {
+    Table::new(rows, widths)
         .header(header)
         .column_spacing(2)
         .flex(Flex::Start)
-        .block(block);
-    frame.render_widget(table, area);
+        .block(block)
 }
 
 /// The width of a column: its widest cell or its header.
@@ -223,12 +232,7 @@ fn draw_parked(frame: &mut Frame, area: Rect, s: &Snapshot) {
                     "SERVED BY",
                 )),
             ];
-            let table = Table::new(rows, widths)
-                .header(header)
-                .column_spacing(2)
-                .flex(Flex::Start)
-                .block(block);
-            frame.render_widget(table, area);
+            frame.render_widget(table(rows, widths, header, block), area);
         }
         (Some(_), _) => frame.render_widget(
             Paragraph::new("none")
