@@ -132,7 +132,8 @@ pub struct UnparkAccepted {
     #[schema(value_type = String, example = "retry")]
     pub action: UnparkKind,
     /// The offset of the waiting event the decision is for: it applies only while that
-    /// event is still the account's first, so sending it twice never skips two.
+    /// event is still the account's first, so one that lands in the log twice is applied
+    /// once.
     pub first_offset: i64,
     /// The decision's place in the log.
     pub partition: i32,

@@ -437,8 +437,9 @@ impl Client {
     }
 
     /// `POST /v1/admin/parked/{account}/retry|skip`. The decision is written to the log
-    /// and carries no idempotency key, so it is not resent once it may have been
-    /// written: a second skip would skip the next waiting event too.
+    /// naming the first waiting event the server sees then; resent after the first was
+    /// applied, it would name the next one and skip that too, so it is not resent once it
+    /// may have been written.
     pub async fn unpark(
         &self,
         account: &AccountId,

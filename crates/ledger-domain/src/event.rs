@@ -85,8 +85,8 @@ pub enum EventBody {
         /// What to do with the waiting events.
         action: UnparkKind,
         /// The offset of the first waiting event the operator saw: the decision applies
-        /// only while it still is, so a decision sent twice (a retried request, a double
-        /// click) never skips a second event.
+        /// only while it still is, so a decision that lands in the log twice (a producer's
+        /// retry, two requests made before the first was applied) is applied once.
         first_offset: i64,
     },
 }

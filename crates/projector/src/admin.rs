@@ -252,7 +252,7 @@ pub(crate) async fn unpark(
     let partition = partition_of(&id, count);
     let forwarded = headers.contains_key(FORWARDED_BY_HEADER);
     // Where the account's first waiting event is, as its partition's server sees it: the
-    // decision names it, so that sending it twice never skips a second event.
+    // decision names it, so that one that lands in the log twice is applied once.
     let first_offset = match state.group.route(partition, false, forwarded) {
         Route::Local => state
             .store
@@ -308,7 +308,7 @@ pub(crate) async fn unpark(
         .map_err(|e| {
             ApiError::new(
                 ErrorCode::LogUnavailable,
-                format!("the decision could not be written to the log: {e}; it may or may not be there, and sending it again is safe (it names the waiting event it is for, and applies only while that event is first)"),
+                format!("the decision could not be written to the log: {e}; it may or may not be there: read GET /v1/admin/parked before sending it again (applied, it would make the next waiting event the first, and a second decision would act on that one)"),
             )
         })?;
     state
