@@ -61,16 +61,15 @@ impl QueryState {
         query: &[(&str, String)],
         headers: &HeaderMap,
     ) -> Result<PeerAnswer, String> {
-        let mut req = self
-            .http
-            .post(format!("{}{}", url.trim_end_matches('/'), path))
-            .query(query)
-            .header(FORWARDED_BY_HEADER, self.group.id.as_str())
-            .timeout(PEER_TIMEOUT);
-        if let Some(auth) = headers.get(header::AUTHORIZATION) {
-            req = req.header(header::AUTHORIZATION, auth.clone());
-        }
-        let answer = req
+        let answer = self
+            .to_peer(
+                reqwest::Method::POST,
+                url,
+                path,
+                query,
+                headers.get(header::AUTHORIZATION),
+                PEER_TIMEOUT,
+            )
             .send()
             .await
             .map_err(|e| format!("the instance at {url} did not answer ({e})"))?;

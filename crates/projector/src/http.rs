@@ -242,6 +242,28 @@ impl QueryState {
         Ok(ask)
     }
 
+    /// A request to another instance, marked forwarded, with the caller's credentials.
+    pub(crate) fn to_peer(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        path: &str,
+        query: &[(&str, String)],
+        auth: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", url.trim_end_matches('/'), path))
+            .query(query)
+            .header(FORWARDED_BY_HEADER, self.group.id.as_str())
+            .timeout(timeout);
+        if let Some(auth) = auth {
+            req = req.header(header::AUTHORIZATION, auth.clone());
+        }
+        req
+    }
+
     /// Sends a query to another instance, marked forwarded.
     pub(crate) async fn ask_peer(
         &self,
@@ -251,15 +273,14 @@ impl QueryState {
         query: &[(&str, String)],
         ask: &Ask,
     ) -> Result<PeerAnswer, String> {
-        let mut req = self
-            .http
-            .get(format!("{}{}", url.trim_end_matches('/'), path))
-            .query(query)
-            .header(FORWARDED_BY_HEADER, self.group.id.as_str())
-            .timeout(ask.remaining() + FORWARD_SLACK);
-        if let Some(auth) = &ask.auth {
-            req = req.header(header::AUTHORIZATION, auth.clone());
-        }
+        let req = self.to_peer(
+            reqwest::Method::GET,
+            url,
+            path,
+            query,
+            ask.auth.as_ref(),
+            ask.remaining() + FORWARD_SLACK,
+        );
         let outcome = req.send().await;
         let label = if outcome.is_ok() { "ok" } else { "unreachable" };
         self.group
