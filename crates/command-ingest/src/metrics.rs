@@ -55,7 +55,7 @@ impl IngestMetrics {
             produce_latency: Histogram::new(ledger_http::metrics::latency_buckets()),
             in_flight: Gauge::default(),
             ready: Gauge::default(),
-            producer_restarts: Family::default(),
+            producer_restarts: ledger_eventlog::producer::restart_counter(),
             probe_rebuilds: Counter::default(),
         };
         registry.register(

@@ -67,7 +67,8 @@ pub struct PartitionRoleView {
 /// One instance of the group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceView {
-    /// Its id (`--instance-id`, or its advertised address).
+    /// Its id: `--instance-id`, or the one generated on its first start and kept in its
+    /// data directory. It is also its static group membership id.
     pub instance_id: String,
     /// Where the other instances reach it (`--advertise-url`).
     pub url: String,

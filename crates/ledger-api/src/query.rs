@@ -156,8 +156,9 @@ pub struct TotalsView {
     /// Whether the balances and the transfers in flight add up to the money deposited
     /// and not withdrawn.
     pub conserved: bool,
-    /// Whether every partition of the topic is counted: `false` while one cannot be
-    /// served (it is moving, or its instance is unreachable).
+    /// Whether every partition of the topic is counted, each by an instance that serves
+    /// it (its owner, or one draining it): `false` while one is moving (nobody serves
+    /// it, or only an instance still warming it up), or its instance is unreachable.
     pub complete: bool,
     /// Each partition counted, with the offset its figures are as of.
     pub as_of: Vec<PartitionTotals>,
@@ -209,7 +210,8 @@ impl PartitionTotals {
 }
 
 impl TotalsView {
-    /// Sums partitions' figures; `complete` when they cover `partition_count`.
+    /// Sums partitions' figures; `complete` when they cover `partition_count`, each from
+    /// an instance that serves it.
     pub fn sum(as_of: Vec<PartitionTotals>, partition_count: i32) -> Self {
         let mut t = ledger_domain::Totals::default();
         for p in &as_of {
@@ -224,7 +226,8 @@ impl TotalsView {
             transfers_credited_sum: t.credited,
             transfers_refunded_sum: t.refunded,
             conserved: t.conserved(),
-            complete: as_of.len() == usize::try_from(partition_count).unwrap_or(0),
+            complete: as_of.len() == usize::try_from(partition_count).unwrap_or(0)
+                && as_of.iter().all(|p| p.role.serves()),
             as_of,
         }
     }
@@ -239,6 +242,12 @@ pub struct Progress {
     pub broker_reachable: bool,
     /// The sum of every partition's lag; `null` while the brokers do not answer.
     pub total_lag: Option<i64>,
+    /// Whether every partition of the topic is served now, by its owner or an instance
+    /// draining it, that answered: `false` while one is moving (nobody serves it, or an
+    /// instance is still warming it up) or its instance is unreachable. Forwarded
+    /// between instances, it speaks for the asked instance's partitions only.
+    #[serde(default)]
+    pub complete: bool,
     /// Every partition of the topic, across the group.
     pub partitions: Vec<PartitionProgress>,
 }

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
+
 use ledger_api::{PartitionRole, Progress, TotalsView};
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::AccountId;
@@ -161,6 +163,105 @@ async fn three_projectors_answer_for_every_account_through_any_of_them() {
     );
 }
 
+/// Sends one command to the ingest; its consistency token.
+async fn post_command(http: &reqwest::Client, ingest: &str, body: Value) -> String {
+    let r = http
+        .post(format!("{ingest}/v1/commands"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_reads_through_every_live_instance_wait_through_a_sigkilled_members_move() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack(dir.path(), "groupkilltoken").await;
+    let b = stack.add_projector("b").unwrap();
+    let mut c = stack.add_projector("c").unwrap();
+    for url in [b.url(), c.url()] {
+        wait_ready(&url, SETTLE).await;
+    }
+    let live = [stack.projector.url(), b.url()];
+    let three = [live[0].clone(), live[1].clone(), c.url()];
+    wait_settled(&three, 3, PARTITIONS, SETTLE).await.unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap();
+    let ingest = stack.ingest.url();
+    let accounts: Vec<String> = (0..24).map(|i| format!("kt-{i}")).collect();
+    // Each account: opened, and 1 + 2 + … deposited, one command at a time.
+    let write = |round: i64| {
+        let (http, ingest, accounts) = (http.clone(), ingest.clone(), accounts.clone());
+        async move {
+            join_all(accounts.iter().map(|a| {
+                let (http, ingest) = (&http, &ingest);
+                async move {
+                    let body = if round == 0 {
+                        serde_json::json!({"type":"open_account","account_id":a})
+                    } else {
+                        serde_json::json!({"type":"deposit","account_id":a,"amount":round})
+                    };
+                    post_command(http, ingest, body).await
+                }
+            }))
+            .await
+        }
+    };
+    for round in 0..3 {
+        write(round).await;
+    }
+    // c dies; what is written next lands in its partitions too, which nobody serves
+    // until its session times out and they move.
+    let kill = Instant::now();
+    c.kill9().unwrap();
+    let tokens = write(3).await;
+    let balance = 1 + 2 + 3;
+    let http = &http;
+    let reads = join_all(accounts.iter().zip(&tokens).flat_map(|(a, t)| {
+        live.iter().map(move |base| async move {
+            let (status, served_by, body) = get(
+                http,
+                &format!("{base}/v1/accounts/{a}?after={t}&timeout_ms=30000"),
+            )
+            .await;
+            (a, base, status, served_by, body, kill.elapsed())
+        })
+    }))
+    .await;
+    let mut slowest = Duration::ZERO;
+    for (a, base, status, served_by, body, at) in &reads {
+        assert_eq!(
+            *status, 200,
+            "{a} through {base} (served by {served_by:?}): {body}"
+        );
+        assert_eq!(body["balance"], balance, "{a} through {base}: {body}");
+        assert_eq!(body["applied_events"], 4, "{a} through {base}: {body}");
+        slowest = slowest.max(*at);
+    }
+    let settled = wait_settled(&live, 2, PARTITIONS, SETTLE).await.unwrap();
+    eprintln!(
+        "group SIGKILL: {} token reads (timeout_ms=30000) through 2 live instances all answered 200 with the model's balance, the last {:.1} s after the kill; settled with 2 instances {:.1} s after it",
+        reads.len(),
+        slowest.as_secs_f64(),
+        kill.elapsed().as_secs_f64()
+    );
+    // The partitions did move: the survivors own c's now.
+    assert!(settled
+        .instances
+        .iter()
+        .all(|i| i.instance_id != "projector-c"));
+    drop(b);
+    drop(stack);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_query_with_a_token_waits_on_the_owners_apply() {
     let _serial = SERIAL.lock().await;
@@ -185,19 +286,7 @@ async fn a_forwarded_query_with_a_token_waits_on_the_owners_apply() {
     let ingest = stack.ingest.url();
     let post = |body: Value| {
         let (http, ingest) = (http.clone(), ingest.clone());
-        async move {
-            let r = http
-                .post(format!("{ingest}/v1/commands"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-            r.json::<Value>().await.unwrap()["token"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
+        async move { post_command(&http, &ingest, body).await }
     };
     post(serde_json::json!({"type":"open_account","account_id":account})).await;
     // The token of the tenth deposit, which the owner has not applied when the query
@@ -402,8 +491,9 @@ async fn an_instance_stopped_with_sigterm_serves_its_partitions_until_they_are_h
         .unwrap();
     assert!(load.running(), "the scale-down must happen under load");
 
-    // c leaves cleanly: static membership keeps its partitions assigned to it until its
-    // session times out, and it serves them (draining) until their new owners do.
+    // c leaves cleanly: a static member too leaves the group explicitly on a clean stop,
+    // so its partitions move at once, and it serves them (draining) until their new
+    // owners do.
     let leave = Instant::now();
     let status = c.terminate(Duration::from_secs(40)).unwrap();
     let left = leave.elapsed();
@@ -433,4 +523,12 @@ async fn an_instance_stopped_with_sigterm_serves_its_partitions_until_they_are_h
         report.forwarded,
     );
     assert!(window < Duration::from_secs(1), "{window:?} {report:?}");
+    // Prompt: well before the 10 s session timeout a member that did not leave would
+    // hold its partitions for (a hand-over takes a few publish periods after it).
+    assert!(
+        settled_two - leave < Duration::from_secs(9),
+        "settled {:?} after the SIGTERM: did c leave the group?\n{}",
+        settled_two - leave,
+        c.log_tail()
+    );
 }

@@ -392,6 +392,34 @@ impl Store {
         }
     }
 
+    /// The instance id kept in this directory: the one stored on first use, or else
+    /// `fresh`, stored durably now. A directory keeps its id for its whole life, so that
+    /// a process restarted on it is the same member of its group; a copy of the
+    /// directory carries the id along (two processes then claim one identity).
+    pub fn instance_id_or_insert(&self, fresh: &str) -> Result<(String, bool), StoreError> {
+        let stored = self.meta.compare_and_swap(
+            records::META_INSTANCE_ID,
+            None::<&[u8]>,
+            Some(fresh.as_bytes()),
+        )?;
+        match stored {
+            Ok(()) => {
+                self.db.flush()?;
+                Ok((fresh.to_string(), true))
+            }
+            Err(sled::CompareAndSwapError { current, .. }) => {
+                let current = current.expect("a failed swap from nothing found something");
+                let id =
+                    String::from_utf8(current.to_vec()).map_err(|_| StoreError::BadRecord {
+                        tree: records::META_TREE.into(),
+                        key: "instance_id".into(),
+                        detail: "an instance id is UTF-8 text".into(),
+                    })?;
+                Ok((id, false))
+            }
+        }
+    }
+
     /// The next offset to read for a partition, if any batch of it was applied.
     pub fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
         let name = records::partition_tree_name(topic, partition);

@@ -43,6 +43,8 @@ pub const LAYOUT: u32 = 3;
 
 pub(crate) const META_TREE: &str = "meta";
 pub(crate) const META_LAYOUT: &[u8] = b"layout";
+/// The id the projector that owns this directory goes by in its group.
+pub(crate) const META_INSTANCE_ID: &[u8] = b"instance_id";
 
 pub(crate) const OFFSET_KEY: &[u8] = b"o";
 pub(crate) const EMITTED_KEY: &[u8] = b"e";

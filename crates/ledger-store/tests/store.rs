@@ -183,6 +183,29 @@ fn state_survives_reopening() {
 }
 
 #[test]
+fn the_instance_id_is_stored_on_first_use_and_kept_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), CACHE).unwrap();
+        assert_eq!(
+            store.instance_id_or_insert("first").unwrap(),
+            ("first".to_string(), true)
+        );
+        assert_eq!(
+            store.instance_id_or_insert("second").unwrap(),
+            ("first".to_string(), false),
+            "an id once stored is never replaced"
+        );
+    }
+    let store = Store::open(dir.path(), CACHE).unwrap();
+    assert_eq!(
+        store.instance_id_or_insert("third").unwrap(),
+        ("first".to_string(), false),
+        "it survives reopening"
+    );
+}
+
+#[test]
 fn a_changed_partition_count_is_refused_for_good() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -39,10 +39,12 @@ pub struct Config {
     /// The consumer group.
     #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "ledger-projector")]
     pub group_id: String,
-    /// This instance's id in its group: static group membership (group.instance.id), so
-    /// that a restarted instance takes its partitions back at once, without a rebalance,
-    /// and its name in the group's directory. Unset, membership is dynamic and the
-    /// directory names the instance by its advertised address.
+    /// This instance's id in its group: its static group membership (group.instance.id),
+    /// so that a restarted instance takes its partitions back at once, without a
+    /// rebalance, and its name in the group's directory and in `Ledger-Served-By`.
+    /// [default: generated on the first start and kept in --data-dir]. Two live
+    /// processes must never share one: the group fences one of them, which then stops
+    /// (so never copy a data directory to run beside its original).
     #[arg(long, env = "PROJECTOR_INSTANCE_ID")]
     pub instance_id: Option<String>,
     /// Address to serve HTTP on.
@@ -79,8 +81,8 @@ pub struct Config {
     #[arg(long, env = "PROJECTOR_ON_POISON", value_enum, default_value_t = OnPoison::Park)]
     pub on_poison: OnPoison,
     /// On SIGTERM, how long this instance of a group goes on serving the partitions it
-    /// held (draining) until their new owners serve them, in ms; 0 to stop at once. With
-    /// static membership (--instance-id) they move when its session times out (10 s).
+    /// held (draining) until their new owners serve them, in ms; 0 to stop at once. A
+    /// clean stop leaves the consumer group explicitly, so they move at once.
     #[arg(long, env = "PROJECTOR_HANDOFF_MS", default_value_t = 25_000)]
     pub handoff_ms: u64,
     /// On SIGTERM, how long to wait for HTTP requests in flight.
@@ -132,18 +134,6 @@ impl Config {
             bound.ip()
         };
         format!("http://{}", SocketAddr::new(ip, bound.port()))
-    }
-
-    /// This instance's id in the group's directory: `--instance-id`, or else the
-    /// host and port of its advertised URL (stable across restarts, unique in a group).
-    pub(crate) fn directory_id(&self, advertised: &str) -> String {
-        self.instance_id.clone().unwrap_or_else(|| {
-            advertised
-                .split_once("://")
-                .map_or(advertised, |(_, rest)| rest)
-                .trim_end_matches('/')
-                .to_string()
-        })
     }
 
     pub(crate) fn poison_policy(&self) -> PoisonPolicy {

@@ -42,6 +42,10 @@ pub(crate) struct Entry {
     /// When it was published, in ms since the Unix epoch by the publisher's clock; an
     /// entry far older than that is ignored on reading the directory's history.
     pub published_ms: u64,
+    /// The publishing process, among all that went by this id: a restart is another
+    /// incarnation of the same instance. Empty from a version that did not say.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 /// An entry older than this by the reader's clock, found in the directory's history, is
@@ -155,6 +159,10 @@ pub(crate) async fn publish(
         }
     }
     let Some(producer) = producer else { return };
+    // The id is the other process's now: a tombstone would erase its entry.
+    if group.was_fenced_by_twin() {
+        return;
+    }
     let tombstone = FutureRecord::<str, [u8]>::to(&topic).key(group.id.as_str());
     match producer.send(tombstone, Duration::from_secs(2)).await {
         Ok(_) => info!(instance_id = %group.id, "left the group's directory"),

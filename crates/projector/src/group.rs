@@ -42,6 +42,9 @@ pub(crate) const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 pub(crate) const DRAIN_GRACE: Duration = Duration::from_secs(3);
 /// The longest a partition is drained with no owner taking over (the group may be gone).
 pub(crate) const DRAIN_MAX: Duration = Duration::from_secs(300);
+/// How long a fenced instance listens for another process with its id before it takes
+/// the fencing for a fault of the group: a few publish periods.
+const TWIN_WAIT: Duration = Duration::from_secs(3);
 
 /// One partition as this instance holds it.
 #[derive(Clone, Copy, Debug)]
@@ -85,10 +88,23 @@ pub(crate) enum Route {
     Moving,
 }
 
+/// Another live process that goes by this instance's id (a copy of its data directory,
+/// say), as last heard in the directory.
+#[derive(Clone, Debug)]
+pub(crate) struct Twin {
+    pub url: String,
+    pub seen: Instant,
+}
+
 /// The group as this instance knows it. Shared by the consumer's callbacks, the
 /// directory tasks and the query handlers.
 pub(crate) struct Group {
     pub id: String,
+    /// This process, among every process that ever went by `id`: a restart on the same
+    /// data directory is the same member, but another incarnation.
+    pub incarnation: String,
+    /// The latest word from another live incarnation of `id`.
+    twin: Mutex<Option<Twin>>,
     pub group_id: String,
     pub url: String,
     pub topic: String,
@@ -103,6 +119,7 @@ pub(crate) struct Group {
     high_watermarks: Mutex<BTreeMap<i32, i64>>,
     follower: OnceLock<Follower>,
     directory_loaded: AtomicBool,
+    fenced_by_twin: AtomicBool,
     stopping: Stopping,
 }
 
@@ -132,6 +149,8 @@ impl Group {
     ) -> Self {
         Group {
             id,
+            incarnation: uuid::Uuid::new_v4().simple().to_string(),
+            twin: Mutex::new(None),
             group_id,
             url,
             topic,
@@ -145,6 +164,7 @@ impl Group {
             high_watermarks: Mutex::new(BTreeMap::new()),
             follower: OnceLock::new(),
             directory_loaded: AtomicBool::new(false),
+            fenced_by_twin: AtomicBool::new(false),
             stopping,
         }
     }
@@ -365,7 +385,11 @@ impl Group {
 
     /// Another instance's entry, just read from the directory.
     pub(crate) fn heard(&self, entry: Entry) {
-        if entry.instance_id == self.id || entry.group_id != self.group_id {
+        if entry.group_id != self.group_id {
+            return;
+        }
+        if entry.instance_id == self.id {
+            self.heard_self(entry);
             return;
         }
         let mut peers = self.peers();
@@ -377,6 +401,71 @@ impl Group {
             },
         );
         self.metrics.directory_instances.set(peers.len() as i64 + 1);
+    }
+
+    /// An entry under this instance's own id. Another incarnation's, read once the
+    /// directory's history is loaded, was published after this process started: by a
+    /// live process (a dead predecessor publishes nothing after the history this one
+    /// read), so two processes claim one identity.
+    fn heard_self(&self, entry: Entry) {
+        let foreign = !entry.incarnation.is_empty() && entry.incarnation != self.incarnation;
+        if !foreign || !self.directory_loaded.load(Ordering::Acquire) {
+            return;
+        }
+        let mut twin = self
+            .twin
+            .lock()
+            .expect("the twin record is never held across a panic");
+        if twin.is_none() {
+            warn!(instance_id = %self.id, other_url = %entry.url, "another live process goes by this instance's id (a copied data directory, or the same --instance-id twice); the group fences one of the two, which then stops");
+        }
+        *twin = Some(Twin {
+            url: entry.url,
+            seen: Instant::now(),
+        });
+    }
+
+    /// Another live process that goes by this id, heard from within [`ENTRY_TTL`].
+    pub(crate) fn twin(&self) -> Option<Twin> {
+        self.twin
+            .lock()
+            .expect("the twin record is never held across a panic")
+            .clone()
+            .filter(|t| t.seen.elapsed() < ENTRY_TTL)
+    }
+
+    /// Called when the consumer group fenced this member. Waits up to [`TWIN_WAIT`] to
+    /// hear of another live process with this id; if there is one, everything stops
+    /// (no partition is drained, nothing more is served or published) and the reason is
+    /// returned. Otherwise the fencing is taken for a passing fault of the group, and the
+    /// consumer is replaced. Blocking.
+    pub(crate) fn fenced(&self) -> Result<(), String> {
+        let deadline = Instant::now() + TWIN_WAIT;
+        let twin = loop {
+            if let Some(t) = self.twin() {
+                break Some(t);
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let Some(twin) = twin else {
+            info!(instance_id = %self.id, "fenced, with no other process of this id in the directory: taken for a fault of the group; the consumer is replaced");
+            return Ok(());
+        };
+        self.metrics.fenced_by_twin.inc();
+        self.fenced_by_twin.store(true, Ordering::Release);
+        self.stopping.gone.cancel();
+        Err(format!(
+            "another projector, at {}, joined the group {} with this instance's id {:?}, and the group gave it this one's partitions. Two processes share one identity, as when a data directory is copied or one --instance-id is given twice. This one stops and serves nothing more. To run both, give this one a fresh --data-dir (a new id is generated on first start) or an --instance-id of its own; to move an instance, stop the old process before starting the copy",
+            twin.url, self.group_id, self.id
+        ))
+    }
+
+    /// Whether this instance stopped because another process took its id.
+    pub(crate) fn was_fenced_by_twin(&self) -> bool {
+        self.fenced_by_twin.load(Ordering::Acquire)
     }
 
     /// Another instance left the group cleanly (its entry's tombstone).
@@ -523,6 +612,7 @@ impl Group {
                 .collect(),
             leaving: self.stopping.leaving.is_cancelled(),
             published_ms: crate::directory::now_ms(),
+            incarnation: self.incarnation.clone(),
         }
     }
 

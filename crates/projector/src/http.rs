@@ -42,6 +42,8 @@ use crate::sink::Applied;
 const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded query may take beyond its own token wait.
 const FORWARD_SLACK: Duration = Duration::from_secs(5);
+/// How often a query with a token looks again for a partition that nobody serves yet.
+const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub(crate) struct QueryState {
@@ -177,59 +179,85 @@ impl QueryState {
         })
     }
 
-    /// Waits until this instance has applied `pos`, or fails with 503.
+    /// Waits until this instance has applied `pos`, or fails with 503: `not_yet_consistent`
+    /// when the budget ends, or an [`unserved`] error as soon as the partition is no
+    /// longer held here (it moved on while the query waited; another instance may serve
+    /// it now).
     async fn wait_here(&self, pos: Position, ask: &Ask) -> Result<(), ApiError> {
         let mut rx = self.applied.clone();
         let reached = |m: &Applied| m.get(&pos.partition).is_some_and(|&next| next > pos.offset);
-        let waited = tokio::time::timeout(ask.remaining(), rx.wait_for(reached))
-            .await
-            .map(|r| r.is_ok());
-        match waited {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ApiError::new(
-                ErrorCode::NotYetConsistent,
-                "the projector is shutting down",
-            )),
-            Err(_) => {
-                let applied = rx.borrow().get(&pos.partition).copied();
-                Err(ApiError::new(
-                    ErrorCode::NotYetConsistent,
-                    format!(
-                        "partition {} has applied {} but the token needs offset {}; retry later or with a longer timeout_ms",
-                        pos.partition,
-                        applied.map_or_else(|| "nothing yet".to_string(), |n| format!("up to offset {}", n - 1)),
-                        pos.offset
-                    ),
-                ))
+        loop {
+            let slice = ask.remaining().min(RETRY_EVERY);
+            match tokio::time::timeout(slice, rx.wait_for(reached)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(_)) => {
+                    return Err(ApiError::new(
+                        ErrorCode::NotYetConsistent,
+                        "the projector is shutting down",
+                    ))
+                }
+                Err(_) if ask.remaining().is_zero() => break,
+                Err(_) if self.group.role(pos.partition).is_none() => {
+                    return Err(unserved("this instance no longer holds it"));
+                }
+                Err(_) => {}
+            }
+        }
+        let applied = rx.borrow().get(&pos.partition).copied();
+        Err(ApiError::new(
+            ErrorCode::NotYetConsistent,
+            format!(
+                "partition {} has applied {} but the token needs offset {}; retry later or with a longer timeout_ms",
+                pos.partition,
+                applied.map_or_else(|| "nothing yet".to_string(), |n| format!("up to offset {}", n - 1)),
+                pos.offset
+            ),
+        ))
+    }
+
+    /// Waits until the instance that serves the token's partition has applied it. While
+    /// nobody serves that partition (it is moving), it looks again within the budget.
+    async fn wait_for_token(&self, pos: Position, ask: &Ask) -> Result<(), ApiError> {
+        loop {
+            let why = match self.group.route(pos.partition, true, ask.forwarded) {
+                Route::Local => match self.wait_here(pos, ask).await {
+                    Err(e) if e.code == ErrorCode::PartitionMoving => e.message,
+                    done => return done,
+                },
+                Route::Peer { id, url } => {
+                    let query = [
+                        ("after", pos.token()),
+                        ("timeout_ms", ask.remaining().as_millis().to_string()),
+                    ];
+                    match self.ask_peer(&id, &url, "/v1/progress", &query, ask).await {
+                        Err(e) => e,
+                        Ok(answer) if answer.status.is_success() => return Ok(()),
+                        Ok(answer) if answer.code() == Some(ErrorCode::PartitionMoving) => {
+                            answer.error().message
+                        }
+                        Ok(answer) => return Err(answer.error()),
+                    }
+                }
+                Route::Moving => {
+                    "no instance can serve it yet, so the token cannot be checked".to_string()
+                }
+            };
+            if !self.look_again(ask).await {
+                return Err(moving(self, pos.partition, &why));
             }
         }
     }
 
-    /// Waits until the instance that serves the token's partition has applied it.
-    async fn wait_for_token(&self, pos: Position, ask: &Ask) -> Result<(), ApiError> {
-        match self.group.route(pos.partition, true, ask.forwarded) {
-            Route::Local => self.wait_here(pos, ask).await,
-            Route::Peer { id, url } => {
-                let query = [
-                    ("after", pos.token()),
-                    ("timeout_ms", ask.remaining().as_millis().to_string()),
-                ];
-                let answer = self
-                    .ask_peer(&id, &url, "/v1/progress", &query, ask)
-                    .await
-                    .map_err(|e| moving(self, pos.partition, &e))?;
-                if answer.status.is_success() {
-                    Ok(())
-                } else {
-                    Err(answer.error())
-                }
-            }
-            Route::Moving => Err(moving(
-                self,
-                pos.partition,
-                "no instance can serve it yet, so the token cannot be checked",
-            )),
+    /// Whether a query with a token that found its partition unserved looks again: it
+    /// waits through a move, within its budget, after a short pause. A query without a
+    /// token answers at once, and a forwarded one leaves the waiting to the instance
+    /// that forwarded it.
+    async fn look_again(&self, ask: &Ask) -> bool {
+        if ask.token.is_none() || ask.forwarded || ask.remaining().is_zero() {
+            return false;
         }
+        tokio::time::sleep(ask.remaining().min(RETRY_EVERY)).await;
+        true
     }
 
     /// Waits for a token of another partition than `partition` (where that one is
@@ -293,9 +321,6 @@ impl QueryState {
         PeerAnswer::read(answer).await
     }
 
-    /// Answers a query about one partition: here (`local`), or forwarded once to the
-    /// instance that serves it. A forwarded answer of `partition_moving` (the partition
-    /// moved on meanwhile) is retried once where the group now says it is.
     /// Asks every live peer `path` (forwarded, so that each answers for itself only) at
     /// once, and decodes each answer; `None` for a peer that gave no usable one. For the
     /// queries about every partition (`/v1/progress`, `/v1/totals`).
@@ -316,6 +341,12 @@ impl QueryState {
         peers.into_iter().zip(answers).collect()
     }
 
+    /// Answers a query about one partition: here (`local`), or forwarded once to the
+    /// instance that serves it. Without a token, a forwarded answer of
+    /// `partition_moving` (the partition moved on meanwhile) is retried once where the
+    /// group now says it is. With a token, the query waits within its budget through a
+    /// move: for the partition to be served somewhere, then for the token to be applied
+    /// there; `partition_moving` only when the budget ends while nobody serves it.
     async fn answer_for(
         &self,
         partition: i32,
@@ -326,42 +357,66 @@ impl QueryState {
     ) -> Result<Response, ApiError> {
         let ask = self.settle_foreign_token(ask, partition).await?;
         let mut tried = None;
-        for _ in 0..2 {
-            match self
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let why = match self
                 .group
                 .route(partition, ask.token.is_some(), ask.forwarded)
             {
                 Route::Local => {
-                    if let Some(pos) = ask.token {
-                        self.wait_here(pos, &ask).await?;
+                    let waited = match ask.token {
+                        Some(pos) => self.wait_here(pos, &ask).await,
+                        None => Ok(()),
+                    };
+                    match waited {
+                        Err(e) if e.code == ErrorCode::PartitionMoving => e.message,
+                        Err(e) => return Err(e),
+                        Ok(()) => {
+                            let role = self.group.role(partition);
+                            let reached_token = ask.token.is_some() && role.is_some();
+                            if role.is_some_and(PartitionRole::serves) || reached_token {
+                                return local(self).await;
+                            }
+                            "this instance no longer serves it".to_string()
+                        }
                     }
-                    let role = self.group.role(partition);
-                    let reached_token = ask.token.is_some() && role.is_some();
-                    if !role.is_some_and(PartitionRole::serves) && !reached_token {
-                        return Err(moving(self, partition, "this instance no longer serves it"));
-                    }
-                    return local(self).await;
                 }
                 Route::Peer { id, url } => {
-                    if tried.as_ref() == Some(&id) {
+                    if ask.token.is_none() && tried.as_ref() == Some(&id) {
                         break;
                     }
                     query.extend(ask.token_query());
-                    let answer = self
-                        .ask_peer(&id, &url, path, &query, &ask)
-                        .await
-                        .map_err(|e| moving(self, partition, &e))?;
+                    let answer = self.ask_peer(&id, &url, path, &query, &ask).await;
                     query.retain(|(k, _)| *k != "after" && *k != "timeout_ms");
-                    if answer.code() != Some(ErrorCode::PartitionMoving) {
-                        return Ok(answer.relay());
-                    }
                     tried = Some(id);
+                    match answer {
+                        Err(e) => e,
+                        Ok(a) if a.code() == Some(ErrorCode::PartitionMoving) => a.error().message,
+                        Ok(a) => return Ok(a.relay()),
+                    }
                 }
-                Route::Moving => break,
+                Route::Moving => "no instance can serve it yet".to_string(),
+            };
+            let again = if ask.token.is_some() {
+                self.look_again(&ask).await
+            } else {
+                // No token: the route as it stands, and once more if a peer turned out
+                // to have let the partition go.
+                tries < 2 && tried.is_some()
+            };
+            if !again {
+                return Err(moving(self, partition, &why));
             }
         }
         Err(moving(self, partition, "no instance can serve it yet"))
     }
+}
+
+/// A query that found its partition unserved, before it is answered: `partition_moving`,
+/// uncounted (only the final answer counts in `projector_partition_moving`).
+fn unserved(why: &str) -> ApiError {
+    ApiError::new(ErrorCode::PartitionMoving, why)
 }
 
 /// Another instance's answer, read in full.
@@ -703,14 +758,25 @@ pub(crate) async fn progress(
             rows.insert(row.partition, row);
         }
     };
+    // Partitions served now by an instance that answered (this one, or a peer).
+    let mut served = std::collections::BTreeSet::new();
+    let mut note_served = |row: &PartitionProgress| {
+        if row.role.is_some_and(PartitionRole::serves) {
+            served.insert(row.partition);
+        }
+    };
     for row in local_rows(&state) {
+        note_served(&row);
         consider(row);
     }
     let count = state.group.partition_count();
     if !ask.forwarded {
         for (peer, answer) in state.ask_live_peers::<Progress>("/v1/progress", &ask).await {
             match answer {
-                Some(p) => p.partitions.into_iter().for_each(&mut consider),
+                Some(p) => p.partitions.into_iter().for_each(|row| {
+                    note_served(&row);
+                    consider(row);
+                }),
                 // Unreachable: what its directory entry last said.
                 None => {
                     for v in &peer.entry.partitions {
@@ -761,10 +827,17 @@ pub(crate) async fn progress(
     let total_lag = broker
         .is_some()
         .then(|| rows.values().map(|r| r.lag.unwrap_or(0)).sum());
+    let complete = if ask.forwarded {
+        rows.values()
+            .all(|r| r.role.is_some_and(PartitionRole::serves))
+    } else {
+        (0..count.unwrap_or(0)).all(|p| served.contains(&p)) && count.is_some()
+    };
     Ok(Json(Progress {
         topic: state.topic.to_string(),
         broker_reachable: broker.is_some(),
         total_lag,
+        complete,
         partitions: rows.into_values().collect(),
     }))
 }

@@ -126,8 +126,9 @@ pub async fn serve(
     if config.advertise_url.is_none() && config.listen.ip().is_unspecified() {
         warn!(%url, "listening on every address with no --advertise-url: other hosts cannot reach this instance at the URL it advertises; set --advertise-url (and --instance-id) when the group spans hosts");
     }
+    let instance_id = instance_id(&config, &store)?;
     let group = Arc::new(group::Group::new(
-        config.directory_id(&url),
+        instance_id.clone(),
         config.group_id.clone(),
         url,
         config.kafka.topic.clone(),
@@ -154,7 +155,7 @@ pub async fn serve(
             }
         });
     }
-    info!(instance_id = %group.id, url = %group.url, "joining the projector group");
+    info!(instance_id = %group.id, incarnation = %group.incarnation, url = %group.url, "joining the projector group");
     // Transfers' follow-ups go to the log through a producer of their own (acks=all,
     // idempotent), healed like the ingest's.
     let follow_up_producer = EventProducer::new(
@@ -251,7 +252,7 @@ pub async fn serve(
         topic: config.kafka.topic.clone(),
         dlq_topic: config.dlq_topic(),
         group_id: config.group_id.clone(),
-        instance_id: config.instance_id.clone(),
+        instance_id: Some(instance_id),
         batch_max_events: config.batch_max_events as usize,
         batch_max_wait: Duration::from_millis(config.batch_max_ms),
         on_poison: config.poison_policy(),
@@ -414,6 +415,28 @@ pub async fn serve(
     served?;
     info!("projector stopped");
     Ok(())
+}
+
+/// This instance's id in its group: `--instance-id`, or else the one kept in the data
+/// directory, generated on its first start. It is the consumer's static membership id
+/// (`group.instance.id`), so a restart on the same directory rejoins as the same member,
+/// with no rebalance and no wait for the old member's session to expire.
+fn instance_id(config: &Config, store: &Store) -> Result<String, ProjectorError> {
+    if let Some(id) = &config.instance_id {
+        info!(instance_id = %id, "instance id from --instance-id");
+        return Ok(id.clone());
+    }
+    let fresh = format!(
+        "projector-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let (id, new) = store.instance_id_or_insert(&fresh)?;
+    if new {
+        info!(instance_id = %id, data_dir = %config.data_dir.display(), "first start on this data directory: generated an instance id and stored it there");
+    } else {
+        info!(instance_id = %id, data_dir = %config.data_dir.display(), "instance id from the data directory");
+    }
+    Ok(id)
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

@@ -42,6 +42,8 @@ pub(crate) struct ProjectorMetrics {
     pub directory_failures: Family<Labels, Counter>,
     /// Directory producers replaced because they had stopped delivering.
     pub directory_restarts: Counter,
+    /// Times this instance stopped because another live process took its instance id.
+    pub fenced_by_twin: Counter,
     /// Follow-up events (transfer credits, refunds, completions) the log acknowledged.
     pub follow_ups: Counter,
     /// Follow-up events the log did not acknowledge at a try (each is retried).
@@ -67,7 +69,7 @@ impl ProjectorMetrics {
             lag: Family::default(),
             assigned_partitions: Gauge::default(),
             consumer: ConsumerMetrics::default(),
-            dlq_producer_restarts: Family::default(),
+            dlq_producer_restarts: ledger_eventlog::producer::restart_counter(),
             probe_rebuilds: Counter::default(),
             partition_roles: Family::default(),
             role_changes: Family::default(),
@@ -77,12 +79,46 @@ impl ProjectorMetrics {
             directory_instances: Gauge::default(),
             directory_failures: Family::default(),
             directory_restarts: Counter::default(),
+            fenced_by_twin: Counter::default(),
             follow_ups: Counter::default(),
             follow_up_failures: Counter::default(),
-            follow_up_producer_restarts: Family::default(),
+            follow_up_producer_restarts: ledger_eventlog::producer::restart_counter(),
             parked_events: Family::default(),
             rebuilds: Family::default(),
         };
+        // A labelled family with no children prints nothing: every label value known in
+        // advance is there at zero from the start, so a dashboard's rate() has a series.
+        let zero = |family: &Family<Labels, Counter>, key: &'static str, values: &[&str]| {
+            for v in values {
+                let _ = family.get_or_create(&vec![(key, v.to_string())]);
+            }
+        };
+        zero(&m.directory_failures, "direction", &["publish", "read"]);
+        zero(&m.forwarded, "outcome", &["ok", "unreachable"]);
+        zero(&m.rebuilds, "outcome", &["swapped", "mismatch", "failed"]);
+        zero(
+            &m.parked_events,
+            "outcome",
+            &[
+                "parked",
+                "applied",
+                "skipped",
+                "retry_requested",
+                "skip_requested",
+            ],
+        );
+        zero(
+            &m.role_changes,
+            "role",
+            &["owner", "warming", "draining", "none"],
+        );
+        let reasons: Vec<&str> = ledger_domain::REJECTIONS.iter().map(|r| r.code()).collect();
+        zero(&m.rejected, "reason", &reasons);
+        for role in ["owner", "warming", "draining"] {
+            let _ = m
+                .partition_roles
+                .get_or_create(&vec![("role", role.to_string())]);
+        }
         registry.register(
             "projector_parked_events",
             "Events of parked accounts, by what became of them (parked, applied by an operator's retry or skip, skipped to the dead-letter topic)",
@@ -197,6 +233,11 @@ impl ProjectorMetrics {
             "projector_directory_producer_restarts",
             "Directory producers replaced because they had stopped delivering",
             m.directory_restarts.clone(),
+        );
+        registry.register(
+            "projector_fenced_by_twin",
+            "Stops because another live process joined the group with this instance's id (a copied data directory)",
+            m.fenced_by_twin.clone(),
         );
         m.consumer.register(registry);
         m

@@ -304,6 +304,10 @@ impl BatchSink for ProjectorSink {
         info!(?partitions, "revoked");
         self.group.release(partitions);
     }
+
+    fn on_fenced(&self) -> Result<(), String> {
+        self.group.fenced()
+    }
 }
 
 /// The log's envelope, with which the store keeps the events that wait behind a parked

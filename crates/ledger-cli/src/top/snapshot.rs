@@ -363,6 +363,7 @@ pub mod tests {
             topic: "ledger.events".into(),
             broker_reachable: true,
             total_lag: Some(partitions.iter().filter_map(|p| p.lag).sum()),
+            complete: true,
             partitions,
         }
     }

@@ -35,6 +35,18 @@ pub struct ConsumerMetrics {
 impl ConsumerMetrics {
     /// Registers the counters.
     pub fn register(&self, registry: &mut Registry) {
+        // Every label value at zero from the start: a family with no children prints
+        // nothing.
+        for action in ["parked", "dead_lettered", "halted"] {
+            let _ = self
+                .poison
+                .get_or_create(&vec![("action".into(), action.into())]);
+        }
+        for kind in ["assign", "revoke"] {
+            let _ = self
+                .rebalances
+                .get_or_create(&vec![("kind".into(), kind.into())]);
+        }
         registry.register(
             "projector_paused_partitions",
             "Assigned partitions whose applying is paused (POST /v1/admin/pause, or a rebuild's hold)",

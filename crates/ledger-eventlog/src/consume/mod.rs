@@ -140,8 +140,19 @@ fn consume_with_one_client<S: BatchSink>(
         // takes over from the store (see `restart`), once the batch being applied is
         // done, so that the two never apply at once. Its offsets are not committed.
         let _ = consumer.context().wait_in_flight();
+        // Fenced by another live process with this instance id: the id is its now, and
+        // taking it back would fence that one in turn, for ever. Decided before the
+        // partitions are given up, so that none of them is drained meanwhile.
+        let twin = result
+            .as_ref()
+            .is_err_and(ConsumeError::is_fenced)
+            .then(|| consumer.context().sink.on_fenced())
+            .and_then(Result::err);
         retire(consumer);
-        return result;
+        return match twin {
+            Some(why) => Err(ConsumeError::Fenced(why)),
+            None => result,
+        };
     }
     let ctx = consumer.context();
     let result = match result {
@@ -160,10 +171,47 @@ fn consume_with_one_client<S: BatchSink>(
     if result.is_ok() {
         // Leave the group now, so the partitions move to another instance at once.
         consumer.unsubscribe();
+        if settings.instance_id.is_some() {
+            leave_as_static_member(&consumer);
+        }
     }
     // Dropping the consumer closes it, serving the final revoke through our callback.
     drop(consumer);
     result
+}
+
+/// How long a static member's clean stop polls for its revoke to be served, so that
+/// librdkafka sends the LeaveGroup before it closes.
+const LEAVE_WAIT: Duration = Duration::from_secs(3);
+/// How long it goes on polling once nothing is assigned: the LeaveGroup follows the
+/// unassignment on librdkafka's own thread.
+const LEAVE_SETTLE: Duration = Duration::from_millis(300);
+
+/// Serves the revoke that `unsubscribe` started, before the consumer is closed.
+///
+/// A static member (`group.instance.id`) does not send LeaveGroup when it is closed
+/// (KIP-345: its partitions wait for its session to expire, for a restart to take them
+/// back), but it does when it unsubscribes and is not yet closing. Closing at once
+/// would race that leave and usually win, so a clean stop would hold its partitions
+/// for a session timeout. Polled here, the leave goes out and the partitions move at
+/// once, as for a dynamic member.
+fn leave_as_static_member<S: BatchSink>(consumer: &BaseConsumer<LoopContext<S>>) {
+    let deadline = Instant::now() + LEAVE_WAIT;
+    let mut unassigned_at: Option<Instant> = None;
+    while Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
+        let empty = consumer
+            .assignment()
+            .map(|a| a.count() == 0)
+            .unwrap_or(true);
+        match (empty, unassigned_at) {
+            (true, None) => unassigned_at = Some(Instant::now()),
+            (true, Some(t)) if t.elapsed() >= LEAVE_SETTLE => return,
+            (false, _) => unassigned_at = None,
+            _ => {}
+        }
+    }
+    warn!(wait = ?LEAVE_WAIT, "the revoke before leaving the group was not served in time; the partitions move when this member's session expires");
 }
 
 /// Reads into the batch in hand and applies it once it is full or has waited long
@@ -225,7 +273,17 @@ fn poll_loop<S: BatchSink>(
             Some(Err(e)) => match e {
                 // The consumer can never recover (fenced by another instance with the
                 // same group.instance.id, say): stop instead of idling while looking alive.
-                KafkaError::MessageConsumptionFatal(_) => return Err(ConsumeError::Kafka(e)),
+                // librdkafka reports `__FATAL`; the error behind it says what happened.
+                KafkaError::MessageConsumptionFatal(_) => {
+                    let (code, reason) = consumer
+                        .client()
+                        .fatal_error()
+                        .unwrap_or((RDKafkaErrorCode::Fatal, e.to_string()));
+                    warn!(error = %reason, ?code, "the consumer hit a fatal error");
+                    return Err(ConsumeError::Kafka(KafkaError::MessageConsumptionFatal(
+                        code,
+                    )));
+                }
                 // auto.offset.reset=error: a stored offset outside the log means the
                 // topic is not the one this store was built from.
                 KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset) => {
@@ -752,6 +810,15 @@ pub trait BatchSink: Send + Sync + 'static {
 
     /// These partitions are no longer assigned to this consumer.
     fn on_revoked(&self, _partitions: &[i32]) {}
+
+    /// This consumer was fenced: another client joined the group with its
+    /// `group.instance.id`. `Err`, saying why, when that is another live process
+    /// claiming the same identity: the loop then stops rather than take the id back.
+    /// `Ok` to replace the client and go on, as after any error fatal to one client
+    /// (nobody else is known to hold the id). Blocking: it may wait a moment to learn.
+    fn on_fenced(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why the loop stopped with an error.
@@ -785,6 +852,10 @@ pub enum ConsumeError {
     /// and never leave), which only a new client ends.
     #[error("the consumer group membership has not been steady for {0:?} (now {1}); the client is wedged")]
     GroupStalled(Duration, String),
+    /// Another live process joined the group with this instance's id and fenced it out
+    /// (see [`BatchSink::on_fenced`]).
+    #[error("fenced out of the consumer group: {0}")]
+    Fenced(String),
     /// The consumer thread panicked; nothing past the store's durable state was committed.
     #[error("the consumer thread panicked: {0}")]
     Panicked(String),

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ledger_domain::Batch;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,17 @@ impl RestartPolicy {
 }
 
 impl ConsumeError {
+    /// Whether the coordinator fenced this static member: another client joined with
+    /// its `group.instance.id`.
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            ConsumeError::Kafka(KafkaError::MessageConsumptionFatal(
+                RDKafkaErrorCode::FencedInstanceId
+            ))
+        )
+    }
+
     /// Whether the error ended only the librdkafka client (it is fatal to that instance,
     /// e.g. a fenced static member), so that a new consumer can carry on from the store.
     pub fn is_client_fatal(&self) -> bool {

@@ -29,7 +29,7 @@ use crate::position::Position;
 use crate::{cloudevents, codec};
 use delivery::{BatchWait, Completion, DeliveryContext, GenerationHealth};
 
-pub use supervisor::{StallSignal, Supervision};
+pub use supervisor::{restart_counter, StallSignal, Supervision};
 
 /// How the producer trades latency for throughput.
 #[derive(Clone, Debug)]

@@ -52,6 +52,13 @@ pub enum StallSignal {
 }
 
 impl StallSignal {
+    /// Every signal, for exposing the restart counter at zero from the start.
+    pub const ALL: [StallSignal; 3] = [
+        StallSignal::FatalError,
+        StallSignal::DeliveriesFailing,
+        StallSignal::NoProducerId,
+    ];
+
     /// The `signal` label of the restart counter, and the word in the log line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +67,16 @@ impl StallSignal {
             StallSignal::NoProducerId => "no_producer_id",
         }
     }
+}
+
+/// A restart counter family with a child at zero for every [`StallSignal`], so that
+/// `/metrics` shows it (and `rate()` has a series) before the first replacement.
+pub fn restart_counter() -> Family<Vec<(&'static str, &'static str)>, Counter> {
+    let family = Family::default();
+    for signal in StallSignal::ALL {
+        let _ = family.get_or_create(&vec![("signal", signal.as_str())]);
+    }
+    family
 }
 
 /// What the supervisor needs from the service.

@@ -240,9 +240,24 @@ pub struct ProjectorProcess {
 
 impl ProjectorProcess {
     pub fn spawn(brokers: &str, topic: &str, group: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::spawn_at(free_port(), brokers, topic, group, data_dir, extra)
+    }
+
+    /// As [`Self::spawn`], listening on `port` (a restart in place keeps its address).
+    pub fn spawn_at(
+        port: u16,
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Self {
         let log = data_dir.with_extension(format!("{port}.log"));
-        let out = std::fs::File::create(&log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_projector"))
             .args(["--brokers", brokers, "--topic", topic, "--group-id", group])
             .arg("--data-dir")
