@@ -476,6 +476,15 @@ async fn auth_token_guards_the_v1_routes_and_leaves_ops_routes_open() {
     assert_eq!(healthz.status, 200, "{}", healthz.text);
     let metrics = get(&http, &ingest.url("/metrics")).await;
     assert_eq!(metrics.status, 200, "{}", metrics.text);
+    // Counters whose labels are known are there at zero before anything happened.
+    for signal in ["fatal_error", "deliveries_failing", "no_producer_id"] {
+        let series = format!("ingest_producer_restarts_total{{signal=\"{signal}\"}} 0");
+        assert!(
+            metrics.text.contains(&series),
+            "{series}:\n{}",
+            metrics.text
+        );
+    }
 
     let one = ingest.url("/v1/commands");
     let batch = ingest.url("/v1/commands/batch");

@@ -312,3 +312,44 @@ impl ConsistencyParams {
             .min(Self::MAX_WAIT_MS)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::PartitionRole;
+
+    fn row(partition: i32, role: PartitionRole) -> PartitionTotals {
+        PartitionTotals {
+            partition,
+            applied_offset: 10,
+            served_by: "p-a".into(),
+            role,
+            balance_sum: 5,
+            deposits_sum: 5,
+            withdrawals_sum: 0,
+            transfers_debited_sum: 0,
+            transfers_credited_sum: 0,
+            transfers_refunded_sum: 0,
+        }
+    }
+
+    #[test]
+    fn totals_are_complete_only_with_every_partition_from_an_instance_serving_it() {
+        let served = vec![
+            row(0, PartitionRole::Owner),
+            row(1, PartitionRole::Draining),
+        ];
+        let t = TotalsView::sum(served.clone(), 2);
+        assert!(t.complete && t.conserved);
+        assert_eq!(t.balance_sum, 10);
+        assert!(
+            !TotalsView::sum(served[..1].to_vec(), 2).complete,
+            "one missing"
+        );
+        let warming = vec![row(0, PartitionRole::Owner), row(1, PartitionRole::Warming)];
+        assert!(
+            !TotalsView::sum(warming, 2).complete,
+            "a partition only warming is not served"
+        );
+    }
+}

@@ -111,7 +111,10 @@ pub enum Cmd {
         /// The account id.
         #[arg(value_parser = parse_account)]
         account: AccountId,
-        /// Answer only once everything up to this consistency token is applied.
+        /// Answer only once everything up to this consistency token is applied. The read
+        /// waits through a partition moving between projector instances (a crash, a
+        /// restart, a scale-up) instead of failing with partition_moving; without a token
+        /// such a read answers partition_moving at once, and is retried for --retry-for.
         #[arg(long, value_name = "TOKEN")]
         after: Option<String>,
     },
@@ -260,7 +263,8 @@ pub struct SubmitArgs {
     pub command_id: Option<CommandId>,
     /// Wait for the projection and print the outcome and the balance (a transfer's: both
     /// balances, once it is applied, refunded or rejected; for at most --retry-for
-    /// seconds, then exit 3).
+    /// seconds, then exit 3). The wait reads with the command's consistency token, so it
+    /// waits through a partition moving between projector instances too.
     #[arg(long)]
     pub wait: bool,
 }

@@ -220,11 +220,18 @@ async fn token_reads_through_every_live_instance_wait_through_a_sigkilled_member
     }
     // c dies; what is written next lands in its partitions too, which nobody serves
     // until its session times out and they move.
+    let http = &http;
     let kill = Instant::now();
     c.kill9().unwrap();
+    // Nobody serves c's partitions now: the group-wide answers say so.
+    for base in &live {
+        let (_, _, totals) = get(http, &format!("{base}/v1/totals")).await;
+        assert_eq!(totals["complete"], false, "{base}: {totals}");
+        let (_, _, progress) = get(http, &format!("{base}/v1/progress")).await;
+        assert_eq!(progress["complete"], false, "{base}: {progress}");
+    }
     let tokens = write(3).await;
     let balance = 1 + 2 + 3;
-    let http = &http;
     let reads = join_all(accounts.iter().zip(&tokens).flat_map(|(a, t)| {
         live.iter().map(move |base| async move {
             let (status, served_by, body) = get(
@@ -253,11 +260,17 @@ async fn token_reads_through_every_live_instance_wait_through_a_sigkilled_member
         slowest.as_secs_f64(),
         kill.elapsed().as_secs_f64()
     );
-    // The partitions did move: the survivors own c's now.
+    // The partitions did move: the survivors own c's now, and say they are complete.
     assert!(settled
         .instances
         .iter()
         .all(|i| i.instance_id != "projector-c"));
+    for base in &live {
+        let (_, _, totals) = get(http, &format!("{base}/v1/totals")).await;
+        assert_eq!(totals["complete"], true, "{base}: {totals}");
+        let (_, _, progress) = get(http, &format!("{base}/v1/progress")).await;
+        assert_eq!(progress["complete"], true, "{base}: {progress}");
+    }
     drop(b);
     drop(stack);
 }

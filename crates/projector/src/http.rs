@@ -102,6 +102,9 @@ pub(crate) struct Ask {
     pub(crate) forwarded: bool,
     auth: Option<HeaderValue>,
     token: Option<Position>,
+    /// Whether it came with a token: it then waits through a partition's move, within
+    /// its deadline, even once a token of another partition is settled.
+    waits: bool,
     deadline: Instant,
 }
 
@@ -135,6 +138,7 @@ impl Ask {
             forwarded: headers.contains_key(FORWARDED_BY_HEADER),
             auth: headers.get(header::AUTHORIZATION).cloned(),
             token,
+            waits: token.is_some(),
             deadline: Instant::now() + Duration::from_millis(consistency.wait_ms()),
         })
     }
@@ -253,7 +257,7 @@ impl QueryState {
     /// token answers at once, and a forwarded one leaves the waiting to the instance
     /// that forwarded it.
     async fn look_again(&self, ask: &Ask) -> bool {
-        if ask.token.is_none() || ask.forwarded || ask.remaining().is_zero() {
+        if !ask.waits || ask.forwarded || ask.remaining().is_zero() {
             return false;
         }
         tokio::time::sleep(ask.remaining().min(RETRY_EVERY)).await;
@@ -383,7 +387,7 @@ impl QueryState {
                     }
                 }
                 Route::Peer { id, url } => {
-                    if ask.token.is_none() && tried.as_ref() == Some(&id) {
+                    if !ask.waits && tried.as_ref() == Some(&id) {
                         break;
                     }
                     query.extend(ask.token_query());
@@ -398,7 +402,7 @@ impl QueryState {
                 }
                 Route::Moving => "no instance can serve it yet".to_string(),
             };
-            let again = if ask.token.is_some() {
+            let again = if ask.waits {
                 self.look_again(&ask).await
             } else {
                 // No token: the route as it stands, and once more if a peer turned out

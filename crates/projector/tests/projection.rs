@@ -95,6 +95,18 @@ async fn projection_matches_the_model_and_survives_redelivery() {
         metrics.contains("projector_events_duplicate_total"),
         "{metrics}"
     );
+    // Counters whose labels are known are there at zero from the start.
+    for series in [
+        r#"projector_follow_up_producer_restarts_total{signal="fatal_error"} 0"#,
+        r#"projector_dlq_producer_restarts_total{signal="deliveries_failing"} 0"#,
+        r#"projector_poison_events_total{action="halted"} 0"#,
+        r#"projector_rebuilds_total{outcome="mismatch"} 0"#,
+        r#"projector_directory_failures_total{direction="publish"} 0"#,
+        r#"projector_events_rejected_total{reason="balance_overflow"} 0"#,
+        "projector_fenced_by_twin_total 0",
+    ] {
+        assert!(metrics.contains(series), "{series}:\n{metrics}");
+    }
     p.stop().await;
     assert_eq!(
         committed_offsets(&brokers, &cfg.group_id, &topic),
