@@ -226,7 +226,8 @@ impl TotalsView {
             transfers_credited_sum: t.credited,
             transfers_refunded_sum: t.refunded,
             conserved: t.conserved(),
-            complete: as_of.len() == usize::try_from(partition_count).unwrap_or(0)
+            complete: partition_count > 0
+                && as_of.len() == usize::try_from(partition_count).unwrap_or(0)
                 && as_of.iter().all(|p| p.role.serves()),
             as_of,
         }

@@ -408,7 +408,11 @@ impl Group {
     /// live process (a dead predecessor publishes nothing after the history this one
     /// read), so two processes claim one identity.
     fn heard_self(&self, entry: Entry) {
-        let foreign = !entry.incarnation.is_empty() && entry.incarnation != self.incarnation;
+        // A predecessor that is only handing its partitions over after a SIGTERM is on
+        // its way out, not a twin.
+        let foreign = !entry.incarnation.is_empty()
+            && entry.incarnation != self.incarnation
+            && !entry.leaving;
         if !foreign || !self.directory_loaded.load(Ordering::Acquire) {
             return;
         }
@@ -440,6 +444,22 @@ impl Group {
     /// returned. Otherwise the fencing is taken for a passing fault of the group, and the
     /// consumer is replaced. Blocking.
     pub(crate) fn fenced(&self) -> Result<(), String> {
+        // Fenced, this member no longer owns anything: nothing is served from here while
+        // the verdict is out (a new consumer claims its partitions again, warming).
+        let held: Vec<i32> = self.local().keys().copied().collect();
+        // Tails are stopped outside the role table's lock: stopping one waits for its
+        // batch, whose apply reads roles.
+        if let Some(f) = self.follower.get() {
+            for &p in &held {
+                f.stop(p);
+            }
+        }
+        {
+            let mut local = self.local();
+            for p in held {
+                self.set(&mut local, p, None);
+            }
+        }
         let deadline = Instant::now() + TWIN_WAIT;
         let twin = loop {
             if let Some(t) = self.twin() {

@@ -40,8 +40,10 @@ use crate::group::{Group, Peer, Route};
 use crate::sink::Applied;
 
 const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a forwarded query may take beyond its own token wait.
-const FORWARD_SLACK: Duration = Duration::from_secs(5);
+/// How long a forwarded query may take beyond its own token wait: short enough that a
+/// query with the longest wait (30 s) still ends within the service's 35 s bound on any
+/// request, when a peer stops answering.
+const FORWARD_SLACK: Duration = Duration::from_secs(2);
 /// How often a query with a token looks again for a partition that nobody serves yet.
 const RETRY_EVERY: Duration = Duration::from_millis(100);
 
@@ -143,6 +145,12 @@ impl Ask {
         })
     }
 
+    /// The same query with the deadline it was received with.
+    fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
@@ -159,13 +167,34 @@ impl Ask {
     }
 }
 
+/// The answer `partition_moving`, counted in `projector_partition_moving`.
 pub(crate) fn moving(state: &QueryState, partition: i32, why: &str) -> ApiError {
-    state.group.metrics().partition_moving.inc();
+    counted(state, moving_error(partition, why))
+}
+
+/// `partition_moving`, not counted yet: a query that looks again counts only the answer
+/// it ends with.
+fn moving_error(partition: i32, why: &str) -> ApiError {
     ApiError::new(
         ErrorCode::PartitionMoving,
         format!(
             "partition {partition} is moving between projector instances and {why}; retry shortly"
         ),
+    )
+}
+
+/// The error a query ends with, counted when it is `partition_moving`.
+fn counted(state: &QueryState, e: ApiError) -> ApiError {
+    if e.code == ErrorCode::PartitionMoving {
+        state.group.metrics().partition_moving.inc();
+    }
+    e
+}
+
+fn not_ready() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotReady,
+        "the projector has not found its topic yet",
     )
 }
 
@@ -175,18 +204,33 @@ pub(crate) fn store_error(e: ledger_store::StoreError) -> ApiError {
 
 impl QueryState {
     pub(crate) fn partition_count(&self) -> Result<i32, ApiError> {
-        self.group.partition_count().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NotReady,
-                "the projector has not found its topic yet",
-            )
-        })
+        self.group.partition_count().ok_or_else(not_ready)
+    }
+
+    /// Reads a query about one account's partition: the topic's partition count and the
+    /// query. One with a token, on an instance that has not found its topic yet (it has
+    /// just started), waits for it within its budget instead of answering `not_ready`.
+    async fn read_ask(&self, headers: &HeaderMap, params: &Params) -> Result<(i32, Ask), ApiError> {
+        let ask = Ask::read(headers, params, self.group.partition_count())?;
+        let count = loop {
+            if let Some(count) = self.group.partition_count() {
+                break count;
+            }
+            if !self.look_again(&ask).await {
+                return Err(not_ready());
+            }
+        };
+        // Checked again now that the count is known.
+        Ok((
+            count,
+            Ask::read(headers, params, Some(count))?.until(ask.deadline),
+        ))
     }
 
     /// Waits until this instance has applied `pos`, or fails with 503: `not_yet_consistent`
-    /// when the budget ends, or an [`unserved`] error as soon as the partition is no
-    /// longer held here (it moved on while the query waited; another instance may serve
-    /// it now).
+    /// when the budget ends, or an uncounted `partition_moving` as soon as the partition
+    /// is no longer held here (it moved on while the query waited; another instance may
+    /// serve it now).
     async fn wait_here(&self, pos: Position, ask: &Ask) -> Result<(), ApiError> {
         let mut rx = self.applied.clone();
         let reached = |m: &Applied| m.get(&pos.partition).is_some_and(|&next| next > pos.offset);
@@ -202,7 +246,10 @@ impl QueryState {
                 }
                 Err(_) if ask.remaining().is_zero() => break,
                 Err(_) if self.group.role(pos.partition).is_none() => {
-                    return Err(unserved("this instance no longer holds it"));
+                    return Err(moving_error(
+                        pos.partition,
+                        "this instance no longer holds it",
+                    ));
                 }
                 Err(_) => {}
             }
@@ -223,9 +270,9 @@ impl QueryState {
     /// nobody serves that partition (it is moving), it looks again within the budget.
     async fn wait_for_token(&self, pos: Position, ask: &Ask) -> Result<(), ApiError> {
         loop {
-            let why = match self.group.route(pos.partition, true, ask.forwarded) {
+            let last = match self.group.route(pos.partition, true, ask.forwarded) {
                 Route::Local => match self.wait_here(pos, ask).await {
-                    Err(e) if e.code == ErrorCode::PartitionMoving => e.message,
+                    Err(e) if e.code == ErrorCode::PartitionMoving => e,
                     done => return done,
                 },
                 Route::Peer { id, url } => {
@@ -234,20 +281,21 @@ impl QueryState {
                         ("timeout_ms", ask.remaining().as_millis().to_string()),
                     ];
                     match self.ask_peer(&id, &url, "/v1/progress", &query, ask).await {
-                        Err(e) => e,
+                        Err(e) => moving_error(pos.partition, &e),
                         Ok(answer) if answer.status.is_success() => return Ok(()),
                         Ok(answer) if answer.code() == Some(ErrorCode::PartitionMoving) => {
-                            answer.error().message
+                            answer.error()
                         }
                         Ok(answer) => return Err(answer.error()),
                     }
                 }
-                Route::Moving => {
-                    "no instance can serve it yet, so the token cannot be checked".to_string()
-                }
+                Route::Moving => moving_error(
+                    pos.partition,
+                    "no instance can serve it yet, so the token cannot be checked",
+                ),
             };
             if !self.look_again(ask).await {
-                return Err(moving(self, pos.partition, &why));
+                return Err(counted(self, last));
             }
         }
     }
@@ -364,7 +412,10 @@ impl QueryState {
         let mut tries = 0;
         loop {
             tries += 1;
-            let why = match self
+            // Without a token: one more try only where a peer answered that it had let
+            // the partition go (the route may already say where it went).
+            let mut moved_on = false;
+            let last = match self
                 .group
                 .route(partition, ask.token.is_some(), ask.forwarded)
             {
@@ -374,7 +425,7 @@ impl QueryState {
                         None => Ok(()),
                     };
                     match waited {
-                        Err(e) if e.code == ErrorCode::PartitionMoving => e.message,
+                        Err(e) if e.code == ErrorCode::PartitionMoving => e,
                         Err(e) => return Err(e),
                         Ok(()) => {
                             let role = self.group.role(partition);
@@ -382,45 +433,40 @@ impl QueryState {
                             if role.is_some_and(PartitionRole::serves) || reached_token {
                                 return local(self).await;
                             }
-                            "this instance no longer serves it".to_string()
+                            moving_error(partition, "this instance no longer serves it")
                         }
                     }
                 }
                 Route::Peer { id, url } => {
                     if !ask.waits && tried.as_ref() == Some(&id) {
-                        break;
-                    }
-                    query.extend(ask.token_query());
-                    let answer = self.ask_peer(&id, &url, path, &query, &ask).await;
-                    query.retain(|(k, _)| *k != "after" && *k != "timeout_ms");
-                    tried = Some(id);
-                    match answer {
-                        Err(e) => e,
-                        Ok(a) if a.code() == Some(ErrorCode::PartitionMoving) => a.error().message,
-                        Ok(a) => return Ok(a.relay()),
+                        moving_error(partition, "no instance can serve it yet")
+                    } else {
+                        query.extend(ask.token_query());
+                        let answer = self.ask_peer(&id, &url, path, &query, &ask).await;
+                        query.retain(|(k, _)| *k != "after" && *k != "timeout_ms");
+                        tried = Some(id);
+                        match answer {
+                            Err(e) => moving_error(partition, &e),
+                            Ok(a) if a.code() == Some(ErrorCode::PartitionMoving) => {
+                                moved_on = true;
+                                a.error()
+                            }
+                            Ok(a) => return Ok(a.relay()),
+                        }
                     }
                 }
-                Route::Moving => "no instance can serve it yet".to_string(),
+                Route::Moving => moving_error(partition, "no instance can serve it yet"),
             };
             let again = if ask.waits {
                 self.look_again(&ask).await
             } else {
-                // No token: the route as it stands, and once more if a peer turned out
-                // to have let the partition go.
-                tries < 2 && tried.is_some()
+                moved_on && tries < 2
             };
             if !again {
-                return Err(moving(self, partition, &why));
+                return Err(counted(self, last));
             }
         }
-        Err(moving(self, partition, "no instance can serve it yet"))
     }
-}
-
-/// A query that found its partition unserved, before it is answered: `partition_moving`,
-/// uncounted (only the final answer counts in `projector_partition_moving`).
-fn unserved(why: &str) -> ApiError {
-    ApiError::new(ErrorCode::PartitionMoving, why)
 }
 
 /// Another instance's answer, read in full.
@@ -496,8 +542,7 @@ pub(crate) async fn account(
     params: Params,
 ) -> Result<Response, ApiError> {
     let id = AccountId::parse(&id)?;
-    let count = state.partition_count()?;
-    let ask = Ask::read(&headers, &params, Some(count))?;
+    let (count, ask) = state.read_ask(&headers, &params).await?;
     let partition = partition_of(&id, count);
     let path = format!("/v1/accounts/{id}");
     state
@@ -588,8 +633,7 @@ pub(crate) async fn command(
             .transpose()?,
         Err(_) => None,
     };
-    let count = state.partition_count()?;
-    let ask = Ask::read(&headers, &params, Some(count))?;
+    let (count, ask) = state.read_ask(&headers, &params).await?;
     let path = format!("/v1/commands/{id}");
     if let Some(account) = account {
         let partition = partition_of(&account, count);
@@ -610,6 +654,26 @@ pub(crate) async fn command(
     if let Some(pos) = ask.token.take() {
         state.wait_for_token(pos, &ask).await?;
     }
+    // With a token, a partition nobody serves is waited for within the budget.
+    loop {
+        match command_everywhere(&state, &params, &ask, &id, count, &path).await {
+            Err(e) if e.code == ErrorCode::PartitionMoving && state.look_again(&ask).await => {}
+            other => return other.map_err(|e| counted(&state, e)),
+        }
+    }
+}
+
+/// One search for a command by id alone, in every partition: here, and on each instance
+/// that serves some of the others. A partition nobody serves now, where the command may
+/// be, makes it an uncounted `partition_moving` (rather than a 404).
+async fn command_everywhere(
+    state: &QueryState,
+    params: &Params,
+    ask: &Ask,
+    id: &CommandId,
+    count: i32,
+    path: &str,
+) -> Result<Response, ApiError> {
     let served = state.group.serving();
     // Asked by another instance: only in the partitions it routed here
     // (`?partitions=`), each of which this instance must still serve; a 404 then means
@@ -625,7 +689,7 @@ pub(crate) async fn command(
     let searched = match wanted {
         Some(wanted) => {
             if let Some(&gone) = wanted.iter().find(|p| !served.contains(p)) {
-                return Err(moving(&state, gone, "this instance no longer serves it"));
+                return Err(moving_error(gone, "this instance no longer serves it"));
             }
             wanted
         }
@@ -633,19 +697,19 @@ pub(crate) async fn command(
     };
     let mut found: Vec<CommandView> = state
         .store
-        .commands_in(&state.topic, &searched, &id)
+        .commands_in(&state.topic, &searched, id)
         .map_err(store_error)?
         .into_iter()
-        .map(|c| command_view(c, &id))
+        .map(|c| command_view(c, id))
         .collect();
     if ask.forwarded {
         return match found.len() {
-            0 => Err(command_not_found(&id)),
+            0 => Err(command_not_found(id)),
             1 => Ok(Json(found.pop().expect("one")).into_response()),
             _ => {
                 let accounts: Vec<String> =
                     found.iter().map(|c| c.account_id.to_string()).collect();
-                Err(ambiguous(&id, &accounts))
+                Err(ambiguous(id, &accounts))
             }
         };
     }
@@ -687,22 +751,21 @@ pub(crate) async fn command(
     if found.len() + 2 * more_accounts.len() > 1 {
         let mut accounts: Vec<String> = found.iter().map(|c| c.account_id.to_string()).collect();
         accounts.extend(more_accounts);
-        return Err(ambiguous(&id, &accounts));
+        return Err(ambiguous(id, &accounts));
     }
     if let Some(view) = found.pop() {
         return Ok(Json(view).into_response());
     }
     if let Some(&p) = unserved.first() {
         unserved.sort_unstable();
-        return Err(moving(
-            &state,
+        return Err(moving_error(
             p,
             &format!(
                 "the command may be in partitions {unserved:?}, which no instance can serve yet"
             ),
         ));
     }
-    Err(command_not_found(&id))
+    Err(command_not_found(id))
 }
 
 /// The partitions this instance holds, as progress rows (high watermarks filled in

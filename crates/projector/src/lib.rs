@@ -124,7 +124,7 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let url = config.advertised(addr);
     if config.advertise_url.is_none() && config.listen.ip().is_unspecified() {
-        warn!(%url, "listening on every address with no --advertise-url: other hosts cannot reach this instance at the URL it advertises; set --advertise-url (and --instance-id) when the group spans hosts");
+        warn!(%url, "listening on every address with no --advertise-url: other hosts cannot reach this instance at the URL it advertises; set --advertise-url when the group spans hosts");
     }
     let instance_id = instance_id(&config, &store)?;
     let group = Arc::new(group::Group::new(

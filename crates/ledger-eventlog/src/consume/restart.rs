@@ -37,9 +37,10 @@ const WINDOW: Duration = Duration::from_secs(60);
 ///
 /// A fatal error ends one librdkafka client (a static member fenced after a coordinator
 /// failover, say), not the service: progress lives in the store, so a new consumer
-/// resumes exactly there. Fenced again and again, though, means another live instance
-/// has the same `--instance-id`: after [`MAX_RESTARTS`] in [`WINDOW`] the error is
-/// returned rather than flapping forever.
+/// resumes exactly there. A fencing by another live process of the same instance id
+/// never gets here ([`super::BatchSink::on_fenced`] stops the loop); errors that recur
+/// anyway, after [`MAX_RESTARTS`] in [`WINDOW`], are returned rather than flapping
+/// forever.
 #[derive(Debug, Default)]
 pub(super) struct RestartPolicy {
     recent: Vec<Instant>,
