@@ -5,8 +5,6 @@
 //! client gives none; a UUID v7 event id), so that record sizes, and everything that
 //! scales with them, match production rather than a toy.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::Bytes;
 use ledger_domain::{AccountId, Amount, CommandId, Event, EventBody};
 use rand::rngs::StdRng;
@@ -18,12 +16,7 @@ pub fn account_id(k: u64) -> String {
     format!("acc-{k}")
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub use ledger_eventlog::fresh::now_ms;
 
 /// A random deposit (60 %) or withdrawal (40 %) of 1 to 10 000 minor units.
 fn money_body(rng: &mut StdRng) -> EventBody {

@@ -13,6 +13,7 @@
 //! - [`consume`]: the commit-after-apply consumer loop, with its dead-letter path;
 //! - [`follow`]: tailing partitions read-only into a store, outside the group, while
 //!   they are handed over;
+//! - [`fresh`]: the ids and time a service gives an event it writes;
 //! - [`tail`]: reading the topic as an outsider, for `ledger tail`.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod codec;
 pub mod config;
 pub mod consume;
 pub mod follow;
+pub mod fresh;
 pub mod position;
 pub mod probe;
 pub mod producer;
