@@ -9,25 +9,42 @@
 //! at its place in the account's order by every instance that holds the partition and
 //! by any later rebuild, so that they all keep the same state.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::future::join_all;
 use ledger_api::cluster::FORWARDED_BY_HEADER;
 use ledger_api::{ErrorCode, ParkedAccount, ParkedView, PartitionRole, PauseView, UnparkAccepted};
 use ledger_domain::partitioning::partition_of;
-use ledger_domain::{AccountId, CommandId, Event, EventBody, UnparkKind};
+use ledger_domain::{AccountId, Event, EventBody, UnparkKind};
 use ledger_http::ApiError;
 use tracing::{info, warn};
 
+use crate::consistency::{Ask, Params};
+use crate::forward::PeerCall;
 use crate::group::Route;
-use crate::http::{moving, store_error, Params, PeerAnswer, QueryState};
+use crate::state::{moving, store_error, QueryState};
 
 /// How long a forwarded admin request may take.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An admin request to another instance, with the caller's credentials.
+fn admin_call<'a>(
+    method: reqwest::Method,
+    path: &'a str,
+    query: &'a [(&'a str, String)],
+    headers: &'a HeaderMap,
+) -> PeerCall<'a> {
+    PeerCall {
+        method,
+        path,
+        query,
+        auth: headers.get(header::AUTHORIZATION),
+        timeout: PEER_TIMEOUT,
+    }
+}
 
 /// `?partition=N`, checked against the topic.
 fn partition_param(params: &Params, count: i32) -> Result<Option<i32>, ApiError> {
@@ -53,29 +70,6 @@ fn partition_param(params: &Params, count: i32) -> Result<Option<i32>, ApiError>
 }
 
 impl QueryState {
-    /// Sends an admin request to another instance, marked forwarded.
-    async fn post_peer(
-        &self,
-        url: &str,
-        path: &str,
-        query: &[(&str, String)],
-        headers: &HeaderMap,
-    ) -> Result<PeerAnswer, String> {
-        let answer = self
-            .to_peer(
-                reqwest::Method::POST,
-                url,
-                path,
-                query,
-                headers.get(header::AUTHORIZATION),
-                PEER_TIMEOUT,
-            )
-            .send()
-            .await
-            .map_err(|e| format!("the instance at {url} did not answer ({e})"))?;
-        PeerAnswer::read(answer).await
-    }
-
     /// The partitions this instance owns and an operator paused.
     fn paused_here(&self) -> Vec<i32> {
         self.group
@@ -121,10 +115,11 @@ async fn switch(
     if let (Some(p), false) = (partition, forwarded) {
         match state.group.route(p, false, false) {
             Route::Local => {}
-            Route::Peer { url, .. } => {
+            Route::Peer { id, url } => {
                 let query = [("partition", p.to_string())];
+                let call = admin_call(reqwest::Method::POST, path, &query, &headers);
                 let answer = state
-                    .post_peer(&url, path, &query, &headers)
+                    .call_peer(&id, &url, &call)
                     .await
                     .map_err(|e| moving(&state, p, &e))?;
                 return Ok(answer.relay());
@@ -148,14 +143,9 @@ async fn switch(
     };
     // Everything: on every live instance too.
     if partition.is_none() && !forwarded {
-        let peers = state.group.live_peers();
-        let answers = join_all(peers.iter().map(|peer| {
-            let (state, headers) = (&state, &headers);
-            async move { state.post_peer(&peer.entry.url, path, &[], headers).await }
-        }))
-        .await;
-        for (peer, answer) in peers.iter().zip(answers) {
-            match answer.ok().and_then(|a| a.json::<PauseView>()) {
+        let call = admin_call(reqwest::Method::POST, path, &[], &headers);
+        for (peer, answer) in state.gather::<PauseView>(call).await {
+            match answer {
                 Some(v) => {
                     view.paused_partitions.extend(v.paused_partitions);
                     view.instances.extend(v.instances);
@@ -194,7 +184,7 @@ pub(crate) async fn parked(
     headers: HeaderMap,
     params: Params,
 ) -> Result<Json<ParkedView>, ApiError> {
-    let ask = crate::http::Ask::read(&headers, &params, state.group.partition_count())?;
+    let ask = Ask::read(&headers, &params, state.group.partition_count())?;
     let serving = state.group.serving();
     let mut accounts: Vec<ParkedAccount> = state
         .store
@@ -212,10 +202,8 @@ pub(crate) async fn parked(
         .collect();
     let mut complete = true;
     if !ask.forwarded {
-        for (_, view) in state
-            .ask_live_peers::<ParkedView>("/v1/admin/parked", &ask)
-            .await
-        {
+        let call = PeerCall::query("/v1/admin/parked", &[], &ask);
+        for (_, view) in state.gather::<ParkedView>(call).await {
             match view {
                 Some(v) => accounts.extend(v.accounts),
                 None => complete = false,
@@ -259,10 +247,9 @@ pub(crate) async fn unpark(
             .map_err(store_error)?
             .map(|m| m.first_offset),
         Route::Peer { id: peer, url } => {
-            let ask =
-                crate::http::Ask::read(&headers, &Ok(Query(Default::default())), Some(count))?;
+            let call = admin_call(reqwest::Method::GET, "/v1/admin/parked", &[], &headers);
             let answer = state
-                .ask_peer(&peer, &url, "/v1/admin/parked", &[], &ask)
+                .call_peer(&peer, &url, &call)
                 .await
                 .map_err(|e| moving(&state, partition, &e))?;
             if answer.status != StatusCode::OK {
@@ -287,14 +274,12 @@ pub(crate) async fn unpark(
             format!("account {id} is not parked: nothing waits to be retried or skipped"),
         ));
     };
-    let bits = uuid::Uuid::now_v7().as_u128();
+    let (event_id, command_id) = ledger_eventlog::fresh::ids(None);
     let event = Event {
-        event_id: bits,
-        command_id: CommandId::from_uuid_bits(bits),
+        event_id,
+        command_id,
         account_id: id.clone(),
-        time_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        time_ms: ledger_eventlog::fresh::now_ms(),
         body: EventBody::Unpark {
             action,
             first_offset,

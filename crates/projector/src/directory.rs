@@ -8,45 +8,20 @@
 //! state: losing some costs a moment of routing, never data.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use backon::Retryable;
-use ledger_api::PartitionRoleView;
 use ledger_eventlog::admin::{ensure_compacted_topic, TopicSpec};
 use ledger_eventlog::KafkaConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::group::{Group, PUBLISH_EVERY};
+use crate::group::{now_ms, Entry, Group, PUBLISH_EVERY};
 use crate::metrics::ProjectorMetrics;
-
-/// One instance's entry, as JSON under its instance id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Entry {
-    pub instance_id: String,
-    /// Its consumer group: groups projecting the same topic share the directory, and
-    /// each reads only its own entries.
-    pub group_id: String,
-    /// Where the other instances reach it.
-    pub url: String,
-    /// What it holds, in partition order.
-    pub partitions: Vec<PartitionRoleView>,
-    /// It is stopping: it takes no partition over, so nobody waits for it to.
-    #[serde(default)]
-    pub leaving: bool,
-    /// When it was published, in ms since the Unix epoch by the publisher's clock; an
-    /// entry far older than that is ignored on reading the directory's history.
-    pub published_ms: u64,
-    /// The publishing process, among all that went by this id: a restart is another
-    /// incarnation of the same instance. Empty from a version that did not say.
-    #[serde(default)]
-    pub incarnation: String,
-}
 
 /// An entry older than this by the reader's clock, found in the directory's history, is
 /// not taken for a live instance (clocks may differ by a little, never by this much).
@@ -54,12 +29,6 @@ const HISTORY_HORIZON_MS: u64 = 60_000;
 
 /// Consecutive failed publications after which the producer is replaced.
 const PUBLISH_FAILURES_BEFORE_RESTART: u32 = 10;
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The directory topic of an event topic.
 pub(crate) fn topic_of(topic: &str) -> String {
@@ -105,9 +74,8 @@ fn new_producer(kafka: &KafkaConfig) -> Result<FutureProducer, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Publishes this instance's entry every [`PUBLISH_EVERY`] and on every role change,
-/// ends drained partitions as their new owners take over, and publishes a tombstone on
-/// `stop`. A producer that stops delivering is replaced.
+/// Publishes this instance's entry every [`PUBLISH_EVERY`] and on every role change, and
+/// a tombstone on `stop`. A producer that stops delivering is replaced.
 pub(crate) async fn publish(
     group: Arc<Group>,
     kafka: KafkaConfig,
@@ -123,8 +91,6 @@ pub(crate) async fn publish(
             () = group.changed.notified() => {}
             () = tokio::time::sleep(PUBLISH_EVERY) => {}
         }
-        let g = group.clone();
-        let _ = tokio::task::spawn_blocking(move || g.end_draining()).await;
         if producer.is_none() {
             match new_producer(&kafka) {
                 Ok(p) => producer = Some(p),

@@ -24,13 +24,12 @@ use std::time::{Duration, Instant};
 use ledger_api::{ClusterView, InstanceView, PartitionRole, PartitionRoleView};
 use ledger_eventlog::follow::Follower;
 use ledger_store::Store;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::directory::Entry;
 use crate::metrics::ProjectorMetrics;
-use crate::sink::Applied;
 
 /// An instance not heard from for this long is gone: its entry expires.
 pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(5);
@@ -45,6 +44,38 @@ pub(crate) const DRAIN_MAX: Duration = Duration::from_secs(300);
 /// How long a fenced instance listens for another process with its id before it takes
 /// the fencing for a fault of the group: a few publish periods.
 const TWIN_WAIT: Duration = Duration::from_secs(3);
+
+/// One instance's entry in the group's directory, as JSON under its instance id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub instance_id: String,
+    /// Its consumer group: groups projecting the same topic share the directory, and
+    /// each reads only its own entries.
+    pub group_id: String,
+    /// Where the other instances reach it.
+    pub url: String,
+    /// What it holds, in partition order.
+    pub partitions: Vec<PartitionRoleView>,
+    /// It is stopping: it takes no partition over, so nobody waits for it to.
+    #[serde(default)]
+    pub leaving: bool,
+    /// When it was published, in ms since the Unix epoch by the publisher's clock; an
+    /// entry far older than that is ignored on reading the directory's history.
+    pub published_ms: u64,
+    /// The publishing process, among all that went by this id: a restart is another
+    /// incarnation of the same instance. Empty from a version that did not say.
+    #[serde(default)]
+    pub incarnation: String,
+}
+
+/// Each partition's next offset applied locally, as the watch channel behind `?after=`
+/// carries it.
+pub(crate) type Applied = std::sync::Arc<BTreeMap<i32, i64>>;
+
+/// Milliseconds since the Unix epoch, as the directory's entries carry it.
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(ledger_eventlog::fresh::now_ms()).unwrap_or(0)
+}
 
 /// One partition as this instance holds it.
 #[derive(Clone, Copy, Debug)]
@@ -516,6 +547,19 @@ impl Group {
         self.live_peers().iter().any(|p| !p.entry.leaving)
     }
 
+    /// Ends drained partitions as their new owners take over, every [`PUBLISH_EVERY`],
+    /// until `stop`.
+    pub(crate) async fn end_draining_every(self: std::sync::Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(PUBLISH_EVERY) => {}
+            }
+            let g = self.clone();
+            let _ = tokio::task::spawn_blocking(move || g.end_draining()).await;
+        }
+    }
+
     /// Lets go of drained partitions whose new owner has served them for
     /// [`DRAIN_GRACE`], whose tail stopped, or that nobody took over within
     /// [`DRAIN_MAX`]. Blocking (stopping a tail waits for its batch): call it off the
@@ -631,7 +675,7 @@ impl Group {
                 })
                 .collect(),
             leaving: self.stopping.leaving.is_cancelled(),
-            published_ms: crate::directory::now_ms(),
+            published_ms: now_ms(),
             incarnation: self.incarnation.clone(),
         }
     }

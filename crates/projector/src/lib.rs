@@ -13,12 +13,16 @@
 
 mod admin;
 mod config;
+mod consistency;
 mod directory;
+mod forward;
 mod group;
 mod http;
 mod metrics;
+mod overview;
 mod rebuild;
 mod sink;
+mod state;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -240,6 +244,7 @@ pub async fn serve(
         metrics.clone(),
         stop.clone(),
     ));
+    tracker.spawn(group.clone().end_draining_every(stop.clone()));
     tracker.spawn(run_directory(
         kafka.clone(),
         group.clone(),
@@ -357,7 +362,7 @@ pub async fn serve(
         })
     };
 
-    let query = http::QueryState {
+    let query = state::QueryState {
         store,
         topic: config.kafka.topic.clone().into(),
         applied: applied_rx,
@@ -375,8 +380,8 @@ pub async fn serve(
     let v1 = Router::new()
         .route("/v1/accounts/{id}", get(http::account))
         .route("/v1/commands/{command_id}", get(http::command))
-        .route("/v1/progress", get(http::progress))
-        .route("/v1/totals", get(http::totals))
+        .route("/v1/progress", get(overview::progress))
+        .route("/v1/totals", get(overview::totals))
         .route("/v1/cluster", get(http::cluster))
         .route("/v1/admin/pause", post(admin::pause))
         .route("/v1/admin/resume", post(admin::resume))
@@ -503,7 +508,7 @@ async fn create_dlq_topic(
 async fn watch_partitions(
     client: Arc<SharedMetadata>,
     group: Arc<group::Group>,
-    applied: watch::Receiver<sink::Applied>,
+    applied: watch::Receiver<group::Applied>,
     metrics: metrics::ProjectorMetrics,
     stop: CancellationToken,
 ) {

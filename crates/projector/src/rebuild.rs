@@ -35,7 +35,7 @@ use ledger_store::{Rebuilding, Retired, Store, StoreError, SwapError};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::directory::now_ms;
+use crate::group::now_ms;
 use crate::group::Group;
 use crate::metrics::ProjectorMetrics;
 

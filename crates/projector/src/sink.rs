@@ -11,7 +11,6 @@
 //! A crash in between replays the batch, which writes the same follow-ups again under
 //! the same ids; their destinations apply each once.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +23,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::group::Applied;
 use crate::group::Group;
 use crate::metrics::ProjectorMetrics;
-
-/// Next offset applied per partition, durably. Queries with a token wait on it.
-pub(crate) type Applied = Arc<BTreeMap<i32, i64>>;
 
 pub(crate) struct ProjectorSink {
     pub store: Store,
