@@ -10,7 +10,7 @@ use ledger_domain::UnparkKind;
 
 use crate::cli::{AdminCmd, ParkedCmd, RebuildArgs};
 use crate::client::{Client, ClientError};
-use crate::commands::{CliError, Exit};
+use crate::error::{CliError, Exit};
 use crate::output::{parked_text, pause_text, phase_name, rebuild_text, unpark_line, Output};
 use crate::runner::progress_wanted;
 

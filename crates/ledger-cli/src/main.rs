@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod client;
 mod commands;
+mod error;
 mod load;
 mod output;
 mod prometheus;

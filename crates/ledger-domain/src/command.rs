@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value};
 
+pub use crate::ids::ValidationError;
 use crate::ids::{shorten, AccountId, Amount, CommandId};
 
 /// A validated command.
@@ -47,35 +48,6 @@ impl CommandKind {
             CommandKind::Transfer { .. } => "transfer",
         }
     }
-}
-
-/// Why a request or a command was refused. Each variant is one error code of the contract.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ValidationError {
-    /// The body is not JSON, or not of the expected JSON shape.
-    #[error("{0}")]
-    InvalidJson(String),
-    /// `type` is not a known command.
-    #[error("{0}")]
-    UnknownCommand(String),
-    /// A required field is absent.
-    #[error("{0}")]
-    MissingField(String),
-    /// A field this command does not take.
-    #[error("{0}")]
-    UnknownField(String),
-    /// `amount` is not an integer from 1 to the maximum.
-    #[error("{0}")]
-    InvalidAmount(String),
-    /// `account_id` is malformed.
-    #[error("{0}")]
-    InvalidAccountId(String),
-    /// `command_id` is malformed.
-    #[error("{0}")]
-    InvalidCommandId(String),
-    /// A transfer whose source and destination are the same account.
-    #[error("{0}")]
-    InvalidTransfer(String),
 }
 
 const KNOWN_TYPES: &str = "open_account, deposit, withdraw, transfer";

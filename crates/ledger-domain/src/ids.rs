@@ -3,8 +3,6 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-use crate::command::ValidationError;
-
 /// The largest amount one command may move, in minor units (ten billion in major units of
 /// a two-decimal currency). Keeping it far below `i64::MAX` leaves overflow to many
 /// deposits, never to one.
@@ -186,6 +184,35 @@ impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
+}
+
+/// Why a request or a command was refused. Each variant is one error code of the contract.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// The body is not JSON, or not of the expected JSON shape.
+    #[error("{0}")]
+    InvalidJson(String),
+    /// `type` is not a known command.
+    #[error("{0}")]
+    UnknownCommand(String),
+    /// A required field is absent.
+    #[error("{0}")]
+    MissingField(String),
+    /// A field this command does not take.
+    #[error("{0}")]
+    UnknownField(String),
+    /// `amount` is not an integer from 1 to the maximum.
+    #[error("{0}")]
+    InvalidAmount(String),
+    /// `account_id` is malformed.
+    #[error("{0}")]
+    InvalidAccountId(String),
+    /// `command_id` is malformed.
+    #[error("{0}")]
+    InvalidCommandId(String),
+    /// A transfer whose source and destination are the same account.
+    #[error("{0}")]
+    InvalidTransfer(String),
 }
 
 #[cfg(test)]

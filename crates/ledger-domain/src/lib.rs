@@ -23,12 +23,15 @@ pub mod rules;
 pub mod testing;
 
 pub use batch::{Batch, Record, Unreadable};
-pub use command::{Command, CommandKind, ValidationError};
-pub use event::{follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind, UnparkKind};
-pub use ids::{AccountId, Amount, CommandId, MAX_AMOUNT};
+pub use command::{Command, CommandKind};
+pub use event::{
+    follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind, Rejection, UnparkKind,
+    REJECTIONS,
+};
+pub use ids::{AccountId, Amount, CommandId, ValidationError, MAX_AMOUNT};
 pub use model::{
     Applied, ApplyResult, CommandRecord, CommandStatus, FollowUpRecord, Model, Totals,
     TransferRecord,
 };
 pub use position::{Position, TokenError};
-pub use rules::{decide, AccountState, Rejection, REJECTIONS};
+pub use rules::{decide, AccountState};

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventBody;
+pub use crate::event::{Rejection, REJECTIONS};
 
 /// The state of one account as the projection holds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,75 +18,6 @@ pub struct AccountState {
     /// How many events took effect on this account (rejected and duplicate ones do not).
     pub applied_events: u64,
 }
-
-/// Why the projector refused an event. Each variant is a `reason` of the contract. New
-/// variants go at the end: a refund event carries one, and the codec numbers them by
-/// position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, thiserror::Error)]
-pub enum Rejection {
-    /// `open_account` for an account that is already open.
-    #[error("the account is already open")]
-    AccountAlreadyOpen,
-    /// A deposit or withdrawal on an account that was never opened.
-    #[error("the account is not open")]
-    AccountNotOpen,
-    /// A withdrawal larger than the balance.
-    #[error("the balance is lower than the amount")]
-    InsufficientFunds,
-    /// A deposit that would take the balance past the signed 64-bit range.
-    #[error("the balance would overflow")]
-    BalanceOverflow,
-    /// A transfer's destination was not open when its credit arrived: refunded.
-    #[error("the destination account is not open")]
-    DestinationNotOpen,
-    /// A transfer's credit would take the destination's balance past the signed 64-bit
-    /// range: refunded.
-    #[error("the destination's balance would overflow")]
-    DestinationBalanceOverflow,
-    /// A refund or a completion names no pending transfer of its source account.
-    #[error("no pending transfer matches this follow-up")]
-    UnknownTransfer,
-}
-
-impl Rejection {
-    /// The contract's reason code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Rejection::AccountAlreadyOpen => "account_already_open",
-            Rejection::AccountNotOpen => "account_not_open",
-            Rejection::InsufficientFunds => "insufficient_funds",
-            Rejection::BalanceOverflow => "balance_overflow",
-            Rejection::DestinationNotOpen => "destination_not_open",
-            Rejection::DestinationBalanceOverflow => "destination_balance_overflow",
-            Rejection::UnknownTransfer => "unknown_transfer",
-        }
-    }
-
-    /// Parses a reason code back.
-    pub fn from_code(code: &str) -> Option<Self> {
-        Some(match code {
-            "account_already_open" => Rejection::AccountAlreadyOpen,
-            "account_not_open" => Rejection::AccountNotOpen,
-            "insufficient_funds" => Rejection::InsufficientFunds,
-            "balance_overflow" => Rejection::BalanceOverflow,
-            "destination_not_open" => Rejection::DestinationNotOpen,
-            "destination_balance_overflow" => Rejection::DestinationBalanceOverflow,
-            "unknown_transfer" => Rejection::UnknownTransfer,
-            _ => return None,
-        })
-    }
-}
-
-/// Every rejection, for labelling metrics up front and for exhaustive tests.
-pub const REJECTIONS: [Rejection; 7] = [
-    Rejection::AccountAlreadyOpen,
-    Rejection::AccountNotOpen,
-    Rejection::InsufficientFunds,
-    Rejection::BalanceOverflow,
-    Rejection::DestinationNotOpen,
-    Rejection::DestinationBalanceOverflow,
-    Rejection::UnknownTransfer,
-];
 
 /// Applies one event body to an account (`None` when it does not exist yet) and returns
 /// its new state, or why the event changes nothing.

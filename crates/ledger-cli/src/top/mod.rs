@@ -26,7 +26,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::cli::TopArgs;
 use crate::client::{Client, ClientError, Service};
-use crate::commands::{CliError, Exit};
+use crate::error::{CliError, Exit};
 use crate::output::Output;
 use snapshot::{plain_text, Sample, Snapshot, Tracker, ACCEPTED_METRIC};
 
