@@ -11,15 +11,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use ledger_domain::Batch;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{Offset, TopicPartitionList};
-use tracing::{error, info, warn};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
 
-use super::restart::GroupHealth;
+use super::health::GroupHealth;
 use super::{BatchSink, ConsumeError, ConsumerMetrics};
+use crate::stats::Stats;
 
 /// What the loop has read and not yet applied, which the rebalance callback sees too.
 pub(super) struct LoopState {
@@ -343,6 +345,50 @@ impl<S: BatchSink> ConsumerContext for LoopContext<S> {
                 drop(st);
                 self.sink.on_revoked(&all);
             }
+        }
+    }
+}
+impl<S: BatchSink> ClientContext for LoopContext<S> {
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Some(Stats { cgrp: Some(g), .. }) = Stats::parse(statistics) else {
+            return;
+        };
+        // An idle member (more instances than partitions) is steady with nothing
+        // assigned: steadiness, not an assignment, is the sign of health.
+        self.group
+            .lock()
+            .expect("the group health lock is never held across a panic")
+            .report(&g.state, &g.join_state, Instant::now());
+    }
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    /// The wedge, if the membership has not been steady for [`GROUP_STALL`].
+    pub(super) fn group_stalled(&self) -> Option<ConsumeError> {
+        let h = self
+            .group
+            .lock()
+            .expect("the group health lock is never held across a panic");
+        h.stalled(Instant::now())
+            .map(|d| ConsumeError::GroupStalled(d, h.last_state.clone()))
+    }
+
+    /// The rebalance callback of a retired client: it gives everything up and applies
+    /// nothing.
+    pub(super) fn unassign_retired(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        cooperative: bool,
+        err: RDKafkaRespErr,
+        tpl: &TopicPartitionList,
+    ) {
+        let res = if cooperative && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(e) = res {
+            debug!(error = %e, "unassign by a retired consumer failed");
         }
     }
 }

@@ -14,6 +14,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::context::LoopContext;
+use super::{BatchSink, ConsumeError, ConsumerSettings};
+
 /// The pause and hold the service sets and the loop obeys. Cheap to clone: every clone
 /// is the same switch.
 #[derive(Clone, Default)]
@@ -164,6 +171,73 @@ impl PauseControl {
         let mut st = self.state();
         st.hold = false;
         st.held = false;
+    }
+}
+
+impl<S: BatchSink> LoopContext<S> {
+    /// Pauses in librdkafka the partitions that must not be applied now and resumes the
+    /// others, reading a resumed partition again from its position if anything of it was
+    /// dropped meanwhile; acknowledges a hold once no batch is in flight.
+    pub(super) fn obey_pause(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        settings: &ConsumerSettings,
+    ) -> Result<(), ConsumeError> {
+        if self.pause.hold_pending() {
+            self.finish_in_flight(consumer, CommitMode::Async)?;
+            self.pause.acknowledge_hold();
+            info!("holding: no batch in flight, nothing applied until the rebuild releases it");
+        }
+        let mut st = self.state();
+        let stopped = self.pause.stopped_among(st.positions.keys().copied());
+        let to_pause: Vec<i32> = stopped.difference(&st.paused).copied().collect();
+        let to_resume: Vec<i32> = st.paused.difference(&stopped).copied().collect();
+        if to_pause.is_empty() && to_resume.is_empty() {
+            return Ok(());
+        }
+        let list = |parts: &[i32]| {
+            let mut tpl = TopicPartitionList::with_capacity(parts.len());
+            for &p in parts {
+                tpl.add_partition(&settings.topic, p);
+            }
+            tpl
+        };
+        // A failure leaves the partition as it was, and is tried again next time round.
+        if !to_pause.is_empty() {
+            match consumer.pause(&list(&to_pause)) {
+                Ok(()) => {
+                    st.paused.extend(to_pause.iter().copied());
+                    info!(partitions = ?to_pause, "paused: applying stopped, queries still served");
+                }
+                Err(e) => warn!(partitions = ?to_pause, error = %e, "pausing failed; trying again"),
+            }
+        }
+        for p in to_resume {
+            // Anything dropped while paused is read again: the position is set back first,
+            // while the partition still fetches nothing.
+            if st.dropped.contains(&p) {
+                let from = st.positions.get(&p).copied().unwrap_or(0);
+                if let Err(e) = consumer.seek(
+                    &settings.topic,
+                    p,
+                    Offset::Offset(from),
+                    Duration::from_secs(5),
+                ) {
+                    warn!(partition = p, from, error = %e, "cannot set the paused partition back to its position; it stays paused, trying again");
+                    continue;
+                }
+            }
+            match consumer.resume(&list(&[p])) {
+                Ok(()) => {
+                    st.paused.remove(&p);
+                    st.dropped.remove(&p);
+                    info!(partition = p, "resumed applying");
+                }
+                Err(e) => warn!(partition = p, error = %e, "resuming failed; trying again"),
+            }
+        }
+        self.metrics.paused_partitions.set(st.paused.len() as i64);
+        Ok(())
     }
 }
 

@@ -6,7 +6,8 @@
 //! when its group membership has not been steady for [`GROUP_STALL`] while statistics
 //! kept arriving (a client wedged after a broker froze or restarted).
 //! [`ConsumeError::is_client_fatal`] names those errors, and [`RestartPolicy`] decides
-//! whether [`run`](super::run) makes a new consumer or gives up.
+//! whether [`run`](super::run) makes a new consumer or gives up. How a wedged client is
+//! told is in `health`.
 //!
 //! The old client is retired first: what it fetched and did not apply is dropped, its
 //! rebalance callback only unassigns, and it closes on a thread of its own.
@@ -17,14 +18,11 @@ use std::time::{Duration, Instant};
 use ledger_domain::Batch;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::context::LoopContext;
 use super::{BatchSink, ConsumeError};
-use crate::stats::Stats;
 
 /// Pause before a new consumer is made, so that a broken cluster is not hammered.
 pub(super) const PAUSE: Duration = Duration::from_secs(1);
@@ -89,95 +87,6 @@ impl ConsumeError {
     }
 }
 
-/// How long the group membership may stay other than steady, with statistics arriving
-/// all along, before the client is taken for wedged. A rebalance is over within
-/// seconds; a JoinGroup that waits for a slow member can take longer, which is why this
-/// is a minute and not a session timeout. (A wedged client was seen to cycle through
-/// states, so a change of state does not restart the clock.)
-pub const GROUP_STALL: Duration = Duration::from_secs(60);
-
-/// A gap between two statistics reports longer than this means the loop was not
-/// polling (a long apply, a dead letter being retried): what the group did meanwhile
-/// is unknown, so the clock starts again.
-const STATS_GAP: Duration = Duration::from_secs(5);
-
-/// The group membership as librdkafka's statistics report it, once a second.
-#[derive(Debug, Default)]
-pub(super) struct GroupHealth {
-    /// Since when it has not been `up`/`steady`. None until the first report: without
-    /// statistics nothing is judged.
-    stuck_since: Option<Instant>,
-    last_state: String,
-    last_report: Option<Instant>,
-}
-
-impl GroupHealth {
-    fn report(&mut self, state: &str, join_state: &str, now: Instant) {
-        let steady = state == "up" && join_state == "steady";
-        let gap = self.last_report.is_none_or(|t| now - t > STATS_GAP);
-        self.stuck_since = if steady {
-            None
-        } else if gap {
-            Some(now)
-        } else {
-            self.stuck_since.or(Some(now))
-        };
-        self.last_state = format!("{state}/{join_state}");
-        self.last_report = Some(now);
-    }
-
-    /// How long it has not been steady, once that is past [`GROUP_STALL`].
-    fn stalled(&self, now: Instant) -> Option<Duration> {
-        let since = self.stuck_since?;
-        (now - since >= GROUP_STALL).then(|| now - since)
-    }
-}
-
-impl<S: BatchSink> ClientContext for LoopContext<S> {
-    fn stats_raw(&self, statistics: &[u8]) {
-        let Some(Stats { cgrp: Some(g), .. }) = Stats::parse(statistics) else {
-            return;
-        };
-        // An idle member (more instances than partitions) is steady with nothing
-        // assigned: steadiness, not an assignment, is the sign of health.
-        self.group
-            .lock()
-            .expect("the group health lock is never held across a panic")
-            .report(&g.state, &g.join_state, Instant::now());
-    }
-}
-
-impl<S: BatchSink> LoopContext<S> {
-    /// The wedge, if the membership has not been steady for [`GROUP_STALL`].
-    pub(super) fn group_stalled(&self) -> Option<ConsumeError> {
-        let h = self
-            .group
-            .lock()
-            .expect("the group health lock is never held across a panic");
-        h.stalled(Instant::now())
-            .map(|d| ConsumeError::GroupStalled(d, h.last_state.clone()))
-    }
-
-    /// The rebalance callback of a retired client: it gives everything up and applies
-    /// nothing.
-    pub(super) fn unassign_retired(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        cooperative: bool,
-        err: RDKafkaRespErr,
-        tpl: &TopicPartitionList,
-    ) {
-        let res = if cooperative && err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-            consumer.incremental_unassign(tpl)
-        } else {
-            consumer.unassign()
-        };
-        if let Err(e) = res {
-            debug!(error = %e, "unassign by a retired consumer failed");
-        }
-    }
-}
-
 /// How long a retired consumer may take to close before it is left to close alone.
 const RETIRE_WAIT: Duration = Duration::from_secs(10);
 
@@ -220,34 +129,7 @@ pub(super) fn retire<S: BatchSink>(consumer: BaseConsumer<LoopContext<S>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_group_is_stalled_only_after_a_minute_unsteady_with_reports_flowing() {
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut h = GroupHealth::default();
-        assert_eq!(h.stalled(at(1000)), None, "no statistics, no verdict");
-        // A rebalance passes through states and ends steady.
-        h.report("up", "wait-join", at(0));
-        h.report("up", "wait-sync", at(1));
-        h.report("up", "steady", at(2));
-        assert_eq!(h.stalled(at(100)), None);
-        // Wedged, cycling through states, reports every second.
-        for s in 10..=70 {
-            let state = if s % 3 == 0 { "wait-coord" } else { "up" };
-            h.report(state, "wait-join", at(s));
-        }
-        assert_eq!(h.stalled(at(69)), None);
-        assert_eq!(h.stalled(at(70)), Some(Duration::from_secs(60)));
-        // Steady again: healthy.
-        h.report("up", "steady", at(71));
-        assert_eq!(h.stalled(at(200)), None);
-        // So does a gap in the reports (the loop was not polling).
-        let mut h = GroupHealth::default();
-        h.report("up", "wait-join", at(0));
-        h.report("up", "wait-join", at(100));
-        assert_eq!(h.stalled(at(101)), None);
-    }
+    use crate::consume::GROUP_STALL;
 
     #[test]
     fn only_client_fatal_errors_replace_the_client_and_at_most_five_a_minute() {
