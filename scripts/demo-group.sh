@@ -31,11 +31,7 @@ ROOT=$(pwd)
 source "$ROOT/scripts/lib/demo-common.sh"
 
 # ---------------------------------------------------------------------------------------
-demo_build
-START=$(date +%s)
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ledger-demo-group.XXXXXX")
-TOPIC="demo-group.$(date +%Y%m%d%H%M%S).$$"
+demo_begin demo-group
 INGEST_PID='' A_PID='' B_PID='' C_PID='' LOAD_PID='' READER_PID='' STARTED_BROKER=''
 cleanup() {
   local rc=$?

@@ -32,11 +32,7 @@ ROOT=$(pwd)
 source "$ROOT/scripts/lib/demo-common.sh"
 
 # ---------------------------------------------------------------------------------------
-demo_build
-START=$(date +%s)
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ledger-demo.XXXXXX")
-TOPIC="demo.$(date +%Y%m%d%H%M%S).$$"
+demo_begin demo
 INGEST_PID= PROJ_PID= LOAD_PID= STARTED_BROKER=
 cleanup() {
   local rc=$?

@@ -30,6 +30,15 @@ wait_http() { # wait_http url seconds
   done
 }
 
+# Starts a demo called $1: builds (see demo_build), notes the start time (START), and makes
+# its scratch folder (WORK) and a topic of its own (TOPIC).
+demo_begin() {
+  demo_build
+  START=$(date +%s)
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/ledger-$1.XXXXXX")
+  TOPIC="$1.$(date +%Y%m%d%H%M%S).$$"
+}
+
 # Builds the three binaries (unless DEMO_SKIP_BUILD=1) and checks they are in $BIN.
 demo_build() {
   if [[ "${DEMO_SKIP_BUILD:-}" == 1 ]]; then

@@ -21,6 +21,8 @@
 //! partition count and refuses another: if partitions were added, keys would move and an
 //! account's state would split.
 
+mod batch;
+mod error;
 mod generations;
 mod partition;
 mod records;
@@ -35,6 +37,9 @@ use std::time::{Duration, Instant};
 use ledger_domain::partitioning::partition_of;
 use ledger_domain::{AccountId, AccountState, Batch, CommandId, Event, Record, Totals, Unreadable};
 
+pub use batch::{BatchStats, Prepared};
+use error::classify_open_error;
+pub use error::StoreError;
 pub use generations::{Rebuilding, Retired, SwapError};
 use partition::{Decided, PartitionJob};
 pub use records::{ParkMark, StoredCommand, LAYOUT};
@@ -63,118 +68,6 @@ pub struct Skipped {
     pub payload: Vec<u8>,
     /// Why it could not be read.
     pub reason: String,
-}
-
-/// The store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Another process (likely another projector) has the data directory open.
-    #[error(
-        "the data directory {0} is in use by another process (is another projector running on it?)"
-    )]
-    Locked(PathBuf),
-    /// The data on disk is damaged.
-    #[error("the data directory {path} is corrupt: {detail}. Rebuild the projection: stop the projector, delete the directory, start it again")]
-    Corrupt {
-        /// The directory.
-        path: PathBuf,
-        /// What sled said.
-        detail: String,
-    },
-    /// The directory cannot be created, read or written.
-    #[error("the data directory {path} is unusable: {source}")]
-    Unusable {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        source: sled::Error,
-    },
-    /// A read or write failed (a full disk, lost permissions, …).
-    #[error("store I/O failed: {0}")]
-    Io(#[from] sled::Error),
-    /// A stored value does not decode.
-    #[error("stored record under {tree}/{key} does not decode: {detail}")]
-    BadRecord {
-        /// The tree.
-        tree: String,
-        /// Its key, lossily as text.
-        key: String,
-        /// The decoder's error.
-        detail: String,
-    },
-    /// The directory holds a store of another layout. Reading it as this one would
-    /// misread it, so it is refused; the log is the system of record, so the projection
-    /// is rebuilt from it instead of migrated.
-    #[error("the data directory {path} holds a store of {found}; this projector reads layout {LAYOUT} (state per partition) and does not migrate. Rebuild the projection: stop the projector, delete the directory (or point --data-dir at an empty one), start it: it replays the log from the start")]
-    Layout {
-        /// The directory.
-        path: PathBuf,
-        /// What was found there.
-        found: String,
-    },
-    /// A rebuild swapped the partition's tree out after this batch was decided over it.
-    #[error("the tree {0} was swapped out by a rebuild while a batch was being applied to it; the batch was not stored")]
-    Swapped(String),
-    /// An account must park, but the store was opened without an [`EventCodec`].
-    #[error("an event must wait behind an unreadable one, but this store has no codec to keep it with (a bug: open it with Store::with_codec)")]
-    NoCodec,
-    /// The topic's partition count is not the one this store was built with.
-    #[error("topic {topic} now has {now} partitions, but this store was built when it had {stored}. Adding partitions moves keys between partitions, so accounts' events would be split across two partitions and their state with them; the projector stops rather than serve a split ledger. The way out: create a new topic with the partition count you need, copy the log into it in order with murmur2 keys (a migration), and point the services and a fresh projector store at it")]
-    PartitionCountChanged {
-        /// The topic.
-        topic: String,
-        /// The count the store was built with.
-        stored: i32,
-        /// The count the topic has now.
-        now: i32,
-    },
-}
-
-/// What one batch did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BatchStats {
-    /// Events that took effect.
-    pub applied: u64,
-    /// Events refused, by reason.
-    pub rejected: BTreeMap<&'static str, u64>,
-    /// Events whose command id was seen before on their account.
-    pub duplicates: u64,
-    /// Events below the stored offset, skipped.
-    pub redelivered: u64,
-    /// Follow-up events the batch causes (to be written to the log before it is stored).
-    pub follow_ups: u64,
-    /// Events that now wait, their account parked.
-    pub parked: u64,
-    /// Waiting events an operator's decision applied (also counted by their outcome).
-    pub unparked: u64,
-    /// Waiting events an operator skipped, to the dead-letter topic.
-    pub dead_lettered: u64,
-    /// Operators' decisions applied (`Unpark` events).
-    pub controls: u64,
-    /// Partitions the batch touched.
-    pub partitions: usize,
-    /// Threads that applied them.
-    pub workers: usize,
-    /// Wall time of the apply, all partitions in parallel.
-    pub apply_time: Duration,
-    /// Time in the flush that made them all durable.
-    pub flush_time: Duration,
-}
-
-impl BatchStats {
-    fn merge(&mut self, other: BatchStats) {
-        self.applied += other.applied;
-        self.duplicates += other.duplicates;
-        self.redelivered += other.redelivered;
-        self.follow_ups += other.follow_ups;
-        self.parked += other.parked;
-        self.unparked += other.unparked;
-        self.dead_lettered += other.dead_lettered;
-        self.controls += other.controls;
-        for (k, v) in other.rejected {
-            *self.rejected.entry(k).or_default() += v;
-        }
-    }
 }
 
 /// How long [`Store::open`] waits for a lock that is being released.
@@ -726,49 +619,5 @@ impl Store {
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
-    }
-}
-
-/// A batch decided and not yet written: see [`Store::prepare`].
-pub struct Prepared {
-    topic: String,
-    writes: Vec<(sled::Tree, sled::Batch)>,
-    follow_ups: Vec<Event>,
-    dead_letters: Vec<Skipped>,
-    stats: BatchStats,
-    started: Instant,
-}
-
-impl Prepared {
-    /// The follow-up events to write to the log before [`Store::commit`].
-    pub fn follow_ups(&self) -> &[Event] {
-        &self.follow_ups
-    }
-
-    /// The waiting events an operator skipped, to write to the dead-letter topic before
-    /// [`Store::commit`].
-    pub fn dead_letters(&self) -> &[Skipped] {
-        &self.dead_letters
-    }
-
-    /// What the batch will do once committed (its times are not known yet).
-    pub fn stats(&self) -> &BatchStats {
-        &self.stats
-    }
-}
-
-fn classify_open_error(path: &Path, e: sled::Error) -> StoreError {
-    match &e {
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            StoreError::Locked(path.to_path_buf())
-        }
-        sled::Error::Corruption { .. } => StoreError::Corrupt {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        },
-        _ => StoreError::Unusable {
-            path: path.to_path_buf(),
-            source: e,
-        },
     }
 }

@@ -119,11 +119,16 @@ pub async fn serve(
             .set(*next);
     }
     info!(data_dir = %config.data_dir.display(), workers = store.workers(), offsets = ?stored, "store opened");
-    // Everything stops on `stop`: at once on an error (of the consumer, of the server),
-    // and on `shutdown` once this instance has handed its partitions over. The consumer
-    // stops first, on `consume_stop`.
-    let stop = CancellationToken::new();
-    let consume_stop = stop.child_token();
+    // The shutdown tree. `shutdown` (the caller's: SIGTERM) cancels `leaving`: the
+    // consumer stops, leaves the group and commits, and a follow-up write gives up after
+    // one more attempt. Once the partitions this instance held are handed over (at most
+    // --handoff-ms), `gone` is cancelled: the HTTP server, the directory, the probes,
+    // the producers' supervisors, the read-only tails and a rebuild stop. An error of the
+    // consumer or the server, or a fencing by a twin, cancels `gone` at once; `leaving`
+    // is its child, so it stops too. The same two tokens go by these names everywhere
+    // (`Stopping`, `FollowUpWriter`, `Rebuilder`).
+    let gone = CancellationToken::new();
+    let leaving = gone.child_token();
     let (applied_tx, applied_rx) = watch::channel(Arc::new(stored));
     let addr = listener.local_addr()?;
     let url = config.advertised(addr);
@@ -140,22 +145,22 @@ pub async fn serve(
         metrics.clone(),
         applied_rx.clone(),
         group::Stopping {
-            leaving: consume_stop.clone(),
-            gone: stop.clone(),
+            leaving: leaving.clone(),
+            gone: gone.clone(),
             hand_over: config.handoff_ms > 0,
         },
     ));
     {
-        let (shutdown, consume_stop, stop) = (shutdown.clone(), consume_stop.clone(), stop.clone());
+        let (shutdown, leaving, gone) = (shutdown.clone(), leaving.clone(), gone.clone());
         let group = group.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    consume_stop.cancel();
+                    leaving.cancel();
                     // The others learn at once that this one is leaving.
                     group.changed.notify_one();
                 }
-                () = stop.cancelled() => {}
+                () = gone.cancelled() => {}
             }
         });
     }
@@ -187,7 +192,7 @@ pub async fn serve(
             producer: follow_up_producer.clone(),
             topic: config.kafka.topic.clone(),
             runtime: tokio::runtime::Handle::current(),
-            stop: consume_stop.clone(),
+            leaving: leaving.clone(),
             crash_after: config.test_crash_after_follow_ups,
             batches: Default::default(),
             dead_letters: dead_letters.clone(),
@@ -206,7 +211,7 @@ pub async fn serve(
             partitions: 1,
             replication_factor: config.replication_factor,
         },
-        stop.clone(),
+        gone.clone(),
     ));
     // The dead-letter producer heals like the ingest's: replaced when it stops
     // delivering while the brokers answer for the dead-letter topic.
@@ -215,19 +220,19 @@ pub async fn serve(
         MetadataProbe::new(&kafka, metrics.probe_rebuilds.clone())?,
         config.dlq_topic(),
         dlq_reachable.clone(),
-        stop.clone(),
+        gone.clone(),
     ));
     let supervision = Supervision {
         reachable: dlq_reachable,
         restarts: metrics.dlq_producer_restarts.clone(),
     };
-    tracker.spawn(dead_letters.clone().supervise(supervision, stop.clone()));
+    tracker.spawn(dead_letters.clone().supervise(supervision, gone.clone()));
     let topic_reachable = Arc::new(AtomicBool::new(false));
     tracker.spawn(watch_reachability(
         MetadataProbe::new(&kafka, metrics.probe_rebuilds.clone())?,
         config.kafka.topic.clone(),
         topic_reachable.clone(),
-        stop.clone(),
+        gone.clone(),
     ));
     let follow_up_producer_for_admin = follow_up_producer.clone();
     tracker.spawn(follow_up_producer.supervise(
@@ -235,22 +240,22 @@ pub async fn serve(
             reachable: topic_reachable,
             restarts: metrics.follow_up_producer_restarts.clone(),
         },
-        stop.clone(),
+        gone.clone(),
     ));
     tracker.spawn(watch_partitions(
         metadata.clone(),
         group.clone(),
         applied_rx.clone(),
         metrics.clone(),
-        stop.clone(),
+        gone.clone(),
     ));
-    tracker.spawn(group.clone().end_draining_every(stop.clone()));
+    tracker.spawn(group.clone().end_draining_every(gone.clone()));
     tracker.spawn(run_directory(
         kafka.clone(),
         group.clone(),
         config.replication_factor,
         metrics.clone(),
-        stop.clone(),
+        gone.clone(),
     ));
 
     let mut settings = ConsumerSettings {
@@ -272,27 +277,27 @@ pub async fn serve(
         pause: settings.pause.clone(),
         group: group.clone(),
         metrics: metrics.clone(),
-        stop: stop.clone(),
+        gone: gone.clone(),
         drop_first: config.test_rebuild_drop_first,
         last: Default::default(),
     });
     let pause = settings.pause.clone();
     let consumer = {
-        let (stop, kafka, metrics) = (stop.clone(), kafka.clone(), metrics.consumer.clone());
+        let (gone, kafka, metrics) = (gone.clone(), kafka.clone(), metrics.consumer.clone());
         let (metadata, store, group) = (metadata.clone(), store.clone(), group.clone());
-        let consume_stop = consume_stop.clone();
+        let leaving = leaving.clone();
         let rebuilder = rebuilder.clone();
         tokio::task::spawn_blocking(move || {
             // librdkafka notices a topic created after subscribing only at its next
             // metadata refresh (minutes); wait for the ingest to create it instead.
-            let Some(partitions) = wait_for_topic(&metadata, &settings.topic, &consume_stop) else {
+            let Some(partitions) = wait_for_topic(&metadata, &settings.topic, &leaving) else {
                 return Ok(());
             };
             // State is kept per partition: a topic that gained partitions has moved keys,
             // and going on would split accounts.
             if let Err(e) = store.check_partition_count(&settings.topic, partitions) {
                 error!(error = %e, "refusing to consume");
-                stop.cancel();
+                gone.cancel();
                 return Err(ConsumeError::Sink(Box::new(e)));
             }
             settings.partitions = Some(partitions);
@@ -303,7 +308,7 @@ pub async fn serve(
                 .expect("the settings lock is never held across a panic") = Some(settings.clone());
             // Partitions handed over are tailed read-only by this, until their new owner
             // serves them.
-            match Follower::start(&kafka, &settings, sink.clone(), stop.clone(), false) {
+            match Follower::start(&kafka, &settings, sink.clone(), gone.clone(), false) {
                 Ok(f) => group.set_follower(f),
                 Err(e) => {
                     warn!(error = %e, "cannot start the read-only tail; partitions handed over stop being served at once")
@@ -315,7 +320,7 @@ pub async fn serve(
                 sink.clone(),
                 &dead_letters,
                 metrics.clone(),
-                consume_stop,
+                leaving,
             );
             if let Err(e) = &res {
                 error!(error = %e, "consumer stopped");
@@ -327,7 +332,7 @@ pub async fn serve(
     // on shutdown, the partitions this instance drains are served until their new owners
     // serve them (at most --handoff-ms), and then everything stops.
     let consumer = {
-        let (stop, group) = (stop.clone(), group.clone());
+        let (gone, group) = (gone.clone(), group.clone());
         let handoff = Duration::from_millis(config.handoff_ms);
         tokio::spawn(async move {
             // A panic in the consumer thread (sled on a failing disk, say) must still end
@@ -335,7 +340,7 @@ pub async fn serve(
             let res = consumer
                 .await
                 .unwrap_or_else(|e| Err(ConsumeError::Panicked(panic_message(e))));
-            if res.is_ok() && !stop.is_cancelled() && group.draining() > 0 {
+            if res.is_ok() && !gone.is_cancelled() && group.draining() > 0 {
                 let partitions = group.draining();
                 info!(partitions, handoff_ms = handoff.as_millis() as u64, "handing over: serving the partitions this instance held until their new owners do");
                 // Done when every partition is served elsewhere, or when every other
@@ -357,7 +362,7 @@ pub async fn serve(
                     ),
                 }
             }
-            stop.cancel();
+            gone.cancel();
             res
         })
     };
@@ -409,8 +414,8 @@ pub async fn serve(
 
     info!(%addr, topic = %config.kafka.topic, group = %config.group_id, "projector listening");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
-    let served = ledger_http::serve::serve(listener, app, stop.clone(), grace).await;
-    stop.cancel();
+    let served = ledger_http::serve::serve(listener, app, gone.clone(), grace).await;
+    gone.cancel();
     let consumed = consumer
         .await
         .unwrap_or_else(|e| Err(ConsumeError::Panicked(panic_message(e))));

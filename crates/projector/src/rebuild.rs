@@ -63,7 +63,8 @@ pub(crate) struct Rebuilder {
     pub pause: PauseControl,
     pub group: Arc<Group>,
     pub metrics: ProjectorMetrics,
-    pub stop: CancellationToken,
+    /// Cancelled when everything stops: a rebuild in progress ends.
+    pub gone: CancellationToken,
     /// The test hook `--test-rebuild-drop-first`.
     pub drop_first: bool,
     pub last: Mutex<Option<RebuildView>>,
@@ -229,9 +230,9 @@ impl Rebuilder {
             closed: AtomicBool::new(false),
             applying: Mutex::new(()),
             drop_first: AtomicBool::new(self.drop_first),
-            stop: self.stop.clone(),
+            stop: self.gone.clone(),
         });
-        let follower_stop = self.stop.child_token();
+        let follower_stop = self.gone.child_token();
         let outcome = self.replay_and_compare(settings, partitions, &view, &sink, &follower_stop);
         follower_stop.cancel();
         sink.close();
@@ -276,7 +277,7 @@ impl Rebuilder {
         // Replaying, until close enough to the live store.
         let mut last_move = (Instant::now(), BTreeMap::new());
         loop {
-            if self.stop.is_cancelled() {
+            if self.gone.is_cancelled() {
                 return Err("the projector is stopping".into());
             }
             let live = offsets(&self.store).map_err(|e| e.to_string())?;

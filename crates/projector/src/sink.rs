@@ -61,8 +61,9 @@ pub(crate) struct FollowUpWriter {
     pub producer: EventProducer,
     pub topic: String,
     pub runtime: tokio::runtime::Handle,
-    /// Cancelled when the projector stops consuming: give up after one more attempt.
-    pub stop: CancellationToken,
+    /// Cancelled when the projector is leaving (it stops consuming): give up after one
+    /// more attempt.
+    pub leaving: CancellationToken,
     /// The test hook `--test-crash-after-follow-ups`.
     pub crash_after: Option<u64>,
     /// Batches whose follow-ups were acknowledged, for the test hook.
@@ -86,7 +87,7 @@ impl FollowUpWriter {
             let Some((count, error)) = attempt() else {
                 return Ok(());
             };
-            if self.stop.is_cancelled() {
+            if self.leaving.is_cancelled() {
                 stopping_attempts += 1;
                 if stopping_attempts > 1 {
                     return Err(SinkError::FollowUps { count, error });
