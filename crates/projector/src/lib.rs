@@ -272,7 +272,6 @@ pub async fn serve(
     };
     let rebuilder = Arc::new(rebuild::Rebuilder {
         kafka: kafka.clone(),
-        settings: Default::default(),
         store: store.clone(),
         pause: settings.pause.clone(),
         group: group.clone(),
@@ -286,7 +285,6 @@ pub async fn serve(
         let (gone, kafka, metrics) = (gone.clone(), kafka.clone(), metrics.consumer.clone());
         let (metadata, store, group) = (metadata.clone(), store.clone(), group.clone());
         let leaving = leaving.clone();
-        let rebuilder = rebuilder.clone();
         tokio::task::spawn_blocking(move || {
             // librdkafka notices a topic created after subscribing only at its next
             // metadata refresh (minutes); wait for the ingest to create it instead.
@@ -301,19 +299,16 @@ pub async fn serve(
                 return Err(ConsumeError::Sink(Box::new(e)));
             }
             settings.partitions = Some(partitions);
-            group.set_partition_count(partitions);
-            *rebuilder
-                .settings
-                .lock()
-                .expect("the settings lock is never held across a panic") = Some(settings.clone());
             // Partitions handed over are tailed read-only by this, until their new owner
             // serves them.
-            match Follower::start(&kafka, &settings, sink.clone(), gone.clone(), false) {
-                Ok(f) => group.set_follower(f),
-                Err(e) => {
-                    warn!(error = %e, "cannot start the read-only tail; partitions handed over stop being served at once")
-                }
-            }
+            let follower = Follower::start(&kafka, &settings, sink.clone(), gone.clone(), false)
+                .inspect_err(|e| warn!(error = %e, "cannot start the read-only tail; partitions handed over stop being served at once"))
+                .ok();
+            group.found(group::Found {
+                partition_count: partitions,
+                settings: settings.clone(),
+                follower,
+            });
             let res = consume::run(
                 &kafka,
                 &settings,

@@ -57,8 +57,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// Runs rebuilds, one at a time, and keeps the last one's view.
 pub(crate) struct Rebuilder {
     pub kafka: KafkaConfig,
-    /// Known once the topic is found.
-    pub settings: Mutex<Option<ConsumerSettings>>,
     pub store: Store,
     pub pause: PauseControl,
     pub group: Arc<Group>,
@@ -94,17 +92,12 @@ impl Rebuilder {
 
     /// Starts a rebuild of the partitions this instance owns, on a thread of its own.
     pub(crate) fn start(self: &Arc<Self>) -> Result<RebuildView, ApiError> {
-        let settings = self
-            .settings
-            .lock()
-            .expect("the settings lock is never held across a panic")
-            .clone()
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::NotReady,
-                    "the projector has not found its topic yet",
-                )
-            })?;
+        let settings = self.group.consumer_settings().cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotReady,
+                "the projector has not found its topic yet",
+            )
+        })?;
         let owned = self.owned();
         if owned.is_empty() {
             return Err(ApiError::new(

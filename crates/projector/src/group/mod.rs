@@ -22,6 +22,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ledger_api::PartitionRole;
+use ledger_eventlog::consume::ConsumerSettings;
 use ledger_eventlog::follow::Follower;
 use ledger_store::Store;
 use tokio::sync::{watch, Notify};
@@ -107,12 +108,26 @@ pub(crate) struct Group {
     peers: Mutex<BTreeMap<String, Peer>>,
     /// Wakes the publisher when a role changes.
     pub changed: Notify,
-    partition_count: OnceLock<i32>,
+    /// Set once, when the topic is found.
+    found: OnceLock<Found>,
     high_watermarks: Mutex<BTreeMap<i32, i64>>,
-    follower: OnceLock<Follower>,
     directory_loaded: AtomicBool,
     fenced_by_twin: AtomicBool,
     stopping: Stopping,
+}
+
+/// What follows from finding the topic, learned at once and only then. The HTTP server
+/// answers before (health, readiness and `not_ready`; token reads wait), because the
+/// ingest may not have created the topic yet; so this is the one value set after start,
+/// in one cell rather than one per value.
+pub(crate) struct Found {
+    pub partition_count: i32,
+    /// The consumer's settings, with the partition count filled in (a rebuild reads
+    /// with them too).
+    pub settings: ConsumerSettings,
+    /// `None` when it could not start: partitions handed over then stop being served at
+    /// once.
+    pub follower: Option<Follower>,
 }
 
 /// How far this instance is in stopping, which decides whether a partition it lets go
@@ -152,9 +167,8 @@ impl Group {
             local: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
-            partition_count: OnceLock::new(),
+            found: OnceLock::new(),
             high_watermarks: Mutex::new(BTreeMap::new()),
-            follower: OnceLock::new(),
             directory_loaded: AtomicBool::new(false),
             fenced_by_twin: AtomicBool::new(false),
             stopping,
@@ -177,16 +191,25 @@ impl Group {
         &self.metrics
     }
 
-    pub(crate) fn set_partition_count(&self, count: i32) {
-        let _ = self.partition_count.set(count);
+    /// The topic is found: what follows from it, once. A second call changes nothing.
+    pub(crate) fn found(&self, found: Found) {
+        let _ = self.found.set(found);
     }
 
+    /// The topic's partition count, once found.
     pub(crate) fn partition_count(&self) -> Option<i32> {
-        self.partition_count.get().copied()
+        self.found.get().map(|f| f.partition_count)
     }
 
-    pub(crate) fn set_follower(&self, follower: Follower) {
-        let _ = self.follower.set(follower);
+    /// The settings the consumer reads the topic with, once found.
+    pub(crate) fn consumer_settings(&self) -> Option<&ConsumerSettings> {
+        self.found.get().map(|f| &f.settings)
+    }
+
+    /// The read-only tail of partitions handed over, once the topic is found (and if it
+    /// could start).
+    fn follower(&self) -> Option<&Follower> {
+        self.found.get()?.follower.as_ref()
     }
 
     pub(crate) fn set_directory_loaded(&self) {
@@ -256,7 +279,7 @@ impl Group {
     /// The consumer group is assigning these partitions here: a tail of them stops, and
     /// each warms up before it serves. Runs in the rebalance callback.
     pub(crate) fn claim(&self, partitions: &[i32]) {
-        if let Some(f) = self.follower.get() {
+        if let Some(f) = self.follower() {
             for &p in partitions {
                 f.stop(p);
             }
@@ -285,7 +308,7 @@ impl Group {
                 }
             };
             let drain = may_drain && was == Some(PartitionRole::Owner) && stored.is_some();
-            match (drain, self.follower.get(), stored) {
+            match (drain, self.follower(), stored) {
                 (true, Some(f), Some(from)) => {
                     f.follow(p, from);
                     self.set(&mut local, p, Some(Held::new(PartitionRole::Draining)));
@@ -414,7 +437,7 @@ impl Group {
                 } else {
                     h.successor_seen = None;
                 }
-                let following = self.follower.get().is_some_and(|f| f.is_following(p));
+                let following = self.follower().is_some_and(|f| f.is_following(p));
                 let handed_over = h.successor_seen.is_some_and(|t| t.elapsed() >= DRAIN_GRACE);
                 if handed_over || !following || h.since.elapsed() >= DRAIN_MAX {
                     if !handed_over {
@@ -430,7 +453,7 @@ impl Group {
             }
         }
         for p in done {
-            if let Some(f) = self.follower.get() {
+            if let Some(f) = self.follower() {
                 f.stop(p);
             }
             let mut local = self.local();

@@ -121,7 +121,7 @@ impl Group {
         let held: Vec<i32> = self.local().keys().copied().collect();
         // Tails are stopped outside the role table's lock: stopping one waits for its
         // batch, whose apply reads roles.
-        if let Some(f) = self.follower.get() {
+        if let Some(f) = self.follower() {
             for &p in &held {
                 f.stop(p);
             }
