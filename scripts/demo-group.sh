@@ -475,10 +475,7 @@ check "no account read as 200 read as 404 afterwards" test "$(json 'len(d["back_
 
 # ---------------------------------------------------------------------------------------
 say "5. The load's verification: every balance, command and transfer status matches its model; money conserved"
-load_rc=0
-wait "$LOAD_PID" || load_rc=$?
-LOAD_PID=
-sed 's/^/   /' "$WORK/load.out" | grep -vE '^\s*$' | tail -n 12
+demo_wait_load
 check "ledger load --verify through demo-a (exit $load_rc)" test "$load_rc" = 0
 
 # ---------------------------------------------------------------------------------------

@@ -148,10 +148,7 @@ wait "$PROJ_PID" 2>/dev/null || true
 note "killed the projector (SIGKILL) after it had applied $killed_at events; load still running"
 start_projector
 note "restarted it on the same data directory (pid $PROJ_PID); it resumes from the offsets in sled"
-load_rc=0
-wait "$LOAD_PID" || load_rc=$?
-LOAD_PID=
-sed 's/^/   /' "$WORK/load.out" | grep -vE '^\s*$' | tail -n 12
+demo_wait_load
 check "ledger load --verify: every balance, command and transfer status matches the model, money conserved (exit $load_rc)" test "$load_rc" = 0
 
 # ---------------------------------------------------------------------------------------

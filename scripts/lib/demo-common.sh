@@ -39,6 +39,15 @@ demo_begin() {
   TOPIC="$1.$(date +%Y%m%d%H%M%S).$$"
 }
 
+# Waits for the background `ledger load --verify` ($LOAD_PID, writing $WORK/load.out) and
+# prints the end of what it said; load_rc is its exit status.
+demo_wait_load() {
+  load_rc=0
+  wait "$LOAD_PID" || load_rc=$?
+  LOAD_PID=
+  sed 's/^/   /' "$WORK/load.out" | grep -vE '^\s*$' | tail -n 12
+}
+
 # Builds the three binaries (unless DEMO_SKIP_BUILD=1) and checks they are in $BIN.
 demo_build() {
   if [[ "${DEMO_SKIP_BUILD:-}" == 1 ]]; then
