@@ -114,14 +114,16 @@ async fn the_only_projector_restarted_after_sigkill_serves_at_once_and_token_rea
             .build()
             .unwrap();
         tokio::spawn(async move {
+            // A read every few milliseconds, whatever each one takes.
+            let mut every = tokio::time::interval(Duration::from_millis(5));
             while reading.load(Ordering::Acquire) {
+                every.tick().await;
                 let ok = http
                     .get(format!("{url}/v1/accounts/{account}"))
                     .send()
                     .await
                     .is_ok_and(|r| r.status() == 200);
                 timeline.lock().unwrap().push((Instant::now(), ok));
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
@@ -174,10 +176,8 @@ async fn the_only_projector_restarted_after_sigkill_serves_at_once_and_token_rea
                     async move {
                         match http.get(&query).send().await {
                             Ok(r) => Some(r),
-                            Err(e) if e.is_connect() => {
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                None
-                            }
+                            // wait_for paces the next attempt.
+                            Err(e) if e.is_connect() => None,
                             Err(e) => panic!("{query}: {e}"),
                         }
                     }
