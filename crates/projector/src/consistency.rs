@@ -83,30 +83,32 @@ impl Ask {
             .map(Position::from_token)
             .transpose()
             .map_err(|e| ApiError::new(ErrorCode::InvalidToken, e.to_string()))?;
-        if let (Some(t), Some(count)) = (token, count) {
-            if t.partition >= count {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidToken,
-                    format!(
-                        "the token names partition {} but the topic has {count}: use a token returned by POST /v1/commands",
-                        t.partition
-                    ),
-                ));
-            }
-        }
-        Ok(Ask {
+        let ask = Ask {
             forwarded: headers.contains_key(FORWARDED_BY_HEADER),
             auth: headers.get(header::AUTHORIZATION).cloned(),
             token,
             waits: token.is_some(),
             deadline: Instant::now() + Duration::from_millis(consistency.wait_ms()),
-        })
+        };
+        if let Some(count) = count {
+            ask.check_partition(count)?;
+        }
+        Ok(ask)
     }
 
-    /// The same query with the deadline it was received with.
-    pub(crate) fn until(mut self, deadline: Instant) -> Self {
-        self.deadline = deadline;
-        self
+    /// Refuses a token naming a partition the topic (of `count` partitions) does not
+    /// have.
+    fn check_partition(&self, count: i32) -> Result<(), ApiError> {
+        match self.token {
+            Some(t) if t.partition >= count => Err(ApiError::new(
+                ErrorCode::InvalidToken,
+                format!(
+                    "the token names partition {} but the topic has {count}: use a token returned by POST /v1/commands",
+                    t.partition
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn remaining(&self) -> Duration {
@@ -143,11 +145,9 @@ impl QueryState {
                 return Err(not_ready());
             }
         };
-        // Checked again now that the count is known.
-        Ok((
-            count,
-            Ask::read(headers, params, Some(count))?.until(ask.deadline),
-        ))
+        // Checked now if the count was not known when the query was read.
+        ask.check_partition(count)?;
+        Ok((count, ask))
     }
 
     /// Waits until this instance has applied `pos`, or fails with 503: `not_yet_consistent`
