@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ledger_domain::Event;
 
-use crate::Skipped;
+use crate::{Share, Skipped};
 
 /// What one batch did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -34,9 +34,9 @@ pub struct BatchStats {
     pub partitions: usize,
     /// Threads that applied them.
     pub workers: usize,
-    /// Wall time of the apply, all partitions in parallel.
+    /// Wall time of the apply, all partitions in parallel, flushes aside.
     pub apply_time: Duration,
-    /// Time in the flush that made them all durable.
+    /// Time in the two flushes that made them durable (their intents, then the writes).
     pub flush_time: Duration,
 }
 
@@ -59,7 +59,8 @@ impl BatchStats {
 /// A batch decided and not yet written: see [`Store::prepare`].
 pub struct Prepared {
     pub(crate) topic: String,
-    pub(crate) writes: Vec<(sled::Tree, sled::Batch)>,
+    /// Each partition's writes.
+    pub(crate) writes: Vec<Share>,
     pub(crate) follow_ups: Vec<Event>,
     pub(crate) dead_letters: Vec<Skipped>,
     pub(crate) stats: BatchStats,

@@ -115,7 +115,7 @@ impl Store {
                 continue;
             };
             if generation != self.generation(&topic, partition)? {
-                self.db.drop_tree(&name)?;
+                self.drop_partition_tree(&name)?;
             }
         }
         Ok(())
@@ -132,8 +132,9 @@ impl Store {
         // Whatever a rebuild that died left under these names (trees that a swap retired
         // are older generations, and may still be read: they are left alone).
         for &p in partitions {
-            self.db
-                .drop_tree(records::generation_tree_name(topic, p, generation))?;
+            self.drop_partition_tree(
+                records::generation_tree_name(topic, p, generation).as_bytes(),
+            )?;
         }
         let store = Store {
             db: self.db.clone(),
@@ -218,7 +219,7 @@ impl Store {
                 .write()
                 .expect("the tree cache lock is never held across a panic");
             for &p in &view.partitions {
-                trees.insert((topic.to_string(), p), view.store.tree(topic, p)?);
+                trees.insert((topic.to_string(), p), view.store.trees_of(topic, p)?);
             }
         }
         Ok(Retired(old))
@@ -227,7 +228,7 @@ impl Store {
     /// Drops trees a swap retired.
     pub fn drop_retired(&self, retired: Retired) -> Result<(), StoreError> {
         for name in retired.0 {
-            self.db.drop_tree(&name)?;
+            self.drop_partition_tree(&name)?;
         }
         Ok(())
     }
@@ -235,11 +236,9 @@ impl Store {
     /// Drops a view's trees, after a rebuild that did not swap.
     pub fn discard(&self, view: Rebuilding) -> Result<(), StoreError> {
         for &p in &view.partitions {
-            self.db.drop_tree(records::generation_tree_name(
-                &view.topic,
-                p,
-                view.generation,
-            ))?;
+            self.drop_partition_tree(
+                records::generation_tree_name(&view.topic, p, view.generation).as_bytes(),
+            )?;
         }
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! The projector's state store, in sled, kept per partition.
 //!
 //! Each partition of the topic has a tree of its own holding its accounts, its command
-//! outcomes and its next offset (the layout is in `records`). A batch is applied with one
-//! atomic `Tree::apply_batch` per partition, partitions in parallel on up to `workers`
-//! threads, and then one flush covers them all before [`Store::apply_batch`] returns:
-//! after any crash, each partition's state on disk is exactly the effect of its events
-//! below its stored offset. The projector is the only writer of its partitions, so the
-//! reads a batch makes (the dedupe check, the accounts it touches) cannot race a write.
+//! outcomes and its next offset (the layout is in `records`). A batch is decided and
+//! written partitions in parallel, on up to `workers` threads, with plain sled writes
+//! made atomic per partition by a redo intent (`intent`), and is durable before
+//! [`Store::apply_batch`] returns: after any crash, each partition's state on disk is
+//! exactly the effect of its events below its stored offset. The projector is the only
+//! writer of its partitions, so the reads a batch makes (the dedupe check, the accounts
+//! it touches) cannot race a write.
 //!
 //! Applying a transfer causes follow-up events, which must be in the log before the
 //! effect that caused them is stored. So a batch is applied in two steps:
@@ -24,6 +25,7 @@
 mod batch;
 mod error;
 mod generations;
+mod intent;
 mod partition;
 mod records;
 
@@ -31,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use rayon::iter::{IntoParallelIterator, ParallelIterator};
+use rayon::iter::{IntoParallelIterator, IntoParallelRefIterator, ParallelIterator};
 use std::time::{Duration, Instant};
 
 use ledger_domain::partitioning::partition_of;
@@ -80,7 +82,7 @@ pub struct Store {
     meta: sled::Tree,
     /// Open partition trees, by topic and partition: `open_tree` takes a database-wide
     /// lock, so each is opened once.
-    trees: Arc<RwLock<HashMap<(String, i32), sled::Tree>>>,
+    trees: Arc<RwLock<HashMap<(String, i32), Trees>>>,
     path: PathBuf,
     workers: usize,
     /// The threads that apply partitions in parallel, for good (a thread per batch
@@ -206,6 +208,11 @@ impl Store {
     }
 
     fn tree(&self, topic: &str, partition: i32) -> Result<sled::Tree, StoreError> {
+        Ok(self.trees_of(topic, partition)?.records)
+    }
+
+    /// A partition's live trees, opened (and its last intent redone) on first use.
+    fn trees_of(&self, topic: &str, partition: i32) -> Result<Trees, StoreError> {
         let key = (topic.to_string(), partition);
         if let Some(t) = self
             .trees
@@ -229,11 +236,27 @@ impl Store {
             Some(g) => g,
             None => self.generation(topic, partition)?,
         };
-        let t = self
-            .db
-            .open_tree(records::generation_tree_name(topic, partition, generation))?;
+        let name = records::generation_tree_name(topic, partition, generation);
+        let t = Trees {
+            records: self.db.open_tree(&name)?,
+            intent: self.db.open_tree(records::intent_tree_name(&name))?,
+        };
+        // The last batch's intent, redone before anything reads the tree: after a crash
+        // its writes may be partly on disk (see `intent`).
+        if intent::recover(&t.records, &t.intent, &name)? {
+            self.db.flush()?;
+        }
         trees.insert(key, t.clone());
         Ok(t)
+    }
+
+    /// Drops a partition's tree of records, and its intent's.
+    fn drop_partition_tree(&self, name: &[u8]) -> Result<(), StoreError> {
+        self.db.drop_tree(name)?;
+        let mut intent = b"i/".to_vec();
+        intent.extend_from_slice(name);
+        self.db.drop_tree(intent)?;
+        Ok(())
     }
 
     /// The partitions of `topic` this store holds a tree for.
@@ -472,9 +495,11 @@ impl Store {
         }
         let mut jobs = Vec::with_capacity(by_partition.len());
         for (partition, (records, unreadable)) in by_partition {
+            let trees = self.trees_of(topic, partition)?;
             jobs.push(PartitionJob {
                 name: records::partition_tree_name(topic, partition),
-                tree: self.tree(topic, partition)?,
+                tree: trees.records,
+                intent: trees.intent,
                 partition,
                 records,
                 unreadable,
@@ -506,7 +531,7 @@ impl Store {
             stats.merge(decided.stats);
             follow_ups.extend(decided.follow_ups);
             dead_letters.extend(decided.dead_letters);
-            writes.push((decided.tree, decided.writes));
+            writes.push(decided.share);
         }
         stats.follow_ups = follow_ups.len() as u64;
         Ok(Prepared {
@@ -519,8 +544,9 @@ impl Store {
         })
     }
 
-    /// Writes a prepared batch, each partition atomically, and flushes once for all of
-    /// them. The caller has written its follow-ups to the log first.
+    /// Writes a prepared batch, each partition atomically (its intent, a flush, its
+    /// writes, a flush: see `intent`), partitions in parallel. The caller has written its
+    /// follow-ups to the log first.
     ///
     /// A batch decided over a partition's tree that a rebuild has since swapped out is
     /// refused ([`StoreError::Swapped`]): its reader reads again from the new tree's
@@ -538,22 +564,42 @@ impl Store {
             .lock()
             .expect("the writer lock is never held across a panic");
         if self.view.is_none() {
-            for (tree, _) in &writes {
-                if !self.is_live(&topic, tree)? {
+            for share in &writes {
+                if !self.is_live(&topic, &share.tree)? {
                     return Err(StoreError::Swapped(
-                        String::from_utf8_lossy(&tree.name()).into_owned(),
+                        String::from_utf8_lossy(&share.tree.name()).into_owned(),
                     ));
                 }
             }
         }
-        for (tree, batch) in writes {
-            tree.apply_batch(batch)?;
+        let shares = SledShares {
+            db: &self.db,
+            pool: self.pool.as_deref(),
+            writes,
+            flush_time: Mutex::default(),
+        };
+        let committed = intent::commit(&shares);
+        stats.flush_time = *shares
+            .flush_time
+            .lock()
+            .expect("the flush timer is never held across a panic");
+        stats.apply_time = started.elapsed().saturating_sub(stats.flush_time);
+        match committed {
+            Ok(()) => Ok(stats),
+            Err(intent::Failed::Before(e)) => Err(e),
+            Err(intent::Failed::Writing(e)) => {
+                // Part of the batch may be in the trees: the next use of each opens it
+                // afresh and redoes its intent.
+                let mut trees = self
+                    .trees
+                    .write()
+                    .expect("the tree cache lock is never held across a panic");
+                for share in &shares.writes {
+                    trees.remove(&(topic.clone(), share.partition));
+                }
+                Err(e)
+            }
         }
-        stats.apply_time = started.elapsed();
-        let flush_started = Instant::now();
-        self.db.flush()?;
-        stats.flush_time = flush_started.elapsed();
-        Ok(stats)
     }
 
     /// Whether an account is parked, and how: from its partition, as
@@ -619,5 +665,62 @@ impl Store {
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// A prepared batch's partitions as `intent` writes them: on the store's threads, one
+/// flush of the database for all of them.
+struct SledShares<'a> {
+    db: &'a sled::Db,
+    pool: Option<&'a rayon::ThreadPool>,
+    writes: Vec<Share>,
+    flush_time: Mutex<Duration>,
+}
+
+/// A partition's trees: its records, and the intent of its last batch, apart, so that
+/// writing an intent copies no node of the records.
+#[derive(Clone)]
+struct Trees {
+    records: sled::Tree,
+    intent: sled::Tree,
+}
+
+/// One partition's decided writes.
+pub(crate) struct Share {
+    pub(crate) partition: i32,
+    pub(crate) tree: sled::Tree,
+    pub(crate) intent: sled::Tree,
+    pub(crate) writes: intent::Writes,
+}
+
+impl intent::Shares for SledShares<'_> {
+    type Tree = sled::Tree;
+
+    fn each(&self, step: &intent::Step<'_, sled::Tree>) -> Result<(), StoreError> {
+        let one = |s: &Share| {
+            step(intent::Share {
+                records: &s.tree,
+                intent: &s.intent,
+                writes: &s.writes,
+            })
+        };
+        let results: Vec<Result<(), StoreError>> = match self.pool {
+            Some(pool) if self.writes.len() > 1 => {
+                pool.install(|| self.writes.par_iter().map(one).collect())
+            }
+            _ => self.writes.iter().map(one).collect(),
+        };
+        results.into_iter().collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let flushed = self.db.flush();
+        *self
+            .flush_time
+            .lock()
+            .expect("the flush timer is never held across a panic") += started.elapsed();
+        flushed.map(|_| ())?;
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! One partition's share of a batch: its events decided against the partition's tree
-//! into one atomic write, with the follow-ups and dead letters they cause.
+//! into its writes (which `intent` makes atomic), with the follow-ups and dead letters
+//! they cause.
 //!
 //! Two things happen here beside the rules of the domain:
 //!
@@ -24,13 +25,16 @@ use ledger_domain::{
 };
 use sled::IVec;
 
+use crate::intent::Writes;
 use crate::records::{self, ParkEntry, ParkMark};
-use crate::{BatchStats, EventCodec, Skipped, StoreError};
+use crate::{BatchStats, EventCodec, Share, Skipped, StoreError};
 
 /// One partition's share of a batch.
 pub(crate) struct PartitionJob<'b> {
     pub(crate) name: String,
     pub(crate) tree: sled::Tree,
+    /// Where the partition's intent goes.
+    pub(crate) intent: sled::Tree,
     pub(crate) partition: i32,
     pub(crate) records: Vec<&'b Record>,
     pub(crate) unreadable: Vec<&'b Unreadable>,
@@ -42,8 +46,7 @@ pub(crate) struct PartitionJob<'b> {
 
 /// One partition's decided share: its writes and what must reach the log before them.
 pub(crate) struct Decided {
-    pub(crate) tree: sled::Tree,
-    pub(crate) writes: sled::Batch,
+    pub(crate) share: Share,
     pub(crate) follow_ups: Vec<Event>,
     pub(crate) dead_letters: Vec<Skipped>,
     pub(crate) stats: BatchStats,
@@ -138,10 +141,6 @@ impl PartitionJob<'_> {
         }
         let mut writes = state.finish()?;
         if let Some(next) = self.next {
-            // Never move an offset backwards, whatever the batch says.
-            if stored.is_none_or(|s| next > s) {
-                writes.insert(records::OFFSET_KEY, &records::encode_offset(next));
-            }
             // An owner's batch: every event below `next` now has its follow-ups in the
             // log (emitted here, or by an earlier owner below `emit_from`).
             if self.emit_from.is_some() {
@@ -151,13 +150,22 @@ impl PartitionJob<'_> {
                     .map(|v| records::decode_offset(&self.name, &v))
                     .transpose()?;
                 if emitted.is_none_or(|e| next > e) {
-                    writes.insert(records::EMITTED_KEY, &records::encode_offset(next));
+                    writes.last(records::EMITTED_KEY, &records::encode_offset(next));
                 }
+            }
+            // Never move an offset backwards, whatever the batch says. Written last: a
+            // reader that sees it sees the whole batch.
+            if stored.is_none_or(|s| next > s) {
+                writes.last(records::OFFSET_KEY, &records::encode_offset(next));
             }
         }
         Ok(Decided {
-            tree: self.tree,
-            writes,
+            share: Share {
+                partition: self.partition,
+                tree: self.tree,
+                intent: self.intent,
+                writes,
+            },
             follow_ups,
             dead_letters,
             stats,
@@ -190,7 +198,7 @@ pub(crate) fn record_hash(key: &[u8], value: Option<&[u8]>) -> u128 {
 }
 
 /// [`LedgerState`] over one partition's tree, with what the batch reads and writes kept
-/// in memory and every write gathered, to become one atomic `sled::Batch`.
+/// in memory and every write gathered, to be written through an intent.
 pub(crate) struct PartitionState<'a> {
     name: &'a str,
     tree: &'a sled::Tree,
@@ -212,8 +220,8 @@ pub(crate) struct PartitionState<'a> {
     parked_count: Option<u64>,
     /// Whether the batch changed it.
     parked_count_changed: bool,
-    /// Every write, in the order made (sled applies them in that order, atomically).
-    batch: sled::Batch,
+    /// Every write (the last of each key wins).
+    writes: Writes,
     /// The writes of waiting events (`None`: a removal), for [`Self::entries`] to read
     /// over the tree's.
     park_writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -244,7 +252,7 @@ impl<'a> PartitionState<'a> {
             entries: HashMap::new(),
             parked_count: None,
             parked_count_changed: false,
-            batch: sled::Batch::default(),
+            writes: Writes::default(),
             park_writes: BTreeMap::new(),
             hashes: HashMap::new(),
             digest_delta: 0,
@@ -274,10 +282,7 @@ impl<'a> PartitionState<'a> {
         if key.first() == Some(&records::PARK_ENTRY_PREFIX) {
             self.park_writes.insert(key.clone(), value.clone());
         }
-        match value {
-            Some(v) => self.batch.insert(key, v),
-            None => self.batch.remove(key),
-        }
+        self.writes.state(key, value);
         Ok(())
     }
 
@@ -515,9 +520,8 @@ impl<'a> PartitionState<'a> {
         Ok((follow_ups, released.skipped.into_iter().collect()))
     }
 
-    /// The batch's writes as one atomic `sled::Batch`, with the digest moved by every
-    /// state record they replaced.
-    fn finish(mut self) -> Result<sled::Batch, StoreError> {
+    /// The batch's writes, with the digest moved by every state record they replaced.
+    fn finish(mut self) -> Result<Writes, StoreError> {
         for id in std::mem::take(&mut self.touched) {
             let value = records::encode_account(&self.accounts[&id]).to_vec();
             self.put(records::account_key(&id), value)?;
@@ -538,10 +542,9 @@ impl<'a> PartitionState<'a> {
                 None => 0,
             };
             let digest = stored.wrapping_add(self.digest_delta);
-            self.batch
-                .insert(records::DIGEST_KEY, &digest.to_be_bytes());
+            self.writes.last(records::DIGEST_KEY, &digest.to_be_bytes());
         }
-        Ok(self.batch)
+        Ok(self.writes)
     }
 }
 

@@ -18,6 +18,11 @@
 //! | `k` length, account id, offset | one waiting event of a parked account: `0` and the bytes as read (unreadable here), or `1` and the event as this build encodes it |
 //! | `u` offset | what an operator's decision (the `Unpark` event at that offset) released: each applied event's offset and bytes, and the skipped one |
 //!
+//! Beside it, the tree `i/` and the partition tree's name holds one record, `i`: the
+//! partition's last batch of writes, written and flushed before them and redone after a
+//! crash (see `intent`). It is a tree of its own because an intent is large (every write
+//! of a batch), and sled copies a whole leaf for each insert into it.
+//!
 //! A rebuild writes a partition's state into a tree of the next generation
 //! (`p/<topic>/<partition>@<generation>`) and the store swaps it in by writing the
 //! partition's generation into the meta tree (`gen/<topic>/<partition>`).
@@ -38,8 +43,9 @@ use crate::StoreError;
 
 /// The layout this build reads and writes. 1 was one tree per kind shared by every
 /// partition, with bincode values and text keys; 2 had no state digest and no parked
-/// events. Neither is migrated (the projection is rebuilt from the log instead).
-pub const LAYOUT: u32 = 3;
+/// events; 3 wrote each partition's batch as one `apply_batch`, with no intent. None is
+/// migrated (the projection is rebuilt from the log instead).
+pub const LAYOUT: u32 = 4;
 
 pub(crate) const META_TREE: &str = "meta";
 pub(crate) const META_LAYOUT: &[u8] = b"layout";
@@ -47,6 +53,9 @@ pub(crate) const META_LAYOUT: &[u8] = b"layout";
 pub(crate) const META_INSTANCE_ID: &[u8] = b"instance_id";
 
 pub(crate) const OFFSET_KEY: &[u8] = b"o";
+/// The partition's last batch, as written before its records (see `intent`), in the
+/// partition's intent tree.
+pub(crate) const INTENT_KEY: &[u8] = b"i";
 pub(crate) const EMITTED_KEY: &[u8] = b"e";
 pub(crate) const TOTALS_KEY: &[u8] = b"t";
 pub(crate) const ACCOUNT_PREFIX: u8 = b'a';
@@ -107,6 +116,11 @@ pub(crate) fn generation_tree_name(topic: &str, partition: i32, generation: u32)
     } else {
         format!("{}{partition}@{generation}", partition_tree_prefix(topic))
     }
+}
+
+/// The tree of a partition tree's intent.
+pub(crate) fn intent_tree_name(tree_name: &str) -> String {
+    format!("i/{tree_name}")
 }
 
 /// Where the meta tree keeps the generation of a partition's live tree.

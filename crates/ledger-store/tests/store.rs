@@ -259,6 +259,30 @@ fn a_store_of_the_previous_layout_is_refused_not_misread() {
 }
 
 #[test]
+fn a_store_of_layout_3_is_refused_with_the_rebuild_message() {
+    // Layout 3 wrote each partition's batch with sled's apply_batch and kept no intent; its
+    // records would read, but a store must be one layout or the other throughout.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"layout", &3u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(dir.path(), CACHE)
+        .err()
+        .expect("layout 3 must be refused");
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Layout { .. }), "{text}");
+    assert!(
+        text.contains("layout 3") && text.contains("reads layout 4") && text.contains("Rebuild"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_store_of_a_newer_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
