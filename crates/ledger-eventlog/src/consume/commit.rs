@@ -14,13 +14,19 @@ use super::context::LoopContext;
 use super::{BatchSink, ConsumeError};
 
 impl<S: BatchSink> LoopContext<S> {
-    /// Hands the batch in hand to the sink on a thread of its own and returns, so that
-    /// the loop reads the next batch while this one is applied (the broker's fetches and
-    /// the decoding overlap the store's writes). Waits first for the batch before it,
-    /// and commits that one's offsets.
-    pub(super) fn start_apply(&self, consumer: &BaseConsumer<Self>) -> Result<(), ConsumeError> {
+    /// Hands at most `max` events in hand to the sink on a thread of its own, a fair
+    /// share of each partition's (`Batch::split_off_beyond`), and returns, so that the
+    /// loop reads on while this batch is applied (the broker's fetches and the decoding
+    /// overlap the store's writes). Waits first for the batch before it, and commits
+    /// that one's offsets. Returns how many events it left in hand ready to go (held
+    /// ones aside).
+    pub(super) fn start_apply(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        max: usize,
+    ) -> Result<usize, ConsumeError> {
         self.finish_in_flight(consumer, CommitMode::Async)?;
-        let batch = {
+        let (batch, ready) = {
             let mut st = self.state();
             let mut batch = std::mem::take(&mut st.pending);
             // A partition whose committed offset is not known yet waits in hand: whether
@@ -32,13 +38,23 @@ impl<S: BatchSink> LoopContext<S> {
             if !held.is_empty() {
                 st.pending = batch.split_off_partitions(&held);
             }
-            batch
+            let rest = batch.split_off_beyond(max);
+            let ready = rest.len();
+            st.pending.absorb(rest);
+            (batch, ready)
         };
         if batch.is_empty() {
-            return Ok(());
+            return Ok(ready);
         }
         *self.in_flight() = Some(batch.next_offsets.clone());
-        self.applier.start(batch)
+        self.applier.start(batch)?;
+        Ok(ready)
+    }
+
+    /// Whether a batch is being applied in the background (one that is done counts as
+    /// being applied until `commit_if_applied` takes it).
+    pub(super) fn applying(&self) -> bool {
+        self.in_flight().is_some()
     }
 
     pub(super) fn in_flight(&self) -> std::sync::MutexGuard<'_, Option<BTreeMap<i32, i64>>> {

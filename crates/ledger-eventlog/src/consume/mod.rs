@@ -254,6 +254,12 @@ fn poll_loop<S: BatchSink>(
             Some(t) => settings.batch_max_wait.saturating_sub(t.elapsed()),
         };
         let full = batch_started.is_some() && batch_len >= settings.batch_max_events;
+        // While a full batch waits for the one being applied, the loop reads on, up to
+        // READ_AHEAD batches in hand: the next batch then holds a fair share of several
+        // partitions, applied in parallel, instead of the one partition a backlog's
+        // fetch happens to bring.
+        let reading_ahead =
+            full && batch_len < READ_AHEAD * settings.batch_max_events && ctx.applying();
         ctx.learn_committed(consumer, &mut committed_asked);
         // Events held for partitions whose committed offset is not known yet (the
         // coordinator does not answer): read no further until it is, so that memory
@@ -269,14 +275,21 @@ fn poll_loop<S: BatchSink>(
         // A batch applied in the background is committed as soon as it is done.
         ctx.commit_if_applied(consumer)?;
         ctx.obey_pause(consumer, settings)?;
-        let polled = if full { None } else { consumer.poll(wait) };
+        let polled = if full && !reading_ahead {
+            None
+        } else if reading_ahead {
+            consumer.poll(READ_AHEAD_POLL)
+        } else {
+            consumer.poll(wait)
+        };
         // A batch ends when full, or past the wait at the first empty poll: events already
         // fetched still join it, so a backlog makes full batches, which cost far less per
         // event.
-        if full || (polled.is_none() && batch_started.is_some() && wait.is_zero()) {
-            ctx.start_apply(consumer)?;
-            batch_started = None;
-            batch_len = 0;
+        if (full && !reading_ahead)
+            || (polled.is_none() && batch_started.is_some() && (wait.is_zero() || full))
+        {
+            batch_len = ctx.start_apply(consumer, settings.batch_max_events)?;
+            batch_started = (batch_len > 0).then(Instant::now);
             continue;
         }
         let msg = match polled {
@@ -418,3 +431,9 @@ pub(crate) fn in_its_place(
 /// How many batches' worth of events may wait for their partitions' committed offsets
 /// before the loop stops reading.
 const HELD_BATCHES: usize = 4;
+/// How many batches' worth of events the loop reads ahead while a batch is applied.
+/// Below HELD_BATCHES, so that events held for a committed offset stop the reading
+/// first.
+const READ_AHEAD: usize = 3;
+/// How long a poll waits while the loop reads ahead: it also notices the applied batch.
+const READ_AHEAD_POLL: Duration = Duration::from_millis(1);
