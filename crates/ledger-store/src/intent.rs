@@ -7,34 +7,41 @@
 //! shared. The store therefore never writes a batch atomically; it writes each
 //! partition's share as:
 //!
-//! 1. the **intent**: every write of the partition's share (its new offset among them),
-//!    as one value in the partition's intent tree (a single insert, which sled applies
-//!    whole or not at all), partitions in parallel;
-//! 2. a flush: the intents are durable;
+//! 1. the **intent**: every write of the share (its new offset among them), with a
+//!    sequence number one above the partition's last, as one value in the partition's
+//!    intent tree (a single insert, which sled applies whole or not at all), in one of
+//!    two slots, taking turns; partitions in parallel;
+//! 2. one flush: the intents are durable, and so are the writes of the batch before;
 //! 3. the writes themselves, as plain inserts and removes, partitions in parallel, the
 //!    bookkeeping (totals, digest, emitted and next offset) last, so that a reader who
-//!    sees the new offset sees the whole batch;
-//! 4. a flush: the batch is durable. Only then are its offsets committed to Kafka.
+//!    sees the new offset sees the whole batch.
 //!
-//! After a crash, opening a partition's tree applies its intent again ([`recover`])
-//! before anything reads it. Every write in an intent sets a key to a value (or removes
-//! it), so applying it twice is applying it once. The crash points:
+//! Once step 2 is done the batch is durable: whatever happens to its writes, recovery
+//! redoes them. Only then are its offsets committed to Kafka. The writes of step 3 reach
+//! disk with the next batch's flush (or sled's own at close), which is why there are two
+//! slots: the next intent never overwrites one whose writes may not be on disk yet.
 //!
-//! - before step 2 completes: no write of this batch has been made (step 3 waits for
-//!   the flush), and the intent under the key is either this one, the previous batch's,
-//!   or none. Redoing the previous batch's intent rewrites what is already there: the
-//!   store is at the previous batch;
-//! - after step 2, anywhere in steps 3 and 4: any subset of the writes may have reached
-//!   disk, and the intent has. Redoing it completes them: the store is at this batch;
-//! - after step 4: the store is at this batch, and redoing its intent changes nothing.
+//! After a crash, opening a partition's tree applies both slots' intents again, the
+//! older first ([`recover`]), before anything reads it. Every write in an intent sets a
+//! key to a value (or removes it), so applying one again is applying it once, and
+//! applying two in their order ends where the later one ended. Say the process dies
+//! while batch N runs, with N-1 the batch before:
+//!
+//! - before N's flush completes: no write of N has been made (they wait for the flush);
+//!   the slots hold N-1's intent and N-2's, or N's may have replaced N-2's. The writes
+//!   of N-2 are on disk (N-1's flush covered them), those of N-1 may be partly. Redoing
+//!   N-2 then N-1 ends at N-1; if N's intent is there, redoing it too ends at N, which is
+//!   as good: it is what N decided from the state at N-1;
+//! - after N's flush: the slots hold N-1's and N's intents, and any subset of N's writes
+//!   (and of N-1's) is on disk. Redoing N-1 then N ends at N.
 //!
 //! Nothing else writes a partition's keys between intents (the store is the partition's
 //! only writer, and a rebuild's swap only sets the emitted mark, which no rebuild's
 //! intent carries), so a redone intent never overwrites a newer value. `recover` flushes
 //! what it redid before the tree is used: otherwise a later intent could reach disk
-//! without the redone writes. If a write of step 3 fails, the caller evicts the tree, so
-//! that the next use redoes the intent over whatever landed instead of reading a
-//! half-written batch.
+//! without the redone writes. If any step fails, the caller evicts the trees, so that the
+//! next use redoes the intents in memory over whatever landed, instead of reading a
+//! half-written batch (a batch whose intent was written is then applied, as decided).
 //!
 //! The protocol is written over [`Kv`] so that a property test can run it on a disk that
 //! loses any subset of the writes since its last flush (`tests` below).
@@ -106,10 +113,11 @@ impl Writes {
             )
     }
 
-    /// The intent's bytes: a version byte, the count, each write as key length, key,
-    /// then `0` (removed) or `1`, value length and value, and a blake3 checksum of all
-    /// of that (16 bytes), so that a damaged intent is refused rather than redone.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// The intent's bytes: a version byte, the sequence number, the count, each write
+    /// as key length, key, then `0` (removed) or `1`, value length and value, and a
+    /// blake3 checksum of all of that (16 bytes), so that a damaged intent is refused
+    /// rather than redone.
+    pub(crate) fn encode(&self, seq: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             32 + self
                 .ops()
@@ -117,6 +125,7 @@ impl Writes {
                 .sum::<usize>(),
         );
         out.push(INTENT_VERSION);
+        out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&(self.len() as u32).to_be_bytes());
         for (k, v) in self.ops() {
             out.extend_from_slice(&(k.len() as u32).to_be_bytes());
@@ -144,9 +153,9 @@ fn checksum(bytes: &[u8]) -> [u8; 16] {
         .expect("a blake3 hash is 32 bytes")
 }
 
-/// The writes of an intent's bytes, in the order to apply them, or why they are not an
-/// intent.
-fn decode(bytes: &[u8]) -> Result<Vec<Op>, String> {
+/// The sequence number and the writes of an intent's bytes, in the order to apply them,
+/// or why they are not an intent.
+fn decode(bytes: &[u8]) -> Result<(u64, Vec<Op>), String> {
     let body_len = bytes
         .len()
         .checked_sub(16)
@@ -159,6 +168,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<Op>, String> {
     if r.take(1)? != [INTENT_VERSION] {
         return Err("an unknown intent version".into());
     }
+    let seq = u64::from_be_bytes(r.take(8)?.try_into().expect("took 8 bytes"));
     let count = r.u32()?;
     let mut ops = Vec::with_capacity(count.min(1 << 16) as usize);
     for _ in 0..count {
@@ -177,7 +187,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<Op>, String> {
     if !r.0.is_empty() {
         return Err("bytes after its last write".into());
     }
-    Ok(ops)
+    Ok((seq, ops))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -204,12 +214,18 @@ type Op = (Vec<u8>, Option<Vec<u8>>);
 /// A step of the protocol, run over each share.
 pub(crate) type Step<'s, T> = dyn Fn(Share<'_, T>) -> Result<(), StoreError> + Sync + 's;
 
-/// One partition's share of a batch: where its records and its intent are, and what
-/// to write.
+/// One partition's share of a batch: where its records and its intents are, what to
+/// write, and the intent's sequence number (above every earlier one of the partition).
 pub(crate) struct Share<'a, T> {
     pub(crate) records: &'a T,
     pub(crate) intent: &'a T,
     pub(crate) writes: &'a Writes,
+    pub(crate) seq: u64,
+}
+
+/// The intent tree's key for the intent with this sequence number: two slots, in turn.
+fn slot(seq: u64) -> [u8; 2] {
+    [records::INTENT_KEY[0], (seq % 2) as u8]
 }
 
 /// A batch's shares, one per partition, and the database they are flushed in.
@@ -222,55 +238,53 @@ pub(crate) trait Shares {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
-/// Where [`commit`] failed.
-#[derive(Debug)]
-pub(crate) enum Failed {
-    /// Before any write of the batch: the store is as it was.
-    Before(StoreError),
-    /// Among the writes: each share's tree must be recovered before it is read again.
-    Writing(StoreError),
-}
-
-/// Steps 1 to 4 for a batch's shares (an empty share writes nothing).
-pub(crate) fn commit(shares: &impl Shares) -> Result<(), Failed> {
-    shares
-        .each(&|share| {
-            if share.writes.is_empty() {
-                return Ok(());
-            }
-            share
-                .intent
-                .set(records::INTENT_KEY, Some(&share.writes.encode()))
-        })
-        .map_err(Failed::Before)?;
-    shares.flush().map_err(Failed::Before)?;
-    shares
-        .each(&|share| {
-            for (k, v) in share.writes.ops() {
-                share.records.set(k, v)?;
-            }
-            Ok(())
-        })
-        .map_err(Failed::Writing)?;
-    shares.flush().map_err(Failed::Writing)
-}
-
-/// Applies a partition's last intent to its records again, if there is one, and says
-/// whether it did; the caller flushes before the records are used. `name` is the
-/// partition tree's, for the error.
-pub(crate) fn recover<T: Kv>(records: &T, intent: &T, name: &str) -> Result<bool, StoreError> {
-    let Some(bytes) = intent.get(records::INTENT_KEY)? else {
-        return Ok(false);
-    };
-    let ops = decode(&bytes).map_err(|detail| StoreError::BadRecord {
-        tree: name.to_string(),
-        key: "intent".into(),
-        detail,
+/// Steps 1 to 3 for a batch's shares (an empty share writes nothing). On an error the
+/// caller recovers the shares' trees before they are read again.
+pub(crate) fn commit(shares: &impl Shares) -> Result<(), StoreError> {
+    shares.each(&|share| {
+        if share.writes.is_empty() {
+            return Ok(());
+        }
+        share
+            .intent
+            .set(&slot(share.seq), Some(&share.writes.encode(share.seq)))
     })?;
-    for (k, v) in &ops {
-        records.set(k, v.as_deref())?;
+    shares.flush()?;
+    shares.each(&|share| {
+        for (k, v) in share.writes.ops() {
+            share.records.set(k, v)?;
+        }
+        Ok(())
+    })
+}
+
+/// Applies a partition's intents to its records again, the older first, and returns
+/// the last sequence number (0 when there is none) and whether anything was redone; the
+/// caller flushes before the records are used. `name` is the partition tree's, for the
+/// error.
+pub(crate) fn recover<T: Kv>(
+    records: &T,
+    intent: &T,
+    name: &str,
+) -> Result<(u64, bool), StoreError> {
+    let mut found = Vec::with_capacity(2);
+    for s in 0..2 {
+        if let Some(bytes) = intent.get(&slot(s))? {
+            found.push(decode(&bytes).map_err(|detail| StoreError::BadRecord {
+                tree: name.to_string(),
+                key: format!("intent slot {s}"),
+                detail,
+            })?);
+        }
     }
-    Ok(true)
+    found.sort_by_key(|(seq, _)| *seq);
+    let last = found.last().map_or(0, |(seq, _)| *seq);
+    for (_, ops) in &found {
+        for (k, v) in ops {
+            records.set(k, v.as_deref())?;
+        }
+    }
+    Ok((last, !found.is_empty()))
 }
 
 #[cfg(test)]

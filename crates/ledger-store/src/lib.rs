@@ -31,6 +31,7 @@ mod records;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rayon::iter::{IntoParallelIterator, IntoParallelRefIterator, ParallelIterator};
@@ -237,15 +238,19 @@ impl Store {
             None => self.generation(topic, partition)?,
         };
         let name = records::generation_tree_name(topic, partition, generation);
-        let t = Trees {
-            records: self.db.open_tree(&name)?,
-            intent: self.db.open_tree(records::intent_tree_name(&name))?,
-        };
-        // The last batch's intent, redone before anything reads the tree: after a crash
-        // its writes may be partly on disk (see `intent`).
-        if intent::recover(&t.records, &t.intent, &name)? {
+        let records = self.db.open_tree(&name)?;
+        let intent = self.db.open_tree(records::intent_tree_name(&name))?;
+        // The last batches' intents, redone before anything reads the tree: after a crash
+        // their writes may be partly on disk (see `intent`).
+        let (last, redone) = intent::recover(&records, &intent, &name)?;
+        if redone {
             self.db.flush()?;
         }
+        let t = Trees {
+            records,
+            intent,
+            seq: Arc::new(AtomicU64::new(last)),
+        };
         trees.insert(key, t.clone());
         Ok(t)
     }
@@ -500,6 +505,7 @@ impl Store {
                 name: records::partition_tree_name(topic, partition),
                 tree: trees.records,
                 intent: trees.intent,
+                last_seq: trees.seq,
                 partition,
                 records,
                 unreadable,
@@ -544,8 +550,8 @@ impl Store {
         })
     }
 
-    /// Writes a prepared batch, each partition atomically (its intent, a flush, its
-    /// writes, a flush: see `intent`), partitions in parallel. The caller has written its
+    /// Writes a prepared batch, each partition atomically (its intent, one flush, its
+    /// writes: see `intent`), partitions in parallel. The caller has written its
     /// follow-ups to the log first.
     ///
     /// A batch decided over a partition's tree that a rebuild has since swapped out is
@@ -572,6 +578,10 @@ impl Store {
                 }
             }
         }
+        let mut writes = writes;
+        for share in &mut writes {
+            share.seq = share.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        }
         let shares = SledShares {
             db: &self.db,
             pool: self.pool.as_deref(),
@@ -586,10 +596,9 @@ impl Store {
         stats.apply_time = started.elapsed().saturating_sub(stats.flush_time);
         match committed {
             Ok(()) => Ok(stats),
-            Err(intent::Failed::Before(e)) => Err(e),
-            Err(intent::Failed::Writing(e)) => {
+            Err(e) => {
                 // Part of the batch may be in the trees: the next use of each opens it
-                // afresh and redoes its intent.
+                // afresh and redoes its intents.
                 let mut trees = self
                     .trees
                     .write()
@@ -677,12 +686,14 @@ struct SledShares<'a> {
     flush_time: Mutex<Duration>,
 }
 
-/// A partition's trees: its records, and the intent of its last batch, apart, so that
-/// writing an intent copies no node of the records.
+/// A partition's trees: its records, and the intents of its last two batches, apart, so
+/// that writing an intent copies no node of the records; and the last intent's sequence
+/// number.
 #[derive(Clone)]
 struct Trees {
     records: sled::Tree,
     intent: sled::Tree,
+    seq: Arc<AtomicU64>,
 }
 
 /// One partition's decided writes.
@@ -691,6 +702,10 @@ pub(crate) struct Share {
     pub(crate) tree: sled::Tree,
     pub(crate) intent: sled::Tree,
     pub(crate) writes: intent::Writes,
+    /// The partition's last intent's sequence number.
+    pub(crate) last_seq: Arc<AtomicU64>,
+    /// This one's, set when it is committed.
+    pub(crate) seq: u64,
 }
 
 impl intent::Shares for SledShares<'_> {
@@ -702,6 +717,7 @@ impl intent::Shares for SledShares<'_> {
                 records: &s.tree,
                 intent: &s.intent,
                 writes: &s.writes,
+                seq: s.seq,
             })
         };
         let results: Vec<Result<(), StoreError>> = match self.pool {

@@ -33,8 +33,9 @@ use crate::{BatchStats, EventCodec, Share, Skipped, StoreError};
 pub(crate) struct PartitionJob<'b> {
     pub(crate) name: String,
     pub(crate) tree: sled::Tree,
-    /// Where the partition's intent goes.
+    /// Where the partition's intents go.
     pub(crate) intent: sled::Tree,
+    pub(crate) last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(crate) partition: i32,
     pub(crate) records: Vec<&'b Record>,
     pub(crate) unreadable: Vec<&'b Unreadable>,
@@ -165,6 +166,8 @@ impl PartitionJob<'_> {
                 tree: self.tree,
                 intent: self.intent,
                 writes,
+                last_seq: self.last_seq,
+                seq: 0,
             },
             follow_ups,
             dead_letters,

@@ -18,10 +18,11 @@
 //! | `k` length, account id, offset | one waiting event of a parked account: `0` and the bytes as read (unreadable here), or `1` and the event as this build encodes it |
 //! | `u` offset | what an operator's decision (the `Unpark` event at that offset) released: each applied event's offset and bytes, and the skipped one |
 //!
-//! Beside it, the tree `i/` and the partition tree's name holds one record, `i`: the
-//! partition's last batch of writes, written and flushed before them and redone after a
-//! crash (see `intent`). It is a tree of its own because an intent is large (every write
-//! of a batch), and sled copies a whole leaf for each insert into it.
+//! Beside it, the tree `i/` and the partition tree's name holds two records, `i` then 0 or
+//! 1: the partition's last two batches of writes (intents), each written and flushed
+//! before its writes, and redone after a crash (see `intent`). It is a tree of its own
+//! because an intent is large (every write of a batch), and sled copies a whole leaf for
+//! each insert into it.
 //!
 //! A rebuild writes a partition's state into a tree of the next generation
 //! (`p/<topic>/<partition>@<generation>`) and the store swaps it in by writing the
@@ -53,8 +54,8 @@ pub(crate) const META_LAYOUT: &[u8] = b"layout";
 pub(crate) const META_INSTANCE_ID: &[u8] = b"instance_id";
 
 pub(crate) const OFFSET_KEY: &[u8] = b"o";
-/// The partition's last batch, as written before its records (see `intent`), in the
-/// partition's intent tree.
+/// The prefix of the partition's intents in its intent tree, then the slot (see
+/// `intent`).
 pub(crate) const INTENT_KEY: &[u8] = b"i";
 pub(crate) const EMITTED_KEY: &[u8] = b"e";
 pub(crate) const TOTALS_KEY: &[u8] = b"t";

@@ -1,6 +1,7 @@
 //! The crash argument, tested: the protocol runs on a disk that dies after any write or
 //! flush and keeps, of what was written since its last completed flush, any subset, in
-//! order. After recovery each partition is exactly at the batch its offset names.
+//! order. After recovery each partition is exactly at the batch its offset names. Redoing
+//! only the latest intent, keeping one slot, or skipping the flush makes it fail.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -88,6 +89,7 @@ struct Batch<'d> {
     disk: &'d RefCell<Disk>,
     /// Each partition's records, its intent tree and its writes.
     shares: Vec<(Tree<'d>, Tree<'d>, Writes)>,
+    seq: u64,
 }
 
 impl<'d> Shares for Batch<'d> {
@@ -100,6 +102,7 @@ impl<'d> Shares for Batch<'d> {
                 records,
                 intent,
                 writes,
+                seq: self.seq,
             };
             if let Err(e) = step(share) {
                 first = first.and(Err(e));
@@ -183,7 +186,7 @@ proptest! {
                     share(changes, offset),
                 ));
             }
-            if commit(&Batch { disk: &disk, shares }).is_err() {
+            if commit(&Batch { disk: &disk, shares, seq: offset }).is_err() {
                 break;
             }
         }
@@ -204,8 +207,9 @@ proptest! {
 fn an_intent_round_trips_and_a_damaged_one_is_refused() {
     let mut w = share(&[(1, Some(7)), (2, None)], 9);
     w.last(records::DIGEST_KEY, &[1; 16]);
-    let bytes = w.encode();
-    let ops = decode(&bytes).expect("its own encoding decodes");
+    let bytes = w.encode(41);
+    let (seq, ops) = decode(&bytes).expect("its own encoding decodes");
+    assert_eq!(seq, 41);
     assert_eq!(
         ops,
         vec![
