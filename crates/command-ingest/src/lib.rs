@@ -124,6 +124,7 @@ pub async fn serve(
     let request_timeout =
         Duration::from_millis(config.delivery_timeout_ms) + Duration::from_secs(10);
     let app = ledger_http::ops::service_router(
+        ledger_api::openapi::Service::Ingest,
         v1,
         get(handlers::readyz).with_state(state.clone()),
         registry,

@@ -876,8 +876,8 @@ async fn ops_routes_and_topic_creation() {
     assert_eq!(doc.status, 200);
     assert_eq!(
         doc.text,
-        include_str!("../../../docs/openapi.json"),
-        "the ingest serves the committed OpenAPI document"
+        include_str!("../../../docs/openapi/ingest.json"),
+        "the ingest serves its committed OpenAPI document"
     );
 
     // The topic was created with the configured partitions and infinite retention.

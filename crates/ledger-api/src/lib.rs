@@ -2,7 +2,7 @@
 //! what each route answers, and every error code with its status.
 //!
 //! The services answer with these types, the `ledger` tool, the tests and the benchmark
-//! read them, and [`openapi::document`] describes them, so none of them can drift from
+//! read them, and [`openapi::Service::document`] describes them, so none of them can drift from
 //! the others.
 //!
 //! - [`command`]: commands and the ingest's answers;

@@ -1,7 +1,9 @@
-//! The OpenAPI 3.1 document of both services, generated from the types of this crate.
+//! The OpenAPI 3.1 documents of the two services, one each, generated from the types of
+//! this crate.
 //!
-//! Both services serve it at `/openapi.json`, and the repository commits it as
-//! `docs/openapi.json`; a test fails when the two disagree. The operations below are
+//! Each service serves its own at `/openapi.json` (the operations it answers, and no
+//! other), and the repository commits them as `docs/openapi/ingest.json` and
+//! `docs/openapi/projector.json`; a test fails when the code and a committed one disagree. The operations below are
 //! declarations only: their bodies are never called, and the handlers that serve them
 //! return the same types, so the document cannot describe a body the code does not send.
 
@@ -23,22 +25,49 @@ use crate::query::{
     PartitionTotals, Progress, TotalsView, TransferView,
 };
 
-/// The document's type; [`document`] renders it.
+/// The document of `command-ingest`: the commands in, and the operations routes.
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "ledger",
-        description = "Listen-to-yourself ledger: `command-ingest` turns each command into one \
-                       event in Kafka and answers 202 once the broker has acknowledged it; the \
-                       `projector` applies the events to its store and answers queries, \
-                       eventually consistent, with consistency tokens to read your own writes. \
-                       Each operation's tag names the service that serves it; `operations` \
-                       routes are on both.",
+        title = "ledger command-ingest",
+        description = "Listen-to-yourself ledger, the ingest: each command becomes one event in \
+                       Kafka, answered 202 once the broker has acknowledged it (acks=all, \
+                       idempotent producer). Queries are the projector's: see its own document.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(submit_command, submit_batch, healthz, readyz, metrics, openapi_json),
+    components(schemas(
+        CommandRequest,
+        Accepted,
+        BatchResults,
+        BatchItem,
+        ErrorBody,
+        ErrorDetail,
+        ErrorCode,
+        Health,
+        Readiness
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "ingest", description = "command-ingest: commands in, one event each"),
+        (name = "operations", description = "health, readiness, metrics, this document"),
+    )
+)]
+struct IngestDoc;
+
+/// The document of `projector`: queries, the group's view, the admin routes, and the
+/// operations routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ledger projector",
+        description = "Listen-to-yourself ledger, the projector: the events applied to its \
+                       store and the query API over them, eventually consistent, with \
+                       consistency tokens to read your own writes. Commands go to the ingest: \
+                       see its own document.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
-        submit_command,
-        submit_batch,
         get_account,
         get_command,
         get_progress,
@@ -57,10 +86,6 @@ use crate::query::{
         openapi_json
     ),
     components(schemas(
-        CommandRequest,
-        Accepted,
-        BatchResults,
-        BatchItem,
         AccountView,
         CommandView,
         CommandOutcome,
@@ -89,21 +114,57 @@ use crate::query::{
     )),
     modifiers(&BearerAuth),
     tags(
-        (name = "ingest", description = "command-ingest: commands in, one event each"),
-        (name = "projector", description = "projector: the query API over the projected state"),
-        (name = "admin", description = "projector: pause and resume, the verified rebuild, parked accounts"),
-        (name = "operations", description = "both services: health, readiness, metrics, this document"),
+        (name = "projector", description = "the query API over the projected state"),
+        (name = "admin", description = "pause and resume, the verified rebuild, parked accounts"),
+        (name = "operations", description = "health, readiness, metrics, this document"),
     )
 )]
-pub struct ApiDoc;
+struct ProjectorDoc;
 
-/// The document as pretty JSON with a trailing newline, as committed.
-pub fn document() -> String {
-    let mut json = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the document is built from plain structs and always serialises");
-    json.push('\n');
-    json
+/// A service, for its own document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// `command-ingest`.
+    Ingest,
+    /// `projector`.
+    Projector,
+}
+
+impl Service {
+    /// Both, for tests and tools.
+    pub const ALL: [Service; 2] = [Service::Ingest, Service::Projector];
+
+    /// Where the repository commits its document, under `docs/openapi/`.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Service::Ingest => "ingest.json",
+            Service::Projector => "projector.json",
+        }
+    }
+
+    /// The service's document as pretty JSON with a trailing newline, as committed.
+    pub fn document(self) -> String {
+        let doc = match self {
+            Service::Ingest => IngestDoc::openapi(),
+            Service::Projector => ProjectorDoc::openapi(),
+        };
+        let mut json = doc
+            .to_pretty_json()
+            .expect("the document is built from plain structs and always serialises");
+        json.push('\n');
+        json
+    }
+
+    /// [`Service::document`], rendered once per process: it is the same on every request.
+    pub fn served(self) -> &'static str {
+        static INGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        static PROJECTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let cell = match self {
+            Service::Ingest => &INGEST,
+            Service::Projector => &PROJECTOR,
+        };
+        cell.get_or_init(|| self.document()).as_str()
+    }
 }
 
 /// `--auth-token`: the `/v1` routes of both services want a bearer token when set.

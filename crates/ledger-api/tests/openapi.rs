@@ -1,57 +1,93 @@
-//! The committed `docs/openapi.json` is exactly what the code generates. After changing
-//! the API, regenerate it with `LEDGER_UPDATE_OPENAPI=1 cargo test -p ledger-api`.
+//! The committed `docs/openapi/ingest.json` and `docs/openapi/projector.json` are exactly
+//! what the code generates, and each names only its own service's operations. After
+//! changing the API, regenerate them with `LEDGER_UPDATE_OPENAPI=1 cargo test -p ledger-api`.
 
 use std::path::PathBuf;
 
-fn committed_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")
+use ledger_api::openapi::Service;
+
+fn committed_path(service: Service) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/openapi")
+        .join(service.file_name())
 }
 
 #[test]
-fn the_committed_document_matches_the_code() {
-    let generated = ledger_api::openapi::document();
-    let path = committed_path();
-    if std::env::var_os("LEDGER_UPDATE_OPENAPI").is_some() {
-        std::fs::write(&path, &generated).expect("docs/ is writable when regenerating");
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    if committed != generated {
-        let line = committed
-            .lines()
-            .zip(generated.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
-        panic!(
-            "docs/openapi.json differs from the code from line {} on; \
-             regenerate it with `LEDGER_UPDATE_OPENAPI=1 cargo test -p ledger-api` and commit it",
-            line + 1
-        );
+fn the_committed_documents_match_the_code() {
+    for service in Service::ALL {
+        let generated = service.document();
+        let path = committed_path(service);
+        if std::env::var_os("LEDGER_UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).expect("docs/openapi/ is writable when regenerating");
+            continue;
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        if committed != generated {
+            let line = committed
+                .lines()
+                .zip(generated.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
+            panic!(
+                "{} differs from the code from line {} on; \
+                 regenerate it with `LEDGER_UPDATE_OPENAPI=1 cargo test -p ledger-api` and commit it",
+                path.display(),
+                line + 1
+            );
+        }
     }
 }
 
+fn paths(service: Service) -> Vec<String> {
+    let doc: serde_json::Value = serde_json::from_str(&service.document()).unwrap();
+    let mut paths: Vec<String> = doc["paths"]
+        .as_object()
+        .expect("a document has paths")
+        .keys()
+        .cloned()
+        .collect();
+    paths.sort();
+    paths
+}
+
 #[test]
-fn the_document_names_every_error_code() {
-    let doc: serde_json::Value = serde_json::from_str(&ledger_api::openapi::document()).unwrap();
-    let codes = &doc["components"]["schemas"]["ErrorCode"]["enum"];
-    for code in ledger_api::ErrorCode::ALL {
-        assert!(
-            codes
-                .as_array()
-                .is_some_and(|c| c.iter().any(|v| v == code.as_str())),
-            "{code} missing from the ErrorCode schema: {codes}"
-        );
-    }
-    for path in [
-        "/v1/commands",
-        "/v1/commands/batch",
+fn each_document_names_its_own_operations_and_no_other() {
+    let operations = ["/healthz", "/metrics", "/openapi.json", "/readyz"];
+    let mut ingest: Vec<&str> = vec!["/v1/commands", "/v1/commands/batch"];
+    ingest.extend(operations);
+    ingest.sort();
+    assert_eq!(paths(Service::Ingest), ingest);
+    let mut projector: Vec<&str> = vec![
         "/v1/accounts/{account_id}",
+        "/v1/admin/parked",
+        "/v1/admin/parked/{account_id}/retry",
+        "/v1/admin/parked/{account_id}/skip",
+        "/v1/admin/pause",
+        "/v1/admin/rebuild",
+        "/v1/admin/resume",
+        "/v1/cluster",
         "/v1/commands/{command_id}",
         "/v1/progress",
-        "/readyz",
-        "/openapi.json",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+        "/v1/totals",
+    ];
+    projector.extend(operations);
+    projector.sort();
+    assert_eq!(paths(Service::Projector), projector);
+}
+
+#[test]
+fn both_documents_name_every_error_code() {
+    for service in Service::ALL {
+        let doc: serde_json::Value = serde_json::from_str(&service.document()).unwrap();
+        let codes = &doc["components"]["schemas"]["ErrorCode"]["enum"];
+        for code in ledger_api::ErrorCode::ALL {
+            assert!(
+                codes
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|v| v == code.as_str())),
+                "{code} missing from the ErrorCode schema of {service:?}: {codes}"
+            );
+        }
     }
 }
 

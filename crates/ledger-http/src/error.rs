@@ -73,7 +73,7 @@ impl IntoResponse for ApiError {
 pub async fn no_such_route() -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
-        "no such route; GET /openapi.json describes the API",
+        "no such route; GET /openapi.json describes this service's API",
     )
 }
 

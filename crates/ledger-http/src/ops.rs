@@ -10,6 +10,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
+use ledger_api::openapi::Service;
 use ledger_api::{ErrorCode, Health};
 use prometheus_client::registry::Registry;
 
@@ -21,6 +22,7 @@ use crate::metrics::{render, MetricsRegistry};
 /// share. No request runs longer than `request_timeout`; one that would is answered
 /// `503 timeout`.
 pub fn service_router(
+    service: Service,
     api: Router,
     readyz: MethodRouter,
     registry: Registry,
@@ -31,7 +33,7 @@ pub fn service_router(
         .with_state(MetricsRegistry(Arc::new(registry)));
     api.route("/healthz", get(healthz))
         .route("/readyz", readyz)
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(move || openapi(service)))
         .merge(metrics)
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -45,13 +47,11 @@ async fn healthz() -> Json<Health> {
     Json(Health::ok())
 }
 
-/// `GET /openapi.json`: the API of both services, as committed in `docs/openapi.json`.
-/// Generated once per process: it is the same on every request.
-async fn openapi() -> Response {
-    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// `GET /openapi.json`: the service's own API, as committed in `docs/openapi/`.
+async fn openapi(service: Service) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.get_or_init(ledger_api::openapi::document).as_str(),
+        service.served(),
     )
         .into_response()
 }
@@ -86,7 +86,13 @@ mod tests {
                 "late"
             }),
         );
-        service_router(api, get(|| async { "ready" }), Registry::default(), timeout)
+        service_router(
+            Service::Ingest,
+            api,
+            get(|| async { "ready" }),
+            Registry::default(),
+            timeout,
+        )
     }
 
     async fn call(app: Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
@@ -124,6 +130,13 @@ mod tests {
         let (status, body) = call(app(Duration::from_secs(5)), "POST", "/healthz").await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(body["error"]["code"], "method_not_allowed");
+        let (_, headers, _) =
+            call_with_headers(app(Duration::from_secs(5)), "TRACE", "/healthz").await;
+        assert_eq!(
+            headers.get("allow").map(|v| v.to_str().unwrap()),
+            Some("GET,HEAD"),
+            "a 405 names the methods the route takes"
+        );
         let (status, headers, body) =
             call_with_headers(app(Duration::from_millis(50)), "GET", "/v1/slow").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -137,6 +150,6 @@ mod tests {
         assert_eq!((status, &body["status"]), (StatusCode::OK, &"ok".into()));
         let (status, body) = call(app(Duration::from_secs(5)), "GET", "/openapi.json").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(body["info"]["title"], "ledger");
+        assert_eq!(body["info"]["title"], "ledger command-ingest");
     }
 }

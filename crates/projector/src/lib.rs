@@ -400,6 +400,7 @@ pub async fn serve(
     let served_by = axum::http::HeaderValue::from_str(&group.id)
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unnamed"));
     let app = ledger_http::ops::service_router(
+        ledger_api::openapi::Service::Projector,
         v1,
         get(http::readyz).with_state(query),
         registry,
