@@ -116,6 +116,10 @@ impl Batch {
     /// by partition), so the events in hand lean to one partition; a fair share lets
     /// every partition in hand be applied at once, each on a thread of its own.
     pub fn split_off_beyond(&mut self, max: usize) -> Batch {
+        let max = max.max(1);
+        if self.len() <= max {
+            return Batch::default();
+        }
         let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
         for (p, o) in self
             .records
@@ -124,10 +128,6 @@ impl Batch {
             .chain(self.unreadable.iter().map(|u| (u.partition, u.offset)))
         {
             offsets.entry(p).or_default().push(o);
-        }
-        let max = max.max(1);
-        if self.len() <= max {
-            return Batch::default();
         }
         // Water-filling, smallest partitions first.
         let mut by_size: Vec<(i32, usize)> = offsets.iter().map(|(p, o)| (*p, o.len())).collect();

@@ -36,7 +36,7 @@ pub struct BatchStats {
     pub workers: usize,
     /// Wall time of the apply, all partitions in parallel, flushes aside.
     pub apply_time: Duration,
-    /// Time in the two flushes that made them durable (their intents, then the writes).
+    /// Time in the flush that made their intents durable.
     pub flush_time: Duration,
 }
 

@@ -212,7 +212,7 @@ impl Store {
         Ok(self.trees_of(topic, partition)?.records)
     }
 
-    /// A partition's live trees, opened (and its last intent redone) on first use.
+    /// A partition's live trees, opened (and its last intents redone) on first use.
     fn trees_of(&self, topic: &str, partition: i32) -> Result<Trees, StoreError> {
         let key = (topic.to_string(), partition);
         if let Some(t) = self
@@ -239,7 +239,9 @@ impl Store {
         };
         let name = records::generation_tree_name(topic, partition, generation);
         let records = self.db.open_tree(&name)?;
-        let intent = self.db.open_tree(records::intent_tree_name(&name))?;
+        let intent = self
+            .db
+            .open_tree(records::intent_tree_name(name.as_bytes()))?;
         // The last batches' intents, redone before anything reads the tree: after a crash
         // their writes may be partly on disk (see `intent`).
         let (last, redone) = intent::recover(&records, &intent, &name)?;
@@ -258,9 +260,7 @@ impl Store {
     /// Drops a partition's tree of records, and its intent's.
     fn drop_partition_tree(&self, name: &[u8]) -> Result<(), StoreError> {
         self.db.drop_tree(name)?;
-        let mut intent = b"i/".to_vec();
-        intent.extend_from_slice(name);
-        self.db.drop_tree(intent)?;
+        self.db.drop_tree(records::intent_tree_name(name))?;
         Ok(())
     }
 
@@ -500,12 +500,9 @@ impl Store {
         }
         let mut jobs = Vec::with_capacity(by_partition.len());
         for (partition, (records, unreadable)) in by_partition {
-            let trees = self.trees_of(topic, partition)?;
             jobs.push(PartitionJob {
                 name: records::partition_tree_name(topic, partition),
-                tree: trees.records,
-                intent: trees.intent,
-                last_seq: trees.seq,
+                trees: self.trees_of(topic, partition)?,
                 partition,
                 records,
                 unreadable,
@@ -571,16 +568,16 @@ impl Store {
             .expect("the writer lock is never held across a panic");
         if self.view.is_none() {
             for share in &writes {
-                if !self.is_live(&topic, &share.tree)? {
+                if !self.is_live(&topic, &share.trees.records)? {
                     return Err(StoreError::Swapped(
-                        String::from_utf8_lossy(&share.tree.name()).into_owned(),
+                        String::from_utf8_lossy(&share.trees.records.name()).into_owned(),
                     ));
                 }
             }
         }
         let mut writes = writes;
         for share in &mut writes {
-            share.seq = share.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            share.seq = share.trees.seq.fetch_add(1, Ordering::Relaxed) + 1;
         }
         let shares = SledShares {
             db: &self.db,
@@ -690,21 +687,18 @@ struct SledShares<'a> {
 /// that writing an intent copies no node of the records; and the last intent's sequence
 /// number.
 #[derive(Clone)]
-struct Trees {
-    records: sled::Tree,
-    intent: sled::Tree,
-    seq: Arc<AtomicU64>,
+pub(crate) struct Trees {
+    pub(crate) records: sled::Tree,
+    pub(crate) intent: sled::Tree,
+    pub(crate) seq: Arc<AtomicU64>,
 }
 
 /// One partition's decided writes.
 pub(crate) struct Share {
     pub(crate) partition: i32,
-    pub(crate) tree: sled::Tree,
-    pub(crate) intent: sled::Tree,
+    pub(crate) trees: Trees,
     pub(crate) writes: intent::Writes,
-    /// The partition's last intent's sequence number.
-    pub(crate) last_seq: Arc<AtomicU64>,
-    /// This one's, set when it is committed.
+    /// This intent's sequence number, set when it is committed.
     pub(crate) seq: u64,
 }
 
@@ -714,8 +708,8 @@ impl intent::Shares for SledShares<'_> {
     fn each(&self, step: &intent::Step<'_, sled::Tree>) -> Result<(), StoreError> {
         let one = |s: &Share| {
             step(intent::Share {
-                records: &s.tree,
-                intent: &s.intent,
+                records: &s.trees.records,
+                intent: &s.trees.intent,
                 writes: &s.writes,
                 seq: s.seq,
             })
@@ -736,7 +730,7 @@ impl intent::Shares for SledShares<'_> {
             .flush_time
             .lock()
             .expect("the flush timer is never held across a panic") += started.elapsed();
-        flushed.map(|_| ())?;
+        flushed?;
         Ok(())
     }
 }

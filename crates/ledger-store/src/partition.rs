@@ -27,15 +27,12 @@ use sled::IVec;
 
 use crate::intent::Writes;
 use crate::records::{self, ParkEntry, ParkMark};
-use crate::{BatchStats, EventCodec, Share, Skipped, StoreError};
+use crate::{BatchStats, EventCodec, Share, Skipped, StoreError, Trees};
 
 /// One partition's share of a batch.
 pub(crate) struct PartitionJob<'b> {
     pub(crate) name: String,
-    pub(crate) tree: sled::Tree,
-    /// Where the partition's intents go.
-    pub(crate) intent: sled::Tree,
-    pub(crate) last_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) trees: Trees,
     pub(crate) partition: i32,
     pub(crate) records: Vec<&'b Record>,
     pub(crate) unreadable: Vec<&'b Unreadable>,
@@ -55,12 +52,12 @@ pub(crate) struct Decided {
 
 impl PartitionJob<'_> {
     pub(crate) fn decide(self) -> Result<Decided, StoreError> {
-        let stored = self
-            .tree
+        let tree = &self.trees.records;
+        let stored = tree
             .get(records::OFFSET_KEY)?
             .map(|v| records::decode_offset(&self.name, &v))
             .transpose()?;
-        let mut state = PartitionState::new(&self.name, &self.tree, self.codec);
+        let mut state = PartitionState::new(&self.name, tree, self.codec);
         let mut stats = BatchStats::default();
         let mut follow_ups = Vec::new();
         let mut dead_letters = Vec::new();
@@ -145,8 +142,7 @@ impl PartitionJob<'_> {
             // An owner's batch: every event below `next` now has its follow-ups in the
             // log (emitted here, or by an earlier owner below `emit_from`).
             if self.emit_from.is_some() {
-                let emitted = self
-                    .tree
+                let emitted = tree
                     .get(records::EMITTED_KEY)?
                     .map(|v| records::decode_offset(&self.name, &v))
                     .transpose()?;
@@ -163,10 +159,8 @@ impl PartitionJob<'_> {
         Ok(Decided {
             share: Share {
                 partition: self.partition,
-                tree: self.tree,
-                intent: self.intent,
+                trees: self.trees,
                 writes,
-                last_seq: self.last_seq,
                 seq: 0,
             },
             follow_ups,

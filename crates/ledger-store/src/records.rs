@@ -119,9 +119,9 @@ pub(crate) fn generation_tree_name(topic: &str, partition: i32, generation: u32)
     }
 }
 
-/// The tree of a partition tree's intent.
-pub(crate) fn intent_tree_name(tree_name: &str) -> String {
-    format!("i/{tree_name}")
+/// The tree of a partition tree's intents.
+pub(crate) fn intent_tree_name(tree_name: &[u8]) -> Vec<u8> {
+    [b"i/", tree_name].concat()
 }
 
 /// Where the meta tree keeps the generation of a partition's live tree.
