@@ -35,23 +35,9 @@ use crate::query::{
                        idempotent producer). Queries are the projector's: see its own document.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(submit_command, submit_batch, healthz, readyz, metrics, openapi_json),
-    components(schemas(
-        CommandRequest,
-        Accepted,
-        BatchResults,
-        BatchItem,
-        ErrorBody,
-        ErrorDetail,
-        ErrorCode,
-        Health,
-        Readiness
-    )),
-    modifiers(&BearerAuth),
-    tags(
-        (name = "ingest", description = "command-ingest: commands in, one event each"),
-        (name = "operations", description = "health, readiness, metrics, this document"),
-    )
+    paths(submit_command, submit_batch),
+    components(schemas(CommandRequest, Accepted, BatchResults, BatchItem)),
+    tags((name = "ingest", description = "command-ingest: commands in, one event each"))
 )]
 struct IngestDoc;
 
@@ -79,11 +65,7 @@ struct IngestDoc;
         admin_rebuild_status,
         admin_parked,
         admin_parked_retry,
-        admin_parked_skip,
-        healthz,
-        readyz,
-        metrics,
-        openapi_json
+        admin_parked_skip
     ),
     components(schemas(
         AccountView,
@@ -105,21 +87,25 @@ struct IngestDoc;
         RebuildPartition,
         ParkedView,
         ParkedAccount,
-        UnparkAccepted,
-        ErrorBody,
-        ErrorDetail,
-        ErrorCode,
-        Health,
-        Readiness
+        UnparkAccepted
     )),
-    modifiers(&BearerAuth),
     tags(
         (name = "projector", description = "the query API over the projected state"),
         (name = "admin", description = "pause and resume, the verified rebuild, parked accounts"),
-        (name = "operations", description = "health, readiness, metrics, this document"),
     )
 )]
 struct ProjectorDoc;
+
+/// What both documents hold: the operations routes, the error body, and the bearer
+/// scheme the `/v1` routes name; merged into each service's own.
+#[derive(OpenApi)]
+#[openapi(
+    paths(healthz, readyz, metrics, openapi_json),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, Health, Readiness)),
+    modifiers(&BearerAuth),
+    tags((name = "operations", description = "health, readiness, metrics, this document"))
+)]
+struct OperationsDoc;
 
 /// A service, for its own document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +133,8 @@ impl Service {
         let doc = match self {
             Service::Ingest => IngestDoc::openapi(),
             Service::Projector => ProjectorDoc::openapi(),
-        };
+        }
+        .merge_from(OperationsDoc::openapi());
         let mut json = doc
             .to_pretty_json()
             .expect("the document is built from plain structs and always serialises");

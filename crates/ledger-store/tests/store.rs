@@ -258,22 +258,28 @@ fn a_store_of_the_previous_layout_is_refused_not_misread() {
     );
 }
 
-#[test]
-fn a_store_of_layout_3_is_refused_with_the_rebuild_message() {
-    // Layout 3 wrote each partition's batch with sled's apply_batch and kept no intent; its
-    // records would read, but a store must be one layout or the other throughout.
+/// What `Store::open` says of a directory whose meta tree records `layout` and holds
+/// nothing else.
+fn open_with_layout(layout: u32) -> StoreError {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = sled::open(dir.path()).unwrap();
         db.open_tree("meta")
             .unwrap()
-            .insert(b"layout", &3u32.to_be_bytes())
+            .insert(b"layout", &layout.to_be_bytes())
             .unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(dir.path(), CACHE)
+    Store::open(dir.path(), CACHE)
         .err()
-        .expect("layout 3 must be refused");
+        .unwrap_or_else(|| panic!("layout {layout} must be refused"))
+}
+
+#[test]
+fn a_store_of_layout_3_is_refused_with_the_rebuild_message() {
+    // Layout 3 wrote each partition's batch with sled's apply_batch and kept no intent; its
+    // records would read, but a store must be one layout or the other throughout.
+    let err = open_with_layout(3);
     let text = err.to_string();
     assert!(matches!(err, StoreError::Layout { .. }), "{text}");
     assert!(
@@ -284,18 +290,7 @@ fn a_store_of_layout_3_is_refused_with_the_rebuild_message() {
 
 #[test]
 fn a_store_of_a_newer_layout_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path()).unwrap();
-        db.open_tree("meta")
-            .unwrap()
-            .insert(b"layout", &9u32.to_be_bytes())
-            .unwrap();
-        db.flush().unwrap();
-    }
-    let err = Store::open(dir.path(), CACHE)
-        .err()
-        .expect("layout 9 must be refused");
+    let err = open_with_layout(9);
     assert!(err.to_string().contains("layout 9"), "{err}");
 }
 
