@@ -57,3 +57,6 @@ KAFKA_BROKERS="$LEDGER_TEST_BROKERS" DEMO_PROFILE=dev DEMO_SKIP_BUILD=1 scripts/
 
 step "the group demo (scripts/demo-group.sh) against the same broker"
 KAFKA_BROKERS="$LEDGER_TEST_BROKERS" DEMO_PROFILE=dev DEMO_SKIP_BUILD=1 scripts/demo-group.sh
+
+step "Schemathesis against both services' OpenAPI documents (scripts/api-fuzz.sh)"
+KAFKA_BROKERS="$LEDGER_TEST_BROKERS" FUZZ_SKIP_BUILD=1 scripts/api-fuzz.sh

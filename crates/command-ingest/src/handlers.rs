@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ledger_api::command::MAX_BATCH_ITEMS;
 use ledger_api::{Accepted, BatchItem, BatchResults, ErrorCode, Readiness};
 use ledger_domain::command::CommandKind;
 use ledger_domain::{Command, Event};
@@ -25,8 +26,6 @@ use uuid::Uuid;
 
 use crate::AppState;
 
-/// Most commands in one batch request.
-pub const MAX_BATCH_ITEMS: usize = 10_000;
 /// Largest batch body: room for 10 000 commands with long ids.
 pub const MAX_BATCH_BODY: usize = 8 * 1024 * 1024;
 

@@ -127,6 +127,7 @@ pub async fn serve(
         ledger_api::openapi::Service::Ingest,
         v1,
         get(handlers::readyz).with_state(state.clone()),
+        || None,
         registry,
         request_timeout,
     );

@@ -7,6 +7,9 @@ use utoipa::ToSchema;
 
 use crate::error::ErrorDetail;
 
+/// Most commands in one `POST /v1/commands/batch`; more is `413 payload_too_large`.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
 /// One command, as a client sends it to `POST /v1/commands`.
 ///
 /// The ingest validates the raw JSON itself, so that each mistake gets its own error
@@ -18,37 +21,37 @@ pub enum CommandRequest {
     /// Opens the account with a balance of 0.
     OpenAccount {
         /// 1 to 64 characters of `[A-Za-z0-9._-]`; also the event's Kafka key.
-        #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "acc-1")]
+        #[schema(value_type = String, example = "acc-1")]
         account_id: AccountId,
         /// The idempotency key, scoped to the account; generated when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+        #[schema(value_type = Option<String>)]
         command_id: Option<CommandId>,
     },
     /// Adds money to an open account.
     Deposit {
         /// 1 to 64 characters of `[A-Za-z0-9._-]`; also the event's Kafka key.
-        #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "acc-1")]
+        #[schema(value_type = String, example = "acc-1")]
         account_id: AccountId,
         /// Minor units, an integer from 1 to 1000000000000.
         #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000_000_u64, example = 1250)]
         amount: Amount,
         /// The idempotency key, scoped to the account; generated when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+        #[schema(value_type = Option<String>)]
         command_id: Option<CommandId>,
     },
     /// Takes money out of an open account; never below 0.
     Withdraw {
         /// 1 to 64 characters of `[A-Za-z0-9._-]`; also the event's Kafka key.
-        #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "acc-1")]
+        #[schema(value_type = String, example = "acc-1")]
         account_id: AccountId,
         /// Minor units, an integer from 1 to 1000000000000.
         #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000_000_u64, example = 300)]
         amount: Amount,
         /// The idempotency key, scoped to the account; generated when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+        #[schema(value_type = Option<String>)]
         command_id: Option<CommandId>,
     },
     /// Moves money from one open account to another: the source is debited when the
@@ -56,17 +59,17 @@ pub enum CommandRequest {
     /// credited by a follow-up event, or the source refunded.
     Transfer {
         /// The source; 1 to 64 characters of `[A-Za-z0-9._-]`; also the event's Kafka key.
-        #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "acc-1")]
+        #[schema(value_type = String, example = "acc-1")]
         from_account: AccountId,
         /// The destination; never the source (`invalid_transfer`).
-        #[schema(value_type = String, pattern = "^[A-Za-z0-9._-]{1,64}$", example = "acc-2")]
+        #[schema(value_type = String, example = "acc-2")]
         to_account: AccountId,
         /// Minor units, an integer from 1 to 1000000000000.
         #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000_000_u64, example = 500)]
         amount: Amount,
         /// The idempotency key, scoped to the source account; generated when absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schema(value_type = Option<String>, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
+        #[schema(value_type = Option<String>)]
         command_id: Option<CommandId>,
     },
 }

@@ -76,11 +76,14 @@ pub enum ErrorCode {
     /// 409: a rebuild is already running on this instance; `GET /v1/admin/rebuild`
     /// follows it.
     RebuildRunning,
+    /// 409: a rebuild cannot start while partitions of this instance are paused: it must
+    /// reach the live store's offsets, which a paused partition never moves to.
+    PartitionsPaused,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownCommand,
         ErrorCode::MissingField,
@@ -109,6 +112,7 @@ impl ErrorCode {
         ErrorCode::InvalidPartition,
         ErrorCode::AccountNotParked,
         ErrorCode::RebuildRunning,
+        ErrorCode::PartitionsPaused,
     ];
 
     /// The code as it appears on the wire.
@@ -142,6 +146,7 @@ impl ErrorCode {
             ErrorCode::InvalidPartition => "invalid_partition",
             ErrorCode::AccountNotParked => "account_not_parked",
             ErrorCode::RebuildRunning => "rebuild_running",
+            ErrorCode::PartitionsPaused => "partitions_paused",
         }
     }
 
@@ -164,7 +169,9 @@ impl ErrorCode {
             | ErrorCode::CommandNotFound
             | ErrorCode::NotFound
             | ErrorCode::AccountNotParked => StatusCode::NOT_FOUND,
-            ErrorCode::AmbiguousCommandId | ErrorCode::RebuildRunning => StatusCode::CONFLICT,
+            ErrorCode::AmbiguousCommandId
+            | ErrorCode::RebuildRunning
+            | ErrorCode::PartitionsPaused => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

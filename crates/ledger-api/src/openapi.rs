@@ -9,6 +9,9 @@
 
 #![allow(dead_code)]
 
+use ledger_domain::ids::{MAX_ACCOUNT_ID_LEN, MAX_COMMAND_ID_LEN};
+use ledger_domain::{token_pattern_for, ACCOUNT_ID_PATTERN, COMMAND_ID_PATTERN, TOKEN_PATTERN};
+use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -17,7 +20,7 @@ use crate::admin::{
     RebuildView, UnparkAccepted,
 };
 use crate::cluster::{ClusterView, InstanceView, PartitionRole, PartitionRoleView};
-use crate::command::{Accepted, BatchItem, BatchResults, CommandRequest};
+use crate::command::{Accepted, BatchItem, BatchResults, CommandRequest, MAX_BATCH_ITEMS};
 use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use crate::ops::{Health, Readiness};
 use crate::query::{
@@ -130,27 +133,132 @@ impl Service {
 
     /// The service's document as pretty JSON with a trailing newline, as committed.
     pub fn document(self) -> String {
+        self.render(None)
+    }
+
+    /// The document a service serves: the committed one, and once the projector knows
+    /// its topic's `partitions`, bounded to them (a token's partition, `?partition=`):
+    /// a partition the topic does not have is refused, and the document says so.
+    pub fn served(self, partitions: Option<i32>) -> std::borrow::Cow<'static, str> {
+        static INGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        static PROJECTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        match partitions {
+            // Rendered for each request: it is asked for rarely, and tests run
+            // projectors of different topics in one process.
+            Some(n) if self == Service::Projector => self.render(Some(n)).into(),
+            _ => {
+                let cell = match self {
+                    Service::Ingest => &INGEST,
+                    Service::Projector => &PROJECTOR,
+                };
+                cell.get_or_init(|| self.document()).as_str().into()
+            }
+        }
+    }
+
+    fn render(self, partitions: Option<i32>) -> String {
         let doc = match self {
             Service::Ingest => IngestDoc::openapi(),
             Service::Projector => ProjectorDoc::openapi(),
         }
         .merge_from(OperationsDoc::openapi());
-        let mut json = doc
-            .to_pretty_json()
+        let mut doc = serde_json::to_value(doc)
             .expect("the document is built from plain structs and always serialises");
+        constrain(&mut doc, partitions);
+        let mut json = serde_json::to_string_pretty(&doc).expect("a JSON value always serialises");
         json.push('\n');
         json
     }
+}
 
-    /// [`Service::document`], rendered once per process: it is the same on every request.
-    pub fn served(self) -> &'static str {
-        static INGEST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        static PROJECTOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-        let cell = match self {
-            Service::Ingest => &INGEST,
-            Service::Projector => &PROJECTOR,
-        };
-        cell.get_or_init(|| self.document()).as_str()
+/// Writes into the document what the handlers enforce and the derive cannot say, from
+/// the same constants the handlers check against: the pattern of every id and token
+/// parameter and the range of every number, `additionalProperties: false` on each
+/// command (the ingest refuses an unknown field), a batch's items as any JSON (each is
+/// checked on its own, so a wrong one is refused in its own result), and `Retry-After`
+/// on every 503. With the topic's `partitions` known, partitions are bounded to them.
+fn constrain(doc: &mut Value, partitions: Option<i32>) {
+    let id = |pattern: &str, longest: usize| json!({"type": "string", "pattern": pattern, "minLength": 1, "maxLength": longest});
+    let parameter = |name: &str| match name {
+        "account_id" => Some(id(ACCOUNT_ID_PATTERN, MAX_ACCOUNT_ID_LEN)),
+        "command_id" => Some(id(COMMAND_ID_PATTERN, MAX_COMMAND_ID_LEN)),
+        "after" => Some(json!({"type": "string", "pattern": partitions
+            .map_or_else(|| TOKEN_PATTERN.to_string(), token_pattern_for)})),
+        "timeout_ms" => Some(json!({"type": "integer", "minimum": 0,
+            "maximum": ConsistencyParams::MAX_WAIT_MS})),
+        "partition" => Some(json!({"type": "integer", "format": "int32", "minimum": 0,
+            "maximum": partitions.map_or(i32::MAX, |n| n - 1)})),
+        _ => None,
+    };
+    let retry_after = json!({"Retry-After": {
+        "description": "Seconds to wait before retrying; sent with `overloaded`, \
+            `not_yet_consistent`, `partition_moving` and `not_ready`",
+        "schema": {"type": "integer", "minimum": 0}}});
+    let error = |description: &str| {
+        json!({"description": description, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    for (path, item) in doc["paths"].as_object_mut().into_iter().flatten() {
+        let api = path.starts_with("/v1/");
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            // `get_mut`: indexing a missing key would insert a null.
+            let params = op.get_mut("parameters").and_then(Value::as_array_mut);
+            for param in params.into_iter().flatten() {
+                if let Some(schema) = param["name"].as_str().and_then(parameter) {
+                    param["schema"] = schema;
+                }
+            }
+            let responses = op["responses"]
+                .as_object_mut()
+                .expect("every operation declares its responses");
+            // Every /v1 request is bounded in time, and any can meet a fault of the service.
+            if api {
+                responses.entry("500").or_insert_with(|| {
+                    error("`internal`: a fault of the service, never of the request")
+                });
+                let unavailable = responses.entry("503").or_insert_with(|| error("`timeout`"));
+                if let Some(d) = unavailable["description"].as_str() {
+                    if !d.contains("`timeout`") {
+                        unavailable["description"] = json!(format!(
+                            "{d}; `timeout` when the request outlasts the service's bound"
+                        ));
+                    }
+                }
+            }
+            if let Some(unavailable) = responses.get_mut("503") {
+                unavailable["headers"] = retry_after.clone();
+            }
+        }
+    }
+    // The ingest's document only: the projector takes no commands.
+    let variants = doc
+        .pointer_mut("/components/schemas/CommandRequest/oneOf")
+        .and_then(Value::as_array_mut);
+    for variant in variants.into_iter().flatten() {
+        variant["additionalProperties"] = Value::Bool(false);
+        for (name, property) in variant["properties"]
+            .as_object_mut()
+            .expect("every command has properties")
+        {
+            match name.as_str() {
+                "account_id" | "from_account" | "to_account" => {
+                    property["pattern"] = json!(ACCOUNT_ID_PATTERN);
+                }
+                "command_id" => property["pattern"] = json!(COMMAND_ID_PATTERN),
+                _ => {}
+            }
+        }
+    }
+    if let Some(batch) = doc.pointer_mut(
+        "/paths/~1v1~1commands~1batch/post/requestBody/content/application~1json/schema",
+    ) {
+        *batch = json!({"type": "array", "maxItems": MAX_BATCH_ITEMS, "items": {
+            "description": "A command (`CommandRequest`). Each item is checked on its own: one \
+                that is not a command is refused in its own result, and the others are written."}});
     }
 }
 
@@ -320,7 +428,7 @@ fn get_cluster() {}
     params(PartitionParam),
     responses(
         (status = 200, description = "What is paused now", body = PauseView),
-        (status = 400, description = "`invalid_partition`", body = ErrorBody),
+        (status = 400, description = "`invalid_partition`: not an integer from 0 to the topic's partitions less one", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 503, description = "`partition_moving`: no instance owns the partition now", body = ErrorBody),
     ),
@@ -336,7 +444,7 @@ fn admin_pause() {}
     params(PartitionParam),
     responses(
         (status = 200, description = "What is still paused", body = PauseView),
-        (status = 400, description = "`invalid_partition`", body = ErrorBody),
+        (status = 400, description = "`invalid_partition`: not an integer from 0 to the topic's partitions less one", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 503, description = "`partition_moving`: no instance owns the partition now", body = ErrorBody),
     ),
@@ -356,8 +464,8 @@ fn admin_resume() {}
     responses(
         (status = 202, description = "Started", body = RebuildView),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 409, description = "`rebuild_running`", body = ErrorBody),
-        (status = 503, description = "`not_ready`: this instance owns no partition", body = ErrorBody),
+        (status = 409, description = "`rebuild_running`, or `partitions_paused`: resume them first", body = ErrorBody),
+        (status = 503, description = "`not_ready`: this instance owns no partition yet", body = ErrorBody),
     ),
     security((), ("bearer" = []))
 )]

@@ -291,12 +291,13 @@ impl Progress {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConsistencyParams {
-    /// A token from an ingest answer.
+    /// A token from an ingest answer, as it was given (opaque: never build one); a
+    /// malformed one is `400 invalid_token`.
     #[param(example = "v1.2.41")]
     pub after: Option<String>,
-    /// How long to wait for it, in milliseconds: default 5000; more than 30000 waits
-    /// 30000. Read only with `after`. On time-out the answer is `503 not_yet_consistent`
-    /// with `Retry-After`.
+    /// How long to wait for it, in milliseconds: 0 to 30000, default 5000; a value
+    /// outside is `400 invalid_timeout`. Waited only with `after`. On time-out the
+    /// answer is `503 not_yet_consistent` with `Retry-After`.
     pub timeout_ms: Option<u64>,
 }
 

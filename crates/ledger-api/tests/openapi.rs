@@ -100,3 +100,66 @@ fn docs_api_md_lists_every_error_code_with_its_status() {
         assert!(doc.contains(&row), "docs/api.md lacks the row {row}");
     }
 }
+
+#[test]
+fn the_projector_serves_its_document_bounded_to_the_topic_and_the_committed_one_before() {
+    let bounded: serde_json::Value =
+        serde_json::from_str(&Service::Projector.served(Some(3))).unwrap();
+    let params = &bounded["paths"]["/v1/admin/resume"]["post"]["parameters"];
+    assert_eq!(params[0]["schema"]["maximum"], 2, "{params}");
+    let after = bounded["paths"]["/v1/totals"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "after")
+        .unwrap();
+    assert_eq!(
+        after["schema"]["pattern"],
+        r"^v1\.(0|1|2)\.(0|[1-9][0-9]{0,17})$"
+    );
+    assert_eq!(
+        Service::Projector.served(None),
+        Service::Projector.document()
+    );
+    assert_eq!(
+        Service::Ingest.served(Some(3)),
+        Service::Ingest.document(),
+        "the ingest names no partition"
+    );
+}
+
+#[test]
+fn every_command_refuses_unknown_fields_and_every_v1_route_declares_500_and_503() {
+    let ingest: serde_json::Value = serde_json::from_str(&Service::Ingest.document()).unwrap();
+    let variants = ingest["components"]["schemas"]["CommandRequest"]["oneOf"]
+        .as_array()
+        .unwrap();
+    assert_eq!(variants.len(), 4);
+    for v in variants {
+        assert_eq!(v["additionalProperties"], false, "{v}");
+    }
+    for service in Service::ALL {
+        let doc: serde_json::Value = serde_json::from_str(&service.document()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let r = &op["responses"];
+                if path.starts_with("/v1/") {
+                    assert!(r["500"].is_object(), "{method} {path}");
+                    assert!(
+                        r["503"]["description"]
+                            .as_str()
+                            .unwrap()
+                            .contains("`timeout`"),
+                        "{method} {path}"
+                    );
+                }
+                if r["503"].is_object() {
+                    assert!(
+                        r["503"]["headers"]["Retry-After"].is_object(),
+                        "{method} {path}"
+                    );
+                }
+            }
+        }
+    }
+}

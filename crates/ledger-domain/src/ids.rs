@@ -13,6 +13,12 @@ pub const MAX_ACCOUNT_ID_LEN: usize = 64;
 /// Longest command id, in characters.
 pub const MAX_COMMAND_ID_LEN: usize = 128;
 
+/// [`AccountId::parse`] as a regular expression, for the OpenAPI documents; a test holds
+/// the two to the same strings.
+pub const ACCOUNT_ID_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// [`CommandId::parse`] as a regular expression, for the OpenAPI documents.
+pub const COMMAND_ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+
 /// An account id: 1 to 64 characters of `[A-Za-z0-9._-]`. It is also the Kafka message
 /// key, so every event of one account lands in one partition.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -218,6 +224,22 @@ pub enum ValidationError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The patterns in the OpenAPI documents and the parsers accept the same ids.
+        #[test]
+        fn the_patterns_are_the_parsers(
+            s in proptest::prop_oneof![
+                proptest::string::string_regex("[A-Za-z0-9._:~ -]{0,130}").unwrap(),
+                proptest::prelude::any::<String>(),
+            ]
+        ) {
+            let account = regex::Regex::new(ACCOUNT_ID_PATTERN).unwrap();
+            let command = regex::Regex::new(COMMAND_ID_PATTERN).unwrap();
+            proptest::prop_assert_eq!(AccountId::parse(&s).is_ok(), account.is_match(&s), "{:?}", s);
+            proptest::prop_assert_eq!(CommandId::parse(&s).is_ok(), command.is_match(&s), "{:?}", s);
+        }
+    }
 
     #[test]
     fn only_the_canonical_uuid_text_gives_its_bits_back() {

@@ -28,10 +28,13 @@ pub use event::{
     follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind, Rejection, UnparkKind,
     REJECTIONS,
 };
-pub use ids::{AccountId, Amount, CommandId, ValidationError, MAX_AMOUNT};
+pub use ids::{
+    AccountId, Amount, CommandId, ValidationError, ACCOUNT_ID_PATTERN, COMMAND_ID_PATTERN,
+    MAX_AMOUNT,
+};
 pub use model::{
     Applied, ApplyResult, CommandRecord, CommandStatus, FollowUpRecord, Model, Totals,
     TransferRecord,
 };
-pub use position::{Position, TokenError};
+pub use position::{token_pattern_for, Position, TokenError, TOKEN_PATTERN};
 pub use rules::{decide, AccountState};

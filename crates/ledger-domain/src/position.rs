@@ -24,6 +24,20 @@ pub struct TokenError(pub String);
 
 const PREFIX: &str = "v1.";
 
+/// [`Position::from_token`] as a regular expression, for the OpenAPI documents: clients
+/// still treat the token as opaque, and the pattern lets a malformed one be refused
+/// before it is sent. Numbers are written without leading zeros, as [`Position::token`]
+/// writes them; nine digits cover every partition count Kafka allows and 18 any offset
+/// a log reaches (a million events a second for 30 000 years).
+pub const TOKEN_PATTERN: &str = r"^v1\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,17})$";
+
+/// [`TOKEN_PATTERN`] for a topic of `partitions` partitions: the partition is one of
+/// them. The projector serves this in its document once it knows its topic.
+pub fn token_pattern_for(partitions: i32) -> String {
+    let each: Vec<String> = (0..partitions.max(1)).map(|p| p.to_string()).collect();
+    format!(r"^v1\.({})\.(0|[1-9][0-9]{{0,17}})$", each.join("|"))
+}
+
 impl Position {
     /// The token that names this position.
     pub fn token(&self) -> String {
@@ -35,9 +49,13 @@ impl Position {
         let bad = || TokenError(token.chars().take(100).collect());
         let rest = token.strip_prefix(PREFIX).ok_or_else(bad)?;
         let (p, o) = rest.split_once('.').ok_or_else(bad)?;
-        let digits =
-            |s: &str| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(p) || !digits(o) {
+        let digits = |s: &str, most: usize| {
+            (s == "0" || !s.starts_with('0'))
+                && !s.is_empty()
+                && s.len() <= most
+                && s.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(p, 9) || !digits(o, 18) {
             return Err(bad());
         }
         Ok(Position {
@@ -72,10 +90,28 @@ mod tests {
         };
         assert_eq!(Position::from_token(&p.token()).unwrap(), p);
         let big = Position {
-            partition: i32::MAX,
-            offset: i64::MAX,
+            partition: 999_999_999,
+            offset: 999_999_999_999_999_999,
         };
         assert_eq!(Position::from_token(&big.token()).unwrap(), big);
+    }
+
+    proptest::proptest! {
+        /// The pattern in the OpenAPI documents and the parser accept the same tokens.
+        #[test]
+        fn the_pattern_is_the_parser(
+            t in proptest::prop_oneof![
+                proptest::string::string_regex(r"v1\.[0-9]{0,11}\.[0-9]{0,20}").unwrap(),
+                proptest::string::string_regex(r"[v1.0-9 -]{0,12}").unwrap(),
+                proptest::prelude::any::<String>(),
+            ]
+        ) {
+            let pattern = regex::Regex::new(TOKEN_PATTERN).unwrap();
+            proptest::prop_assert_eq!(Position::from_token(&t).is_ok(), pattern.is_match(&t), "{:?}", t);
+            let six = regex::Regex::new(&token_pattern_for(6)).unwrap();
+            let of_six = Position::from_token(&t).is_ok_and(|p| p.partition < 6);
+            proptest::prop_assert_eq!(of_six, six.is_match(&t), "{:?}", t);
+        }
     }
 
     #[test]
@@ -91,7 +127,12 @@ mod tests {
             "v1.1.1.1",
             "v1.a.1",
             "v1.99999999999.1",
+            "v1.1000000000.1",
             "v1.1.99999999999999999999",
+            "v1.1.1000000000000000000",
+            "v1.02.1",
+            "v1.2.01",
+            "v1.00.0",
             "v1. 1.1",
         ] {
             assert!(Position::from_token(t).is_err(), "{t:?}");

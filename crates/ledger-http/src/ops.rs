@@ -18,13 +18,15 @@ use crate::error::{method_not_allowed, no_such_route, ApiError};
 use crate::metrics::{render, MetricsRegistry};
 
 /// A service's whole router: `api` (its `/v1` routes, already with their state and
-/// authentication), `readyz` (its own readiness check), and everything both services
-/// share. No request runs longer than `request_timeout`; one that would is answered
-/// `503 timeout`.
+/// authentication), `readyz` (its own readiness check), `partitions` (the topic's
+/// partition count once known, which bounds the projector's document), and everything
+/// both services share. No request runs longer than `request_timeout`; one that would
+/// is answered `503 timeout`.
 pub fn service_router(
     service: Service,
     api: Router,
     readyz: MethodRouter,
+    partitions: impl Fn() -> Option<i32> + Clone + Send + Sync + 'static,
     registry: Registry,
     request_timeout: Duration,
 ) -> Router {
@@ -33,7 +35,7 @@ pub fn service_router(
         .with_state(MetricsRegistry(Arc::new(registry)));
     api.route("/healthz", get(healthz))
         .route("/readyz", readyz)
-        .route("/openapi.json", get(move || openapi(service)))
+        .route("/openapi.json", get(move || openapi(service, partitions())))
         .merge(metrics)
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -47,11 +49,12 @@ async fn healthz() -> Json<Health> {
     Json(Health::ok())
 }
 
-/// `GET /openapi.json`: the service's own API, as committed in `docs/openapi/`.
-async fn openapi(service: Service) -> Response {
+/// `GET /openapi.json`: the service's own API, as committed in `docs/openapi/` (bounded
+/// to the topic's partitions once they are known).
+async fn openapi(service: Service, partitions: Option<i32>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        service.served(),
+        service.served(partitions).into_owned(),
     )
         .into_response()
 }
@@ -90,6 +93,7 @@ mod tests {
             Service::Ingest,
             api,
             get(|| async { "ready" }),
+            || None,
             Registry::default(),
             timeout,
         )

@@ -24,8 +24,8 @@ const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// ones are ignored; [`consistency_params`] makes [`ConsistencyParams`] of it.
 pub(crate) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-/// `?after=&timeout_ms=`. `timeout_ms` matters only with `after`, so it is read (and can
-/// be refused) only then.
+/// `?after=&timeout_ms=`. `timeout_ms` is waited only with `after`, but is refused when
+/// outside 0 to 30000 either way: the document states the range for every query.
 fn consistency_params(params: &Params) -> Result<ConsistencyParams, ApiError> {
     let Query(params) = params.as_ref().map_err(|e| {
         ApiError::new(
@@ -33,23 +33,22 @@ fn consistency_params(params: &Params) -> Result<ConsistencyParams, ApiError> {
             format!("the query string could not be read: {}", e.body_text()),
         )
     })?;
+    let timeout_ms = params
+        .get("timeout_ms")
+        .map(|t| match t.parse::<u64>() {
+            Ok(ms) if ms <= ConsistencyParams::MAX_WAIT_MS => Ok(ms),
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidTimeout,
+                format!(
+                    "timeout_ms must be an integer of milliseconds from 0 to {}, got {t:?}",
+                    ConsistencyParams::MAX_WAIT_MS
+                ),
+            )),
+        })
+        .transpose()?;
     let Some(after) = params.get("after") else {
         return Ok(ConsistencyParams::default());
     };
-    let timeout_ms = params
-        .get("timeout_ms")
-        .map(|t| {
-            t.parse::<u64>().map_err(|_| {
-                ApiError::new(
-                    ErrorCode::InvalidTimeout,
-                    format!(
-                        "timeout_ms must be an integer of milliseconds (at most {} are waited), got {t:?}",
-                        ConsistencyParams::MAX_WAIT_MS
-                    ),
-                )
-            })
-        })
-        .transpose()?;
     Ok(ConsistencyParams {
         after: Some(after.clone()),
         timeout_ms,
@@ -215,15 +214,26 @@ mod tests {
     }
 
     #[test]
-    fn timeout_ms_is_read_only_with_after_and_capped() {
+    fn timeout_ms_is_refused_outside_its_range_and_waited_only_with_after() {
+        for bad in ["abc", "30001", "-1", "9223372036854775808", ""] {
+            for with_after in [false, true] {
+                let mut q = vec![("timeout_ms", bad), ("x", "y")];
+                if with_after {
+                    q.push(("after", "v1.0.1"));
+                }
+                let e = params(&q).unwrap_err();
+                assert_eq!(e.code, ErrorCode::InvalidTimeout, "{bad:?} {with_after}");
+            }
+        }
         assert_eq!(
-            params(&[("timeout_ms", "abc"), ("x", "y")]).unwrap(),
-            ConsistencyParams::default()
+            params(&[("timeout_ms", "30000")]).unwrap(),
+            ConsistencyParams::default(),
+            "without a token nothing is waited"
         );
-        let e = params(&[("after", "v1.0.1"), ("timeout_ms", "abc")]).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidTimeout);
-        let p = params(&[("after", "v1.0.1"), ("timeout_ms", "99999")]).unwrap();
+        let p = params(&[("after", "v1.0.1"), ("timeout_ms", "30000")]).unwrap();
         assert_eq!(p.wait_ms(), ConsistencyParams::MAX_WAIT_MS);
+        let p = params(&[("after", "v1.0.1"), ("timeout_ms", "0")]).unwrap();
+        assert_eq!(p.wait_ms(), 0);
         let p = params(&[("after", "v1.0.1")]).unwrap();
         assert_eq!(p.wait_ms(), ConsistencyParams::DEFAULT_WAIT_MS);
     }

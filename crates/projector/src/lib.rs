@@ -399,10 +399,12 @@ pub async fn serve(
     // Token waits end by 30 s; anything longer is stuck.
     let served_by = axum::http::HeaderValue::from_str(&group.id)
         .unwrap_or_else(|_| axum::http::HeaderValue::from_static("unnamed"));
+    let counted = query.group.clone();
     let app = ledger_http::ops::service_router(
         ledger_api::openapi::Service::Projector,
         v1,
         get(http::readyz).with_state(query),
+        move || counted.partition_count(),
         registry,
         Duration::from_secs(35),
     )

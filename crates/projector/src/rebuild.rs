@@ -113,7 +113,7 @@ impl Rebuilder {
             .collect();
         if !paused.is_empty() {
             return Err(ApiError::new(
-                ErrorCode::NotReady,
+                ErrorCode::PartitionsPaused,
                 format!("partitions {paused:?} are paused: resume them (POST /v1/admin/resume) before a rebuild, which must reach the live store's offsets"),
             ));
         }

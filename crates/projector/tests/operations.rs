@@ -150,6 +150,35 @@ async fn a_pause_stops_applying_while_queries_are_served_and_resume_catches_up()
         (status, err["error"]["code"].as_str()),
         (400, Some("invalid_partition"))
     );
+    // And the served document says so: it is bounded to the topic's partitions.
+    let doc = get_json(&http, &format!("{base}/openapi.json")).await;
+    let pause = &doc["paths"]["/v1/admin/pause"]["post"]["parameters"][0];
+    assert_eq!(
+        (&pause["name"], &pause["schema"]["maximum"]),
+        (
+            &serde_json::json!("partition"),
+            &serde_json::json!(PARTITIONS - 1)
+        ),
+        "{pause}"
+    );
+    let after = doc["paths"]["/v1/progress"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "after")
+        .expect("/v1/progress takes a token");
+    assert_eq!(
+        after["schema"]["pattern"],
+        ledger_domain::token_pattern_for(PARTITIONS)
+    );
+
+    // A rebuild cannot reach a paused store's offsets: refused until resumed.
+    let (status, err) = post(&http, &format!("{base}/v1/admin/rebuild")).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("partitions_paused")),
+        "{err}"
+    );
 
     // Everything resumed: every event applied, as the model says.
     let (status, view) = post(&http, &format!("{base}/v1/admin/resume")).await;
