@@ -45,14 +45,19 @@ fi
 topic="fuzz.$(date +%s).$$"
 token=fuzz-token
 
-# Starts a service on a free port and prints its address once it is ready.
-start() {
+# Starts a service on a free port. Not in a command substitution: that would be a
+# subshell, and its pid would never reach `pids` (nor the clean-up).
+launch() {
   local name="$1"
   shift
   "$profile_dir/$name" "$@" --brokers "$brokers" --topic "$topic" --auth-token "$token" \
     --listen 127.0.0.1:0 >"$work/$name.log" 2>&1 &
   pids+=("$!")
-  local addr=""
+}
+
+# Prints a launched service's address once it is ready.
+address() {
+  local name="$1" addr=""
   for _ in $(seq 300); do
     addr="$(grep -o 'addr=[0-9.:]*' "$work/$name.log" | head -1 | cut -d= -f2 || true)"
     if [[ -n "$addr" ]] && curl -sf "http://$addr/readyz" >/dev/null; then
@@ -63,11 +68,13 @@ start() {
   done
   say "$name did not become ready; its log:"
   cat "$work/$name.log" >&2
-  exit 1
+  return 1
 }
 
-ingest="$(start command-ingest)"
-projector="$(start projector --data-dir "$work/data" --group-id "$topic")"
+launch command-ingest
+launch projector --data-dir "$work/data" --group-id "$topic"
+ingest="$(address command-ingest)"
+projector="$(address projector)"
 say "ingest on $ingest, projector on $projector, topic $topic"
 
 # Some state for the examples in the documents to find (acc-1, c-42), so that reads are
