@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use ledger_domain::ids::{MAX_ACCOUNT_ID_LEN, MAX_COMMAND_ID_LEN};
-use ledger_domain::{token_pattern_for, ACCOUNT_ID_PATTERN, COMMAND_ID_PATTERN, TOKEN_PATTERN};
+use ledger_domain::{token_pattern, ACCOUNT_ID_PATTERN, COMMAND_ID_PATTERN};
 use serde_json::{json, Value};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -182,8 +182,7 @@ fn constrain(doc: &mut Value, partitions: Option<i32>) {
     let parameter = |name: &str| match name {
         "account_id" => Some(id(ACCOUNT_ID_PATTERN, MAX_ACCOUNT_ID_LEN)),
         "command_id" => Some(id(COMMAND_ID_PATTERN, MAX_COMMAND_ID_LEN)),
-        "after" => Some(json!({"type": "string", "pattern": partitions
-            .map_or_else(|| TOKEN_PATTERN.to_string(), token_pattern_for)})),
+        "after" => Some(json!({"type": "string", "pattern": token_pattern(partitions)})),
         "timeout_ms" => Some(json!({"type": "integer", "minimum": 0,
             "maximum": ConsistencyParams::MAX_WAIT_MS})),
         "partition" => Some(json!({"type": "integer", "format": "int32", "minimum": 0,

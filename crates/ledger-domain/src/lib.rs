@@ -36,5 +36,5 @@ pub use model::{
     Applied, ApplyResult, CommandRecord, CommandStatus, FollowUpRecord, Model, Totals,
     TransferRecord,
 };
-pub use position::{token_pattern_for, Position, TokenError, TOKEN_PATTERN};
+pub use position::{token_pattern, Position, TokenError};
 pub use rules::{decide, AccountState};

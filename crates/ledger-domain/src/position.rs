@@ -28,14 +28,17 @@ const PREFIX: &str = "v1.";
 /// still treat the token as opaque, and the pattern lets a malformed one be refused
 /// before it is sent. Numbers are written without leading zeros, as [`Position::token`]
 /// writes them; nine digits cover every partition count Kafka allows and 18 any offset
-/// a log reaches (a million events a second for 30 000 years).
-pub const TOKEN_PATTERN: &str = r"^v1\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,17})$";
-
-/// [`TOKEN_PATTERN`] for a topic of `partitions` partitions: the partition is one of
-/// them. The projector serves this in its document once it knows its topic.
-pub fn token_pattern_for(partitions: i32) -> String {
-    let each: Vec<String> = (0..partitions.max(1)).map(|p| p.to_string()).collect();
-    format!(r"^v1\.({})\.(0|[1-9][0-9]{{0,17}})$", each.join("|"))
+/// a log reaches (a million events a second for 30 000 years). With the topic's
+/// `partitions` known (the projector's served document), the partition is one of them.
+pub fn token_pattern(partitions: Option<i32>) -> String {
+    let partition = match partitions {
+        Some(n) => {
+            let each: Vec<String> = (0..n.max(1)).map(|p| p.to_string()).collect();
+            format!("({})", each.join("|"))
+        }
+        None => "(0|[1-9][0-9]{0,8})".to_string(),
+    };
+    format!(r"^v1\.{partition}\.(0|[1-9][0-9]{{0,17}})$")
 }
 
 impl Position {
@@ -106,9 +109,9 @@ mod tests {
                 proptest::prelude::any::<String>(),
             ]
         ) {
-            let pattern = regex::Regex::new(TOKEN_PATTERN).unwrap();
+            let pattern = regex::Regex::new(&token_pattern(None)).unwrap();
             proptest::prop_assert_eq!(Position::from_token(&t).is_ok(), pattern.is_match(&t), "{:?}", t);
-            let six = regex::Regex::new(&token_pattern_for(6)).unwrap();
+            let six = regex::Regex::new(&token_pattern(Some(6))).unwrap();
             let of_six = Position::from_token(&t).is_ok_and(|p| p.partition < 6);
             proptest::prop_assert_eq!(of_six, six.is_match(&t), "{:?}", t);
         }

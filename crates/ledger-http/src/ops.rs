@@ -54,7 +54,7 @@ async fn healthz() -> Json<Health> {
 async fn openapi(service: Service, partitions: Option<i32>) -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        service.served(partitions).into_owned(),
+        service.served(partitions),
     )
         .into_response()
 }
