@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use ledger_eventlog::admin::TopicSpec;
 use ledger_eventlog::config::KafkaArgs;
 use ledger_eventlog::KafkaConfig;
-use ledger_http::config::ServiceArgs;
+use ledger_http::config::{IdempotencyArgs, ServiceArgs};
 
 /// `command-ingest` turns each command into one event in Kafka and answers 202 once the
 /// broker has acknowledged it.
@@ -18,6 +18,9 @@ pub struct Config {
     /// Authentication and logging.
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// The idempotency window.
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
     /// Replication factor of the topic when this service creates it.
     #[arg(long, env = "LEDGER_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=32))]
     pub replication_factor: i32,

@@ -52,6 +52,7 @@ async fn submit_one_inner(
     require_json(headers)?;
     let body = body_bytes(body, MAX_COMMAND_BODY)?;
     let command = Command::from_json_slice(&body)?;
+    within_window(state, &command, fresh::now_ms())?;
     let _permit = acquire(state, 1)?;
     produce(state, &command).await
 }
@@ -106,9 +107,14 @@ async fn submit_batch_inner(
             ),
         ));
     }
+    let now = fresh::now_ms();
     let parsed: Vec<Result<Command, ApiError>> = items
         .iter()
-        .map(|raw| Command::from_json_slice(raw.get().as_bytes()).map_err(ApiError::from))
+        .map(|raw| {
+            let command = Command::from_json_slice(raw.get().as_bytes())?;
+            within_window(state, &command, now)?;
+            Ok(command)
+        })
         .collect();
     let valid = parsed.iter().filter(|r| r.is_ok()).count();
     if valid > state.max_in_flight {
@@ -128,7 +134,7 @@ async fn submit_batch_inner(
     let mut events = Vec::with_capacity(valid);
     let mut kinds = Vec::with_capacity(valid);
     let mut slots: Vec<Result<(), ApiError>> = Vec::with_capacity(parsed.len());
-    let time_ms = fresh::now_ms();
+    let time_ms = now;
     for item in parsed {
         slots.push(item.map(|cmd| {
             events.push(new_event(&cmd, time_ms));
@@ -170,6 +176,24 @@ async fn submit_batch_inner(
         })
         .collect();
     Ok(BatchResults { results })
+}
+
+/// Refuses a command whose id is a version-7 UUID made more than the idempotency window
+/// ago: the projector keeps outcomes for that window only, so if this is a late retry of
+/// a command that was applied, it would apply a second time. Nothing is written.
+fn within_window(state: &AppState, command: &Command, now_ms: i64) -> Result<(), ApiError> {
+    let (Some(window), Some(id)) = (state.window, command.command_id.as_ref()) else {
+        return Ok(());
+    };
+    match id.uuid_v7_time_ms() {
+        Some(made) if window.expired(made, now_ms) => Err(ApiError::new(
+            ErrorCode::CommandExpired,
+            format!(
+                "command id {id} is a version-7 UUID made more than the idempotency window ({window}) ago: a retry this late can no longer be told from a new command, so it was not written. Look its outcome up if you have it; send a new command with a new id"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Takes `n` in-flight slots, or refuses with 503 `overloaded` so memory stays bounded.

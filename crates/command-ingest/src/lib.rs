@@ -53,6 +53,8 @@ pub(crate) struct AppState {
     pub permits: Arc<Semaphore>,
     pub max_in_flight: usize,
     pub metrics: metrics::IngestMetrics,
+    /// Commands with version-7 UUID ids older than this are refused.
+    pub window: Option<ledger_domain::IdempotencyWindow>,
 }
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
@@ -87,6 +89,7 @@ pub async fn serve(
         permits: Arc::new(Semaphore::new(config.max_in_flight as usize)),
         max_in_flight: config.max_in_flight as usize,
         metrics: metrics.clone(),
+        window: config.idempotency.window(),
     };
 
     let tracker = TaskTracker::new();

@@ -208,6 +208,14 @@ fn malformed_table() -> Vec<Bad> {
     );
     let valid = br#"{"type":"open_account","account_id":"acc-1"}"#;
     vec![
+        Bad {
+            status: 410,
+            ..bad(
+                "a version-7 UUID id made before the idempotency window (24h by default)",
+                r#"{"type":"deposit","account_id":"acc-1","amount":5,"command_id":"01700000-0000-7000-8000-000000000000"}"#,
+                "command_expired",
+            )
+        },
         bad("empty body", "", "invalid_json"),
         bad(
             "truncated object",
@@ -597,6 +605,10 @@ async fn a_batch_answers_in_input_order_and_writes_exactly_its_valid_items() {
         (
             json!({"type":"open_account","account_id":"b-4","extra":true}),
             Err("unknown_field"),
+        ),
+        (
+            json!({"type":"open_account","account_id":"b-4","command_id":"01700000-0000-7000-8000-000000000001"}),
+            Err("command_expired"),
         ),
         (
             json!({"type":"open_account","account_id":"b-5"}),

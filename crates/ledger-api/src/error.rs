@@ -79,11 +79,15 @@ pub enum ErrorCode {
     /// 409: a rebuild cannot start while partitions of this instance are paused: it must
     /// reach the live store's offsets, which a paused partition never moves to.
     PartitionsPaused,
+    /// 410: the command id is a version-7 UUID older than the idempotency window: its
+    /// outcome, if it had one, was pruned (a lookup), or a retry this late could no
+    /// longer be told from a new command (a command).
+    CommandExpired,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownCommand,
         ErrorCode::MissingField,
@@ -113,6 +117,7 @@ impl ErrorCode {
         ErrorCode::AccountNotParked,
         ErrorCode::RebuildRunning,
         ErrorCode::PartitionsPaused,
+        ErrorCode::CommandExpired,
     ];
 
     /// The code as it appears on the wire.
@@ -147,6 +152,7 @@ impl ErrorCode {
             ErrorCode::AccountNotParked => "account_not_parked",
             ErrorCode::RebuildRunning => "rebuild_running",
             ErrorCode::PartitionsPaused => "partitions_paused",
+            ErrorCode::CommandExpired => "command_expired",
         }
     }
 
@@ -172,6 +178,7 @@ impl ErrorCode {
             ErrorCode::AmbiguousCommandId
             | ErrorCode::RebuildRunning
             | ErrorCode::PartitionsPaused => StatusCode::CONFLICT,
+            ErrorCode::CommandExpired => StatusCode::GONE,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

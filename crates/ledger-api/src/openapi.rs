@@ -300,6 +300,7 @@ impl Modify for BearerAuth {
         (status = 400, description = "`invalid_json`, `unknown_command`, `missing_field`, `unknown_field`, `invalid_amount`, `invalid_account_id`, `invalid_command_id`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 410, description = "`command_expired`: the `command_id` is a version-7 UUID made more than the idempotency window ago; nothing was written", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 503, description = "`log_unavailable`, or `overloaded` with `Retry-After`", body = ErrorBody),
     ),
@@ -360,8 +361,9 @@ fn get_account() {}
         (status = 200, description = "The outcome", body = CommandView),
         (status = 400, description = "`invalid_command_id`, `invalid_account_id`, `invalid_token`, `invalid_timeout`", body = ErrorBody),
         (status = 401, description = "`unauthorized`", body = ErrorBody),
-        (status = 404, description = "`command_not_found` until the command is applied", body = ErrorBody),
+        (status = 404, description = "`command_not_found` until the command is applied, and after its outcome was pruned (older than the idempotency window) when its id does not tell its age", body = ErrorBody),
         (status = 409, description = "`ambiguous_command_id`: several accounts used this id; name one with `?account_id=`", body = ErrorBody),
+        (status = 410, description = "`command_expired`: the id is a version-7 UUID made more than the idempotency window before the latest events applied; its outcome, if it had one, was pruned", body = ErrorBody),
         (status = 503, description = "`not_yet_consistent` or `partition_moving`, with `Retry-After`", body = ErrorBody),
     ),
     security((), ("bearer" = []))

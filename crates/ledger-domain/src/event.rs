@@ -158,12 +158,34 @@ pub fn follow_up_id(cause: Position, kind: FollowUpKind) -> u128 {
         | ((offset & ((1 << 51) - 1)) << 11)
 }
 
+/// The bit of the kind byte that marks a follow-up written by an operator's release of a
+/// parked account rather than in its cause's place in the log.
+const RELEASED_BIT: u128 = 0x80 << 112;
+
+/// The id of a follow-up that an operator's release caused: `id` with the released bit.
+///
+/// Every other follow-up of a partition reaches each destination in the order of its
+/// cause's offset (the first copy of each, at least), which lets a destination forget
+/// the ids of old ones and keep only how far it got (see the store's floors). A parked
+/// account's events apply when an operator releases them, after later events of the
+/// partition, so their follow-ups come out of order; the bit tells the destination to
+/// keep their ids instead.
+pub fn released_follow_up_id(id: u128) -> u128 {
+    id | RELEASED_BIT
+}
+
+/// Whether a follow-up's id is one a release caused ([`released_follow_up_id`]).
+pub fn is_released_follow_up(id: u128) -> bool {
+    follow_up_cause(id).is_some() && id & RELEASED_BIT != 0
+}
+
 /// The event that caused a follow-up, and which follow-up it is, read back from the
-/// follow-up's id; `None` for an id that is not a follow-up's.
+/// follow-up's id (released or not); `None` for an id that is not a follow-up's.
 pub fn follow_up_cause(id: u128) -> Option<(Position, FollowUpKind)> {
     if id >> 120 != FOLLOW_UP_TAG || (id >> 76) & 0xF != 0x8 || (id >> 62) & 0b11 != 0b10 {
         return None;
     }
+    let id = id & !RELEASED_BIT;
     let kind = match (id >> 112) & 0xFF {
         1 => FollowUpKind::Credit,
         2 => FollowUpKind::Refund,
@@ -289,6 +311,11 @@ mod tests {
             let cause = Position { partition, offset };
             let id = follow_up_id(cause, kind);
             prop_assert_eq!(follow_up_cause(id), Some((cause, kind)));
+            prop_assert!(!is_released_follow_up(id));
+            let released = released_follow_up_id(id);
+            prop_assert_ne!(released, id);
+            prop_assert_eq!(follow_up_cause(released), Some((cause, kind)));
+            prop_assert!(is_released_follow_up(released));
             // A version-8 UUID with the RFC variant, never a version-7 one.
             prop_assert_eq!((id >> 76) & 0xF, 8);
             prop_assert_eq!((id >> 62) & 0b11, 0b10);
@@ -297,7 +324,11 @@ mod tests {
         #[test]
         fn other_ids_are_not_follow_ups(id in any::<u128>()) {
             if let Some((cause, kind)) = follow_up_cause(id) {
-                prop_assert_eq!(follow_up_id(cause, kind), id);
+                let plain = follow_up_id(cause, kind);
+                let expected = if is_released_follow_up(id) { released_follow_up_id(plain) } else { plain };
+                prop_assert_eq!(expected, id);
+            } else {
+                prop_assert!(!is_released_follow_up(id));
             }
         }
     }

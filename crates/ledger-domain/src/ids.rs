@@ -92,6 +92,16 @@ impl CommandId {
         Self(text)
     }
 
+    /// When a version-7 UUID id was made, in ms since the Unix epoch (its first 48
+    /// bits): the ids the ingest generates, and those of clients that follow RFC 9562.
+    /// `None` for any other id, whose age nobody can tell.
+    pub fn uuid_v7_time_ms(&self) -> Option<i64> {
+        let bits = self.uuid_bits()?;
+        let version = (bits >> 76) & 0xF;
+        let variant = (bits >> 62) & 0b11;
+        (version == 7 && variant == 0b10).then_some((bits >> 80) as i64)
+    }
+
     /// The 128 bits of the id when its text is exactly what [`CommandId::from_uuid_bits`]
     /// makes (hyphenated, lower case), so that a store may keep it in 16 bytes and give
     /// back the same text; `None` for any other id, upper-case UUIDs included.
@@ -266,6 +276,15 @@ mod tests {
         fn every_uuid_round_trips_through_its_text(bits: u128) {
             proptest::prop_assert_eq!(CommandId::from_uuid_bits(bits).uuid_bits(), Some(bits));
         }
+    }
+
+    #[test]
+    fn only_a_version_7_uuid_tells_its_age() {
+        let v7 = CommandId::parse("01923456-789a-7bcd-8ef0-123456789abc").unwrap();
+        assert_eq!(v7.uuid_v7_time_ms(), Some(0x0192_3456_789a));
+        let v4 = CommandId::parse("01923456-789a-4bcd-8ef0-123456789abc").unwrap();
+        assert_eq!(v4.uuid_v7_time_ms(), None);
+        assert_eq!(CommandId::parse("c-42").unwrap().uuid_v7_time_ms(), None);
     }
 
     #[test]

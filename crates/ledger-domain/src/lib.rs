@@ -21,20 +21,22 @@ pub mod position;
 pub mod rules;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod window;
 
 pub use batch::{Batch, Record, Unreadable};
 pub use command::{Command, CommandKind};
 pub use event::{
-    follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind, Rejection, UnparkKind,
-    REJECTIONS,
+    follow_up_cause, follow_up_id, is_released_follow_up, released_follow_up_id, Event, EventBody,
+    FollowUpKind, Rejection, UnparkKind, REJECTIONS,
 };
 pub use ids::{
     AccountId, Amount, CommandId, ValidationError, ACCOUNT_ID_PATTERN, COMMAND_ID_PATTERN,
     MAX_AMOUNT,
 };
 pub use model::{
-    Applied, ApplyResult, CommandRecord, CommandStatus, FollowUpRecord, Model, Totals,
-    TransferRecord,
+    apply_released, is_duplicate, Applied, ApplyResult, CommandRecord, CommandStatus,
+    FollowUpRecord, Model, Totals, TransferRecord,
 };
 pub use position::{token_pattern, Position, TokenError};
 pub use rules::{decide, AccountState};
+pub use window::{IdempotencyWindow, WindowError, WindowSetting, MIN_WINDOW};

@@ -9,10 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{follow_up_cause, follow_up_id, Event, EventBody, FollowUpKind};
+use crate::event::{
+    follow_up_cause, follow_up_id, is_released_follow_up, released_follow_up_id, Event, EventBody,
+    FollowUpKind,
+};
 use crate::ids::{AccountId, Amount, CommandId};
 use crate::position::Position;
 use crate::rules::{decide, AccountState, Rejection};
+use crate::window::IdempotencyWindow;
 
 /// The outcome recorded under a command id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -94,6 +98,18 @@ pub struct CommandRecord {
     pub time_ms: i64,
     /// A transfer's terms and settlement.
     pub transfer: Option<TransferRecord>,
+    /// The partition's watermark when the outcome was recorded (or last changed, for a
+    /// transfer that settled): it is kept until the watermark passes this by the
+    /// idempotency window, and a pending transfer's for as long as it is pending.
+    pub kept_from_ms: i64,
+}
+
+impl CommandRecord {
+    /// Whether a retry of the command is still a duplicate at `watermark_ms`.
+    pub fn is_live(&self, window: Option<IdempotencyWindow>, watermark_ms: i64) -> bool {
+        self.status == CommandStatus::Pending
+            || window.is_none_or(|w| !w.expired(self.kept_from_ms, watermark_ms))
+    }
 }
 
 /// What a follow-up did where it was applied, recorded under its event id so that a
@@ -175,6 +191,33 @@ pub trait LedgerState {
     fn put_follow_up(&mut self, event_id: u128, record: FollowUpRecord) -> Result<(), Self::Error>;
     /// Adds one event's effect to the totals.
     fn add_totals(&mut self, delta: &Totals) -> Result<(), Self::Error>;
+    /// For how long outcomes are kept; `None`: for ever.
+    fn window(&self) -> Option<IdempotencyWindow>;
+    /// The partition's watermark: the latest event time among the events it applied
+    /// (`None` before the first).
+    fn watermark(&mut self, partition: i32) -> Result<Option<i64>, Self::Error>;
+    /// Moves the partition's watermark.
+    fn set_watermark(&mut self, partition: i32, ms: i64) -> Result<(), Self::Error>;
+    /// The highest cause offset in `cause_partition` among the follow-ups applied here
+    /// whose records were pruned (`None`: none was). A follow-up of that partition at or
+    /// below it, not released, is a copy: the first copies of a partition's follow-ups
+    /// reach each destination in the order of their causes' offsets.
+    fn follow_up_floor(&mut self, cause_partition: i32) -> Result<Option<i64>, Self::Error>;
+}
+
+/// Moves the partition's watermark to the event's time if it is later, and says where it
+/// stands.
+fn advance_watermark<S: LedgerState>(
+    state: &mut S,
+    partition: i32,
+    time_ms: i64,
+) -> Result<i64, S::Error> {
+    let was = state.watermark(partition)?;
+    let now = was.map_or(time_ms, |w| w.max(time_ms));
+    if was != Some(now) {
+        state.set_watermark(partition, now)?;
+    }
+    Ok(now)
 }
 
 /// What applying one event did, and the follow-ups it causes, which the projector
@@ -187,15 +230,75 @@ pub struct Applied {
     pub follow_ups: Vec<Event>,
 }
 
-/// Applies the event at `at` idempotently: a command id seen before on its account (for
-/// a follow-up, an event id seen before) changes nothing.
+/// Applies the event at `at` idempotently: a command id seen before on its account
+/// within the idempotency window (for a follow-up, an event id seen before) changes
+/// nothing.
 pub fn apply_event<S: LedgerState>(
     state: &mut S,
     event: &Event,
     at: Position,
 ) -> Result<Applied, S::Error> {
+    apply(state, event, at, Emission::InPlace)
+}
+
+/// Applies the event at `at`, which waited in a parked account until an operator
+/// released it, after later events of its partition: its follow-ups carry the released
+/// mark ([`released_follow_up_id`]), and a follow-up released here is a copy only if its
+/// record is here (floors count the order of arrival, and [`is_duplicate`] already
+/// dropped any copy of what was applied before it was parked).
+pub fn apply_released<S: LedgerState>(
+    state: &mut S,
+    event: &Event,
+    at: Position,
+) -> Result<Applied, S::Error> {
+    let mut applied = apply(state, event, at, Emission::Released)?;
+    for f in &mut applied.follow_ups {
+        f.event_id = released_follow_up_id(f.event_id);
+    }
+    Ok(applied)
+}
+
+/// Whether the event at `at` would change nothing because it was seen before: what an
+/// event bound for a parked account is asked before it waits there, so that a copy of
+/// something applied before the account was parked does not outlive that thing's record
+/// and apply again on release.
+pub fn is_duplicate<S: LedgerState>(
+    state: &mut S,
+    event: &Event,
+    at: Position,
+) -> Result<bool, S::Error> {
     if event.body.is_follow_up() {
-        return apply_follow_up(state, event, at);
+        return seen_follow_up(state, event.event_id, Emission::InPlace);
+    }
+    if matches!(event.body, EventBody::Unpark { .. }) {
+        return Ok(false);
+    }
+    let watermark = state
+        .watermark(at.partition)?
+        .map_or(event.time_ms, |w| w.max(event.time_ms));
+    let window = state.window();
+    Ok(state
+        .command(&event.account_id, &event.command_id)?
+        .is_some_and(|r| r.is_live(window, watermark)))
+}
+
+/// Where an event is applied: in its place in the log, or released from a parked
+/// account later.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Emission {
+    InPlace,
+    Released,
+}
+
+fn apply<S: LedgerState>(
+    state: &mut S,
+    event: &Event,
+    at: Position,
+    emission: Emission,
+) -> Result<Applied, S::Error> {
+    let watermark = advance_watermark(state, at.partition, event.time_ms)?;
+    if event.body.is_follow_up() {
+        return apply_follow_up(state, event, at, watermark, emission);
     }
     if matches!(event.body, EventBody::Unpark { .. }) {
         return Ok(Applied {
@@ -203,9 +306,10 @@ pub fn apply_event<S: LedgerState>(
             follow_ups: Vec::new(),
         });
     }
+    let window = state.window();
     if state
         .command(&event.account_id, &event.command_id)?
-        .is_some()
+        .is_some_and(|r| r.is_live(window, watermark))
     {
         return Ok(Applied {
             result: ApplyResult::Duplicate,
@@ -257,6 +361,7 @@ pub fn apply_event<S: LedgerState>(
             offset: at.offset,
             time_ms: event.time_ms,
             transfer,
+            kept_from_ms: watermark,
         },
     )?;
     Ok(Applied {
@@ -344,13 +449,36 @@ fn settlement_for(
     }
 }
 
+/// Whether a follow-up was applied here before: its record is here, or it was pruned and
+/// the floor of its cause's partition has passed it (for one in its place in the log).
+fn seen_follow_up<S: LedgerState>(
+    state: &mut S,
+    event_id: u128,
+    emission: Emission,
+) -> Result<bool, S::Error> {
+    if state.follow_up(event_id)?.is_some() {
+        return Ok(true);
+    }
+    if is_released_follow_up(event_id) || emission == Emission::Released {
+        return Ok(false);
+    }
+    let Some((cause, _)) = follow_up_cause(event_id) else {
+        return Ok(false);
+    };
+    Ok(state
+        .follow_up_floor(cause.partition)?
+        .is_some_and(|floor| cause.offset <= floor))
+}
+
 fn apply_follow_up<S: LedgerState>(
     state: &mut S,
     event: &Event,
     at: Position,
+    watermark: i64,
+    emission: Emission,
 ) -> Result<Applied, S::Error> {
     let mut follow_ups = Vec::new();
-    if state.follow_up(event.event_id)?.is_some() {
+    if seen_follow_up(state, event.event_id, emission)? {
         return Ok(Applied {
             result: ApplyResult::Duplicate,
             follow_ups,
@@ -375,7 +503,7 @@ fn apply_follow_up<S: LedgerState>(
             outcome
         }
         EventBody::TransferRefund { amount, reason, .. } => {
-            settle(state, event, *amount, |state, record| {
+            settle(state, event, *amount, watermark, |state, record| {
                 let current = state.account(&event.account_id)?;
                 match decide(current.as_ref(), &event.body) {
                     Ok(next) => {
@@ -396,7 +524,7 @@ fn apply_follow_up<S: LedgerState>(
             })?
         }
         EventBody::TransferCompleted { amount, .. } => {
-            settle(state, event, *amount, |_, record| {
+            settle(state, event, *amount, watermark, |_, record| {
                 record.status = CommandStatus::Applied;
                 // The completion's id names the credit that caused it.
                 Ok(Ok(
@@ -423,11 +551,13 @@ fn apply_follow_up<S: LedgerState>(
 }
 
 /// Settles the pending transfer a refund or completion names: `f` applies its effect and
-/// says where it settled; the transfer's record is then stored with that position.
+/// says where it settled; the transfer's record is then stored with that position, kept
+/// for a window from now.
 fn settle<S: LedgerState>(
     state: &mut S,
     event: &Event,
     amount: Amount,
+    watermark: i64,
     f: impl FnOnce(&mut S, &mut CommandRecord) -> Result<Result<Position, Rejection>, S::Error>,
 ) -> Result<Result<(), Rejection>, S::Error> {
     let Some(mut record) = state.command(&event.account_id, &event.command_id)? else {
@@ -443,6 +573,7 @@ fn settle<S: LedgerState>(
             if let Some(t) = record.transfer.as_mut() {
                 t.settled_at = Some(settled_at);
             }
+            record.kept_from_ms = watermark;
             state.put_command(&event.command_id, record)?;
             Ok(Ok(()))
         }
@@ -461,12 +592,24 @@ pub struct Model {
     pub follow_ups: HashMap<u128, FollowUpRecord>,
     /// The money that moved.
     pub totals: Totals,
+    /// For how long outcomes count; the model forgets none, it only stops counting them.
+    pub window: Option<IdempotencyWindow>,
+    /// Each partition's watermark.
+    pub watermarks: BTreeMap<i32, i64>,
 }
 
 impl Model {
-    /// An empty ledger.
+    /// An empty ledger that keeps outcomes for ever.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty ledger whose command ids are duplicates within `window` only.
+    pub fn with_window(window: Option<IdempotencyWindow>) -> Self {
+        Self {
+            window,
+            ..Self::default()
+        }
     }
 
     /// Applies the event at `at` idempotently.
@@ -518,6 +661,24 @@ impl LedgerState for Model {
     fn add_totals(&mut self, delta: &Totals) -> Result<(), Self::Error> {
         self.totals.add(delta);
         Ok(())
+    }
+
+    fn window(&self) -> Option<IdempotencyWindow> {
+        self.window
+    }
+
+    fn watermark(&mut self, partition: i32) -> Result<Option<i64>, Self::Error> {
+        Ok(self.watermarks.get(&partition).copied())
+    }
+
+    fn set_watermark(&mut self, partition: i32, ms: i64) -> Result<(), Self::Error> {
+        self.watermarks.insert(partition, ms);
+        Ok(())
+    }
+
+    fn follow_up_floor(&mut self, _cause_partition: i32) -> Result<Option<i64>, Self::Error> {
+        // The model keeps every follow-up's record.
+        Ok(None)
     }
 }
 

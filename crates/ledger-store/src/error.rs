@@ -68,6 +68,21 @@ pub enum StoreError {
         /// The count the topic has now.
         now: i32,
     },
+    /// The store was built with another idempotency window than the one configured.
+    #[error(
+        "the store at {path} was built with an idempotency window of {stored}, and this projector was started with {now}. \
+         A store keeps the outcomes of one window (a longer one cannot bring back what was pruned; a shorter one leaves \
+         outcomes nothing will prune), so its window is fixed for its life: start with --idempotency-window {stored}, \
+         or move the data directory aside and start with the new window, which replays the log into a fresh store"
+    )]
+    WindowChanged {
+        /// The data directory.
+        path: PathBuf,
+        /// The window it was built with.
+        stored: String,
+        /// The window configured now.
+        now: String,
+    },
 }
 
 pub(crate) fn classify_open_error(path: &Path, e: sled::Error) -> StoreError {

@@ -146,6 +146,7 @@ impl Store {
             codec: self.codec.clone(),
             writer: self.writer.clone(),
             view: Some(generation),
+            window: self.window,
         };
         Ok(Rebuilding {
             store,

@@ -38,7 +38,9 @@ use rayon::iter::{IntoParallelIterator, IntoParallelRefIterator, ParallelIterato
 use std::time::{Duration, Instant};
 
 use ledger_domain::partitioning::partition_of;
-use ledger_domain::{AccountId, AccountState, Batch, CommandId, Event, Record, Totals, Unreadable};
+use ledger_domain::{
+    AccountId, AccountState, Batch, CommandId, Event, IdempotencyWindow, Record, Totals, Unreadable,
+};
 
 pub use batch::{BatchStats, Prepared};
 use error::classify_open_error;
@@ -95,6 +97,8 @@ pub struct Store {
     writer: Arc<Mutex<()>>,
     /// For a rebuild's view: the generation of the trees it reads and writes.
     view: Option<u32>,
+    /// For how long outcomes are kept; `None`: for ever.
+    window: Option<IdempotencyWindow>,
 }
 
 impl Store {
@@ -169,6 +173,7 @@ impl Store {
             codec: None,
             writer: Arc::default(),
             view: None,
+            window: None,
         };
         store.drop_stale_generations()?;
         Ok(store.with_workers(std::thread::available_parallelism().map_or(1, |n| n.get())))
@@ -178,6 +183,67 @@ impl Store {
     pub fn with_codec(mut self, codec: Arc<dyn EventCodec>) -> Self {
         self.codec = Some(codec);
         self
+    }
+
+    /// Keeps outcomes for `window` of event time (`None`: for ever). A store is built
+    /// with one window for its whole life: see [`Store::check_window`].
+    pub fn with_window(mut self, window: Option<IdempotencyWindow>) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The idempotency window it applies.
+    pub fn window(&self) -> Option<IdempotencyWindow> {
+        self.window
+    }
+
+    /// Records the store's window on first use, durably, and afterwards checks that it
+    /// has not changed ([`StoreError::WindowChanged`]): a store built with another
+    /// window holds other outcomes (pruned, or never indexed to be), so its duplicates
+    /// would not be the ones its window says.
+    pub fn check_window(&self) -> Result<(), StoreError> {
+        let now = self.window.map_or(0, |w| w.as_millis());
+        match self.meta.get(records::META_WINDOW)? {
+            Some(v) => {
+                let stored = <[u8; 8]>::try_from(v.as_ref())
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| StoreError::BadRecord {
+                        tree: records::META_TREE.into(),
+                        key: String::from_utf8_lossy(records::META_WINDOW).into_owned(),
+                        detail: format!("a window is 8 bytes, found {}", v.len()),
+                    })?;
+                if stored == now {
+                    return Ok(());
+                }
+                let show = |ms: i64| {
+                    if ms == 0 {
+                        "unbounded".to_string()
+                    } else {
+                        IdempotencyWindow::new(Duration::from_millis(ms as u64))
+                            .map_or_else(|_| format!("{ms} ms"), |w| w.to_string())
+                    }
+                };
+                Err(StoreError::WindowChanged {
+                    path: self.path.clone(),
+                    stored: show(stored),
+                    now: show(now),
+                })
+            }
+            None => {
+                self.meta.insert(records::META_WINDOW, &now.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A partition's watermark: the latest event time among the events it applied.
+    pub fn watermark(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        let name = records::partition_tree_name(topic, partition);
+        self.tree(topic, partition)?
+            .get(records::WATERMARK_KEY)?
+            .map(|v| records::decode_offset(&name, &v))
+            .transpose()
     }
 
     /// Applies partitions on at most `workers` threads (at least one).
@@ -509,6 +575,7 @@ impl Store {
                 next: batch.next_offsets.get(&partition).copied(),
                 emit_from: batch.emit_from.get(&partition).copied(),
                 codec: self.codec.as_deref(),
+                window: self.window,
             });
         }
         // The biggest partitions first, so that no thread is left with a long one at

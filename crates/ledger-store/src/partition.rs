@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ledger_domain::model::{apply_event, recorded_follow_ups, LedgerState};
 use ledger_domain::{
-    AccountId, AccountState, ApplyResult, CommandId, CommandRecord, Event, EventBody,
-    FollowUpRecord, Position, Record, Totals, UnparkKind, Unreadable,
+    apply_released, follow_up_cause, is_duplicate, is_released_follow_up, released_follow_up_id,
+    AccountId, AccountState, ApplyResult, CommandId, CommandRecord, CommandStatus, Event,
+    EventBody, FollowUpRecord, IdempotencyWindow, Position, Record, Totals, UnparkKind, Unreadable,
 };
 use sled::IVec;
 
@@ -40,6 +41,7 @@ pub(crate) struct PartitionJob<'b> {
     /// Events at or above it cause follow-ups; `None`: nothing here may emit.
     pub(crate) emit_from: Option<i64>,
     pub(crate) codec: Option<&'b dyn EventCodec>,
+    pub(crate) window: Option<IdempotencyWindow>,
 }
 
 /// One partition's decided share: its writes and what must reach the log before them.
@@ -57,7 +59,7 @@ impl PartitionJob<'_> {
             .get(records::OFFSET_KEY)?
             .map(|v| records::decode_offset(&self.name, &v))
             .transpose()?;
-        let mut state = PartitionState::new(&self.name, tree, self.codec);
+        let mut state = PartitionState::new(&self.name, tree, self.codec, self.window);
         let mut stats = BatchStats::default();
         let mut follow_ups = Vec::new();
         let mut dead_letters = Vec::new();
@@ -126,6 +128,12 @@ impl PartitionJob<'_> {
                 continue;
             }
             if state.is_parked(&r.event.account_id)? {
+                // A copy of what was applied before the account was parked changes
+                // nothing now; kept waiting, it could outlive the record that says so.
+                if is_duplicate(&mut state, &r.event, at)? {
+                    stats.count(ApplyResult::Duplicate);
+                    continue;
+                }
                 let bytes = state.codec()?.encode(&r.event);
                 state.park(&r.event.account_id, r.offset, ParkEntry::Waiting(bytes), "")?;
                 stats.parked += 1;
@@ -200,6 +208,19 @@ pub(crate) struct PartitionState<'a> {
     name: &'a str,
     tree: &'a sled::Tree,
     codec: Option<&'a dyn EventCodec>,
+    window: Option<IdempotencyWindow>,
+    /// The watermark, once read (the outer `None`: not read yet).
+    watermark: Option<Option<i64>>,
+    watermark_changed: bool,
+    /// The floors the batch read or raised, and which it raised.
+    floors: HashMap<i32, Option<i64>>,
+    floors_raised: HashSet<i32>,
+    /// The kept-from time of each command record the batch read from the tree (`None`:
+    /// there was none), so that rewriting one moves its expiry entry.
+    kept: HashMap<Vec<u8>, Option<i64>>,
+    /// The batch's writes of expiry entries (`false`: a removal), for the pruning to
+    /// read over the tree's.
+    expiry_writes: BTreeMap<Vec<u8>, bool>,
     accounts: HashMap<AccountId, AccountState>,
     /// Accounts changed by the batch, written once at the end.
     touched: HashSet<AccountId>,
@@ -235,11 +256,19 @@ impl<'a> PartitionState<'a> {
         name: &'a str,
         tree: &'a sled::Tree,
         codec: Option<&'a dyn EventCodec>,
+        window: Option<IdempotencyWindow>,
     ) -> Self {
         PartitionState {
             name,
             tree,
             codec,
+            window,
+            watermark: None,
+            watermark_changed: false,
+            floors: HashMap::new(),
+            floors_raised: HashSet::new(),
+            kept: HashMap::new(),
+            expiry_writes: BTreeMap::new(),
             accounts: HashMap::new(),
             touched: HashSet::new(),
             commands: HashMap::new(),
@@ -278,6 +307,9 @@ impl<'a> PartitionState<'a> {
         }
         if key.first() == Some(&records::PARK_ENTRY_PREFIX) {
             self.park_writes.insert(key.clone(), value.clone());
+        }
+        if key.first() == Some(&records::EXPIRY_PREFIX) {
+            self.expiry_writes.insert(key.clone(), value.is_some());
         }
         self.writes.state(key, value);
         Ok(())
@@ -473,7 +505,7 @@ impl<'a> PartitionState<'a> {
                 }
             };
             self.remove(records::park_entry_key(id, offset))?;
-            let applied = apply_event(self, &event, Position { partition, offset })?;
+            let applied = apply_released(self, &event, Position { partition, offset })?;
             out.stats.count(applied.result);
             out.stats.unparked += 1;
             if emits {
@@ -512,13 +544,96 @@ impl<'a> PartitionState<'a> {
                 partition: at.partition,
                 offset: *offset,
             };
-            follow_ups.extend(recorded_follow_ups(self, &event, cause)?);
+            follow_ups.extend(recorded_follow_ups(self, &event, cause)?.into_iter().map(
+                |mut f| {
+                    f.event_id = released_follow_up_id(f.event_id);
+                    f
+                },
+            ));
         }
         Ok((follow_ups, released.skipped.into_iter().collect()))
     }
 
+    /// Removes every outcome that has expired at the batch's watermark, and the expiry
+    /// entries of pending transfers (they never expire; settled, they get a new one),
+    /// raising the floors by the follow-ups pruned.
+    fn prune(&mut self) -> Result<(), StoreError> {
+        let (Some(window), Some(Some(watermark))) = (self.window, self.watermark) else {
+            return Ok(());
+        };
+        let horizon = window.horizon(watermark);
+        let mut due = Vec::new();
+        for kv in self.tree.scan_prefix([records::EXPIRY_PREFIX]) {
+            let (k, _) = kv?;
+            if records::decode_expiry_key(self.name, &k)?.0 > horizon {
+                break;
+            }
+            if self.expiry_writes.get(k.as_ref()) != Some(&false) {
+                due.push(k.to_vec());
+            }
+        }
+        for (k, &present) in &self.expiry_writes {
+            if records::decode_expiry_key(self.name, k)?.0 > horizon {
+                break;
+            }
+            if present && self.tree.get(k)?.is_none() {
+                due.push(k.clone());
+            }
+        }
+        for k in due {
+            self.remove(k.clone())?;
+            let record = records::decode_expiry_key(self.name, &k)?.1.to_vec();
+            match record.first() {
+                Some(&records::COMMAND_PREFIX) => {
+                    let pending = match self.commands.get(&record) {
+                        Some(r) => r.status == CommandStatus::Pending,
+                        None => self
+                            .tree
+                            .get(&record)?
+                            .is_some_and(|v| records::is_pending_command(&v)),
+                    };
+                    if !pending {
+                        self.commands.remove(&record);
+                        self.remove(record)?;
+                    }
+                }
+                Some(&records::FOLLOW_UP_PREFIX) => {
+                    let cause = records::follow_up_of_key(&record)
+                        .and_then(follow_up_cause)
+                        .map(|(cause, _)| cause);
+                    if let Some(cause) = cause {
+                        self.raise_floor(cause)?;
+                    }
+                    if let Some(id) = records::follow_up_of_key(&record) {
+                        self.follow_ups.remove(&id);
+                    }
+                    self.remove(record)?;
+                }
+                _ => return Err(records::bad_expiry(self.name, &k)),
+            }
+        }
+        Ok(())
+    }
+
+    fn raise_floor(&mut self, cause: Position) -> Result<(), StoreError> {
+        let floor = self.follow_up_floor(cause.partition)?;
+        if floor.is_none_or(|f| cause.offset > f) {
+            self.floors.insert(cause.partition, Some(cause.offset));
+            self.floors_raised.insert(cause.partition);
+        }
+        Ok(())
+    }
+
     /// The batch's writes, with the digest moved by every state record they replaced.
     fn finish(mut self) -> Result<Writes, StoreError> {
+        self.prune()?;
+        if let (true, Some(Some(w))) = (self.watermark_changed, self.watermark) {
+            self.put(records::WATERMARK_KEY.to_vec(), w.to_be_bytes().to_vec())?;
+        }
+        for p in std::mem::take(&mut self.floors_raised) {
+            let floor = self.floors[&p].expect("a raised floor is set");
+            self.put(records::floor_key(p).to_vec(), floor.to_be_bytes().to_vec())?;
+        }
         for id in std::mem::take(&mut self.touched) {
             let value = records::encode_account(&self.accounts[&id]).to_vec();
             self.put(records::account_key(&id), value)?;
@@ -579,16 +694,41 @@ impl LedgerState for PartitionState<'_> {
             return Ok(Some(r.clone()));
         }
         let prefix_len = records::command_prefix(id).len();
-        self.read(&key)?
+        let found = self
+            .read(&key)?
             .map(|v| {
                 records::decode_command(self.name, 0, prefix_len, &key, &v)
                     .map(records::StoredCommand::into_record)
             })
-            .transpose()
+            .transpose()?;
+        self.kept
+            .insert(key, found.as_ref().map(|r| r.kept_from_ms));
+        Ok(found)
     }
 
     fn put_command(&mut self, id: &CommandId, record: CommandRecord) -> Result<(), StoreError> {
         let key = records::command_key(&record.account_id, id);
+        if self.window.is_some() {
+            let was = match self.commands.get(&key) {
+                Some(r) => Some(r.kept_from_ms),
+                None => match self.kept.get(&key) {
+                    Some(k) => *k,
+                    None => {
+                        let prefix_len = records::command_prefix(id).len();
+                        self.read(&key)?
+                            .map(|v| records::decode_command(self.name, 0, prefix_len, &key, &v))
+                            .transpose()?
+                            .map(|r| r.kept_from_ms)
+                    }
+                },
+            };
+            if was != Some(record.kept_from_ms) {
+                if let Some(was) = was {
+                    self.remove(records::expiry_key(was, &key))?;
+                }
+                self.put(records::expiry_key(record.kept_from_ms, &key), Vec::new())?;
+            }
+        }
         self.put(key.clone(), records::encode_command(&record))?;
         self.commands.insert(key, record);
         Ok(())
@@ -605,10 +745,14 @@ impl LedgerState for PartitionState<'_> {
     }
 
     fn put_follow_up(&mut self, event_id: u128, record: FollowUpRecord) -> Result<(), StoreError> {
-        self.put(
-            records::follow_up_key(event_id).to_vec(),
-            records::encode_follow_up(&record).to_vec(),
-        )?;
+        let key = records::follow_up_key(event_id);
+        // A released follow-up's record is kept for ever: no floor stands for it.
+        if let (Some(_), Some(Some(watermark)), false) =
+            (self.window, self.watermark, is_released_follow_up(event_id))
+        {
+            self.put(records::expiry_key(watermark, &key), Vec::new())?;
+        }
+        self.put(key.to_vec(), records::encode_follow_up(&record).to_vec())?;
         self.follow_ups.insert(event_id, record);
         Ok(())
     }
@@ -627,6 +771,41 @@ impl LedgerState for PartitionState<'_> {
         };
         totals.add(delta);
         Ok(())
+    }
+
+    fn window(&self) -> Option<IdempotencyWindow> {
+        self.window
+    }
+
+    fn watermark(&mut self, _partition: i32) -> Result<Option<i64>, StoreError> {
+        if let Some(w) = self.watermark {
+            return Ok(w);
+        }
+        let w = self
+            .read(records::WATERMARK_KEY)?
+            .map(|v| records::decode_offset(self.name, &v))
+            .transpose()?;
+        self.watermark = Some(w);
+        Ok(w)
+    }
+
+    fn set_watermark(&mut self, _partition: i32, ms: i64) -> Result<(), StoreError> {
+        self.watermark = Some(Some(ms));
+        self.watermark_changed = true;
+        Ok(())
+    }
+
+    fn follow_up_floor(&mut self, cause_partition: i32) -> Result<Option<i64>, StoreError> {
+        if let Some(f) = self.floors.get(&cause_partition) {
+            return Ok(*f);
+        }
+        let key = records::floor_key(cause_partition);
+        let f = self
+            .read(&key)?
+            .map(|v| records::decode_offset(self.name, &v))
+            .transpose()?;
+        self.floors.insert(cause_partition, f);
+        Ok(f)
     }
 }
 

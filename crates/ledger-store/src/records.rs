@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `o` | the partition's next offset to read: `i64` big-endian |
 //! | `a` account id | the account: `open` (1 byte), `balance` (`i64`), `applied_events` (`u64`), big-endian, 17 bytes |
-//! | `c` command id account id | the command's outcome: status (1 byte), offset (`i64`), event time in ms (`i64`), 17 bytes; a transfer's adds its amount (`u64`), where it settled (partition `i32`, `-1` while pending, and offset `i64`) and the destination's id |
+//! | `c` command id account id | the command's outcome: status (1 byte), offset (`i64`), event time in ms (`i64`), the watermark it is kept from (`i64`), 25 bytes; a transfer's adds its amount (`u64`), where it settled (partition `i32`, `-1` while pending, and offset `i64`) and the destination's id |
 //! | `f` event id | a follow-up's outcome (offset `i64`, then 0 or the rejection's byte), 9 bytes |
 //! | `t` | the partition's [`Totals`], six 16-byte big-endian integers |
 //! | `e` | the next offset whose follow-ups are not known to be in the log: `i64` |
@@ -17,6 +17,9 @@
 //! | `K` account id | a parked account: the offset of its first waiting event (`i64`), how many wait (`u64`), then why the first cannot be read (text) |
 //! | `k` length, account id, offset | one waiting event of a parked account: `0` and the bytes as read (unreadable here), or `1` and the event as this build encodes it |
 //! | `u` offset | what an operator's decision (the `Unpark` event at that offset) released: each applied event's offset and bytes, and the skipped one |
+//! | `w` | the partition's watermark: the latest event time it applied, `i64` ms |
+//! | `x` kept-from, key | with an idempotency window, one per outcome that expires: the watermark it is kept from (`i64`, sign bit flipped so that keys sort by time) and the `c` or `f` key; empty |
+//! | `g` partition | the highest cause offset in that partition among the follow-ups whose records were pruned here (`i64`) |
 //!
 //! Beside it, the tree `i/` and the partition tree's name holds two records, `i` then 0 or
 //! 1: the partition's last two batches of writes (intents), each written and flushed
@@ -44,14 +47,17 @@ use crate::StoreError;
 
 /// The layout this build reads and writes. 1 was one tree per kind shared by every
 /// partition, with bincode values and text keys; 2 had no state digest and no parked
-/// events; 3 wrote each partition's batch as one `apply_batch`, with no intent. None is
-/// migrated (the projection is rebuilt from the log instead).
-pub const LAYOUT: u32 = 4;
+/// events; 3 wrote each partition's batch as one `apply_batch`, with no intent; 4 kept
+/// every outcome for ever, with no watermark. None is migrated (the projection is rebuilt
+/// from the log instead).
+pub const LAYOUT: u32 = 5;
 
 pub(crate) const META_TREE: &str = "meta";
 pub(crate) const META_LAYOUT: &[u8] = b"layout";
 /// The id the projector that owns this directory goes by in its group.
 pub(crate) const META_INSTANCE_ID: &[u8] = b"instance_id";
+/// The idempotency window the store was built with, in ms (0: unbounded).
+pub(crate) const META_WINDOW: &[u8] = b"idempotency_window_ms";
 
 pub(crate) const OFFSET_KEY: &[u8] = b"o";
 /// The prefix of the partition's intents in its intent tree, then the slot (see
@@ -67,10 +73,14 @@ pub(crate) const PARKED_COUNT_KEY: &[u8] = b"p";
 pub(crate) const PARK_MARK_PREFIX: u8 = b'K';
 pub(crate) const PARK_ENTRY_PREFIX: u8 = b'k';
 pub(crate) const RELEASED_PREFIX: u8 = b'u';
+pub(crate) const WATERMARK_KEY: &[u8] = b"w";
+pub(crate) const EXPIRY_PREFIX: u8 = b'x';
+pub(crate) const FLOOR_PREFIX: u8 = b'g';
 
 /// Whether a key's record is part of the partition's state, and so of its digest: the
-/// accounts, outcomes, totals and parked events, never the bookkeeping of how far it
-/// has read or emitted (a rebuild reaches the same state without emitting anything).
+/// accounts, outcomes, totals, parked events, the watermark and what expires when,
+/// never the bookkeeping of how far it has read or emitted (a rebuild reaches the same
+/// state without emitting anything).
 pub(crate) fn is_state_key(key: &[u8]) -> bool {
     matches!(
         key.first(),
@@ -80,8 +90,49 @@ pub(crate) fn is_state_key(key: &[u8]) -> bool {
                 | &FOLLOW_UP_PREFIX
                 | &PARK_MARK_PREFIX
                 | &PARK_ENTRY_PREFIX
+                | &EXPIRY_PREFIX
+                | &FLOOR_PREFIX
         )
     ) || key == TOTALS_KEY
+        || key == WATERMARK_KEY
+}
+
+/// A time as 8 bytes that sort as the times do.
+fn sortable_time(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The expiry entry of the outcome under `record_key`, kept from `kept_from_ms`.
+pub(crate) fn expiry_key(kept_from_ms: i64, record_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + record_key.len());
+    k.push(EXPIRY_PREFIX);
+    k.extend_from_slice(&sortable_time(kept_from_ms));
+    k.extend_from_slice(record_key);
+    k
+}
+
+/// The time and the outcome's key an expiry entry holds.
+pub(crate) fn decode_expiry_key<'k>(
+    tree: &str,
+    key: &'k [u8],
+) -> Result<(i64, &'k [u8]), StoreError> {
+    if key.len() < 10 || key[0] != EXPIRY_PREFIX {
+        return Err(bad(
+            tree,
+            key,
+            "an expiry entry is `x`, 8 bytes of time and a key",
+        ));
+    }
+    let t = u64::from_be_bytes(key[1..9].try_into().expect("8 of at least 10 bytes"));
+    Ok(((t ^ (1 << 63)) as i64, &key[9..]))
+}
+
+/// Where a partition keeps the floor of one cause partition.
+pub(crate) fn floor_key(cause_partition: i32) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[0] = FLOOR_PREFIX;
+    k[1..].copy_from_slice(&cause_partition.to_be_bytes());
+    k
 }
 
 const COMMAND_ID_TEXT: u8 = 0;
@@ -102,6 +153,8 @@ pub struct StoredCommand {
     pub event_time_ms: i64,
     /// A transfer's terms and settlement.
     pub transfer: Option<TransferRecord>,
+    /// The partition's watermark when the outcome was recorded or last changed.
+    pub kept_from_ms: i64,
 }
 
 /// The tree of one partition of a topic, of generation 0 (until a rebuild swaps
@@ -428,6 +481,11 @@ pub(crate) fn command_key(account: &AccountId, id: &CommandId) -> Vec<u8> {
     k
 }
 
+/// An expiry entry that names neither an outcome nor a follow-up.
+pub(crate) fn bad_expiry(tree: &str, key: &[u8]) -> StoreError {
+    bad(tree, key, "an expiry entry names a `c` or an `f` key")
+}
+
 fn bad(tree: &str, key: &[u8], detail: impl Into<String>) -> StoreError {
     StoreError::BadRecord {
         tree: tree.to_string(),
@@ -532,12 +590,21 @@ fn status_of_byte(b: u8) -> Option<CommandStatus> {
     })
 }
 
-/// A command record's value: 17 bytes, and a transfer's tail.
+/// The length of a command record before a transfer's tail.
+const COMMAND_BASE: usize = 25;
+
+/// Whether a command record's value is a pending transfer's (which never expires).
+pub(crate) fn is_pending_command(value: &[u8]) -> bool {
+    value.first() == Some(&STATUS_PENDING)
+}
+
+/// A command record's value: 25 bytes, and a transfer's tail.
 pub(crate) fn encode_command(record: &CommandRecord) -> Vec<u8> {
-    let mut v = Vec::with_capacity(17 + 20 + 64);
+    let mut v = Vec::with_capacity(COMMAND_BASE + 20 + 64);
     v.push(status_byte(record.status));
     v.extend_from_slice(&record.offset.to_be_bytes());
     v.extend_from_slice(&record.time_ms.to_be_bytes());
+    v.extend_from_slice(&record.kept_from_ms.to_be_bytes());
     if let Some(t) = &record.transfer {
         v.extend_from_slice(&t.amount.minor_units().to_be_bytes());
         let settled = t.settled_at.unwrap_or(Position {
@@ -569,11 +636,14 @@ pub(crate) fn decode_command(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<StoredCommand, StoreError> {
-    let (base, tail) = bytes.split_at_checked(17).ok_or_else(|| {
+    let (base, tail) = bytes.split_at_checked(COMMAND_BASE).ok_or_else(|| {
         bad(
             tree,
             key,
-            format!("expected at least 17 bytes, found {}", bytes.len()),
+            format!(
+                "expected at least {COMMAND_BASE} bytes, found {}",
+                bytes.len()
+            ),
         )
     })?;
     let status = status_of_byte(base[0])
@@ -609,9 +679,10 @@ pub(crate) fn decode_command(
         status,
         account_id: account,
         partition,
-        offset: i64::from_be_bytes(base[1..9].try_into().expect("8 of 17 bytes")),
-        event_time_ms: i64::from_be_bytes(base[9..17].try_into().expect("8 of 17 bytes")),
+        offset: i64::from_be_bytes(base[1..9].try_into().expect("8 of 25 bytes")),
+        event_time_ms: i64::from_be_bytes(base[9..17].try_into().expect("8 of 25 bytes")),
         transfer,
+        kept_from_ms: i64::from_be_bytes(base[17..25].try_into().expect("8 of 25 bytes")),
     })
 }
 
@@ -624,7 +695,16 @@ impl StoredCommand {
             offset: self.offset,
             time_ms: self.event_time_ms,
             transfer: self.transfer,
+            kept_from_ms: self.kept_from_ms,
         }
+    }
+}
+
+/// The event id in a follow-up's key.
+pub(crate) fn follow_up_of_key(key: &[u8]) -> Option<u128> {
+    match key {
+        [FOLLOW_UP_PREFIX, id @ ..] => Some(u128::from_be_bytes(id.try_into().ok()?)),
+        _ => None,
     }
 }
 

@@ -276,14 +276,14 @@ fn open_with_layout(layout: u32) -> StoreError {
 }
 
 #[test]
-fn a_store_of_layout_3_is_refused_with_the_rebuild_message() {
-    // Layout 3 wrote each partition's batch with sled's apply_batch and kept no intent; its
-    // records would read, but a store must be one layout or the other throughout.
-    let err = open_with_layout(3);
+fn a_store_of_layout_4_is_refused_with_the_rebuild_message() {
+    // Layout 4 kept every outcome for ever, with no watermark and 17-byte outcomes; a
+    // store must be one layout or the other throughout.
+    let err = open_with_layout(4);
     let text = err.to_string();
     assert!(matches!(err, StoreError::Layout { .. }), "{text}");
     assert!(
-        text.contains("layout 3") && text.contains("reads layout 4") && text.contains("Rebuild"),
+        text.contains("layout 4") && text.contains("reads layout 5") && text.contains("Rebuild"),
         "{text}"
     );
 }
@@ -345,6 +345,39 @@ fn arb_transfer_event() -> impl Strategy<Value = Event> {
     })
 }
 
+/// Runs `events` through the store as an owner does, batches cut by `cuts`: each batch's
+/// follow-ups go to the end of the log (their accounts' partitions) before the batch is
+/// stored; where `replay` says so the batch is first prepared, its follow-ups written,
+/// and then "the process dies" before the commit, so it writes its follow-ups twice.
+/// Returns every record written, in partition and offset order.
+fn run_as_owner(
+    store: &Store,
+    log: &mut Log,
+    mut queue: Vec<Event>,
+    cuts: &[usize],
+    replay: &[bool],
+) -> Vec<Record> {
+    let mut written: Vec<Record> = Vec::new();
+    let mut i = 0usize;
+    while !queue.is_empty() {
+        let n = cuts[i % cuts.len()].min(queue.len());
+        let chunk: Vec<Event> = queue.drain(..n).collect();
+        let mut b = log.batch(&chunk);
+        written.extend(b.records.iter().cloned());
+        b.emit_from = b.next_offsets.keys().map(|&p| (p, 0)).collect();
+        if replay[i % replay.len()] {
+            let lost = store.prepare(TOPIC, &b).unwrap();
+            queue.extend(lost.follow_ups().iter().cloned());
+        }
+        let prepared = store.prepare(TOPIC, &b).unwrap();
+        queue.extend(prepared.follow_ups().iter().cloned());
+        store.commit(prepared).unwrap();
+        i += 1;
+    }
+    written.sort_by_key(|r| (r.partition, r.offset));
+    written
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -356,33 +389,11 @@ proptest! {
         cuts in proptest::collection::vec(1usize..12, 1..10),
         replay_before_store in proptest::collection::vec(any::<bool>(), 10),
     ) {
-        // The store as an owner runs it: each batch's follow-ups go to the end of the log
-        // (their accounts' partitions) before the batch is stored; sometimes the batch is
-        // prepared, its follow-ups written, and then "the process dies" before the commit,
-        // so the batch is prepared again and writes its follow-ups a second time.
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let mut log = Log::default();
-        let mut queue: Vec<Event> = events.clone();
-        let mut written: Vec<Record> = Vec::new();
-        let mut i = 0usize;
-        while !queue.is_empty() {
-            let n = cuts[i % cuts.len()].min(queue.len());
-            let chunk: Vec<Event> = queue.drain(..n).collect();
-            let mut b = log.batch(&chunk);
-            written.extend(b.records.iter().cloned());
-            b.emit_from = b.next_offsets.keys().map(|&p| (p, 0)).collect();
-            if replay_before_store[i % replay_before_store.len()] {
-                let lost = store.prepare(TOPIC, &b).unwrap();
-                queue.extend(lost.follow_ups().iter().cloned());
-            }
-            let prepared = store.prepare(TOPIC, &b).unwrap();
-            queue.extend(prepared.follow_ups().iter().cloned());
-            store.commit(prepared).unwrap();
-            i += 1;
-        }
+        let written = run_as_owner(&store, &mut log, events.clone(), &cuts, &replay_before_store);
         // The model applies the same log in the same order per partition.
-        written.sort_by_key(|r| (r.partition, r.offset));
         let mut model = Model::new();
         for r in &written {
             model.apply(&r.event, Position { partition: r.partition, offset: r.offset });
@@ -677,6 +688,9 @@ fn encode_event(e: &Event) -> Vec<u8> {
         EventBody::Deposit { amount } => format!("dep:{}", amount.minor_units()),
         EventBody::Withdraw { amount } => format!("wd:{}", amount.minor_units()),
         EventBody::Transfer { to, amount } => format!("tr:{to}:{}", amount.minor_units()),
+        EventBody::TransferCredit { from, amount } => {
+            format!("cr:{from}:{}:{}", amount.minor_units(), e.event_id)
+        }
         other => panic!("the test codec does not carry {other:?}"),
     };
     format!("{}|{}|{body}", e.account_id, e.command_id).into_bytes()
@@ -697,6 +711,15 @@ fn decode_event(bytes: &[u8], knows_future: bool) -> Result<Event, String> {
         Some(("tr", rest)) => {
             let (to, n) = rest.split_once(':').unwrap();
             transfer(to, n.parse().unwrap())
+        }
+        Some(("cr", rest)) => {
+            let mut f = rest.split(':');
+            let (from, n, id) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            let body = EventBody::TransferCredit {
+                from: acc(from),
+                amount: ledger_domain::Amount::new(n.parse().unwrap()).unwrap(),
+            };
+            return Ok(event(id.parse().unwrap(), c, a, body));
         }
         Some(("future", n)) if knows_future => dep(n.parse().unwrap()),
         _ => return Err(format!("unknown event type in {body}")),
@@ -1119,4 +1142,280 @@ proptest! {
         let all: Vec<i32> = (0..PARTITIONS).collect();
         prop_assert_eq!(owner.parked_in(TOPIC, &all).unwrap(), reader.parked_in(TOPIC, &all).unwrap());
     }
+}
+
+const MINUTE: i64 = 60_000;
+
+fn windowed(dir: &std::path::Path) -> Store {
+    let window = ledger_domain::IdempotencyWindow::new(std::time::Duration::from_secs(60)).unwrap();
+    let store = open(dir).with_window(Some(window));
+    store.check_window().unwrap();
+    store
+}
+
+fn at_time(mut e: Event, ms: i64) -> Event {
+    e.time_ms = ms;
+    e
+}
+
+/// How many outcome records a partition holds, as a scan finds them.
+fn outcomes(store: &Store, ids: &[&str]) -> usize {
+    ids.iter()
+        .map(|c| store.commands(TOPIC, &cmd(c)).unwrap().len())
+        .sum()
+}
+
+#[test]
+fn a_retry_within_the_window_is_a_duplicate_and_one_beyond_it_applies_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = windowed(dir.path());
+    let mut log = Log::default();
+    let open_it = at_time(ev("o", "acc-1", EventBody::OpenAccount), 0);
+    let first = at_time(ev("d", "acc-1", dep(10)), 1_000);
+    store
+        .apply_batch(TOPIC, &log.batch(&[open_it, first.clone()]))
+        .unwrap();
+    // 59 s later: still a duplicate.
+    let stats = store
+        .apply_batch(TOPIC, &log.batch(&[at_time(first.clone(), 60_999)]))
+        .unwrap();
+    assert_eq!(stats.duplicates, 1);
+    assert_eq!(balance(&store, "acc-1"), 10);
+    // A later event moves the watermark a window past the deposit's: its outcome is
+    // pruned in that batch, and the same command id is then a new command.
+    let later = at_time(ev("o2", "acc-2", EventBody::OpenAccount), 61_000);
+    store.apply_batch(TOPIC, &log.batch(&[later])).unwrap();
+    let p = partition_of(&acc("acc-1"), PARTITIONS);
+    if partition_of(&acc("acc-2"), PARTITIONS) == p {
+        assert_eq!(outcomes(&store, &["o", "d"]), 0, "both outcomes expired");
+    }
+    let stats = store
+        .apply_batch(TOPIC, &log.batch(&[at_time(first, 200_000)]))
+        .unwrap();
+    assert_eq!((stats.applied, stats.duplicates), (1, 0));
+    assert_eq!(
+        balance(&store, "acc-1"),
+        20,
+        "beyond the window a retry applies again"
+    );
+    assert_eq!(store.watermark(TOPIC, p).unwrap(), Some(200_000));
+    digests_hold(&store);
+}
+
+/// [`funded_transfer`], stored as an owner stores it: the credit it causes.
+fn stored_transfer(store: &Store, log: &mut Log) -> Vec<Event> {
+    let (t, _) = funded_transfer(store, log);
+    let prepared = store.prepare(TOPIC, &t).unwrap();
+    let credit = prepared.follow_ups().to_vec();
+    store.commit(prepared).unwrap();
+    credit
+}
+
+#[test]
+fn a_pending_transfer_is_kept_until_it_settles_and_then_for_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = windowed(dir.path());
+    let mut log = Log::default();
+    let credit = stored_transfer(&store, &mut log);
+    // Ten minutes of other events in the source's partition: the transfer stays pending,
+    // and stays.
+    let bump = |log: &mut Log, c: &str, ms: i64| log.batch(&[at_time(ev(c, "a", dep(1)), ms)]);
+    store
+        .apply_batch(TOPIC, &bump(&mut log, "x1", 10 * MINUTE))
+        .unwrap();
+    let a = acc("a");
+    let pending = store.command(TOPIC, &a, &cmd("t-1")).unwrap().unwrap();
+    assert_eq!(pending.status, CommandStatus::Pending);
+    assert!(
+        store.command(TOPIC, &a, &cmd("d")).unwrap().is_none(),
+        "expired"
+    );
+    // The credit applies, its completion settles the transfer, which is kept a window
+    // from then.
+    let mut c = log.batch(&credit);
+    c.emit_from = c.next_offsets.keys().map(|&p| (p, 0)).collect();
+    let prepared = store.prepare(TOPIC, &c).unwrap();
+    let completed = prepared.follow_ups().to_vec();
+    store.commit(prepared).unwrap();
+    let mut done = log.batch(&completed);
+    done.emit_from = done.next_offsets.keys().map(|&p| (p, 0)).collect();
+    store.apply_batch(TOPIC, &done).unwrap();
+    let settled = store.command(TOPIC, &a, &cmd("t-1")).unwrap().unwrap();
+    assert_eq!(settled.status, CommandStatus::Applied);
+    assert_eq!(settled.kept_from_ms, 10 * MINUTE);
+    store
+        .apply_batch(TOPIC, &bump(&mut log, "x2", 11 * MINUTE))
+        .unwrap();
+    assert!(store.command(TOPIC, &a, &cmd("t-1")).unwrap().is_none());
+    assert_eq!((balance(&store, "a"), balance(&store, "b")), (72, 30));
+    digests_hold(&store);
+}
+
+#[test]
+fn a_copy_of_a_follow_up_whose_record_was_pruned_is_still_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = windowed(dir.path());
+    let mut log = Log::default();
+    let credit = stored_transfer(&store, &mut log);
+    store.apply_batch(TOPIC, &log.batch(&credit)).unwrap();
+    assert_eq!(balance(&store, "b"), 30);
+    // An hour of the destination's events prunes the credit's record ...
+    let b_later = at_time(ev("ob2", "b", dep(1)), 60 * MINUTE);
+    store.apply_batch(TOPIC, &log.batch(&[b_later])).unwrap();
+    // ... and the copy a source owner restarted after that hour writes again changes
+    // nothing: the floor of the source's partition stands for the record.
+    let stats = store.apply_batch(TOPIC, &log.batch(&credit)).unwrap();
+    assert_eq!((stats.applied, stats.duplicates), (0, 1));
+    assert_eq!(balance(&store, "b"), 31);
+    digests_hold(&store);
+}
+
+#[test]
+fn a_store_keeps_the_window_it_was_built_with() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(windowed(dir.path()));
+    let err = open(dir.path())
+        .with_window(None)
+        .check_window()
+        .unwrap_err();
+    assert!(matches!(err, StoreError::WindowChanged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("1m") && text.contains("unbounded"), "{text}");
+    windowed(dir.path()); // the same window opens
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// With a window of a minute and event time moving in jumps, any split into batches,
+    /// with replays that write follow-ups twice, ends in the model's state with the
+    /// same window; exactly the live outcomes are stored; and the digest is the one a
+    /// store that read the log in one batch holds.
+    #[test]
+    fn a_window_prunes_the_same_outcomes_however_the_log_is_batched(
+        events in proptest::collection::vec(arb_transfer_event(), 1..80),
+        steps in proptest::collection::vec(0i64..40_000, 80),
+        cuts in proptest::collection::vec(1usize..12, 1..10),
+        replay_before_store in proptest::collection::vec(any::<bool>(), 10),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = windowed(dir.path());
+        let mut now = 0;
+        let queue: Vec<Event> = events
+            .iter()
+            .zip(&steps)
+            .map(|(e, step)| {
+                now += step;
+                at_time(e.clone(), now)
+            })
+            .collect();
+        let mut log = Log::default();
+        let written = run_as_owner(&store, &mut log, queue, &cuts, &replay_before_store);
+        let mut model = Model::with_window(store.window());
+        for r in &written {
+            model.apply(&r.event, Position { partition: r.partition, offset: r.offset });
+        }
+        let stored: BTreeMap<_, _> = store.accounts(TOPIC).unwrap().into_iter().collect();
+        prop_assert_eq!(&stored, &model.accounts);
+        let mut totals = Totals::default();
+        for p in 0..PARTITIONS {
+            totals.add(&store.totals(TOPIC, p).unwrap());
+            prop_assert_eq!(store.watermark(TOPIC, p).unwrap(), model.watermarks.get(&p).copied());
+        }
+        prop_assert_eq!(totals, model.totals);
+        prop_assert!(totals.conserved());
+        for ((account, id), rec) in &model.commands {
+            let p = partition_of(account, PARTITIONS);
+            let live = rec.is_live(model.window, model.watermarks[&p]);
+            let got = store.command(TOPIC, account, id).unwrap();
+            prop_assert_eq!(got.is_some(), live, "{} on {}", id, account);
+            if let Some(got) = got {
+                prop_assert_eq!(got.status, rec.status);
+            }
+        }
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = windowed(other_dir.path());
+        other.apply_batch(TOPIC, &Batch {
+            records: written.clone(),
+            next_offsets: log.ends.clone(),
+            ..Batch::default()
+        }).unwrap();
+        for p in 0..PARTITIONS {
+            let kept = store.digest(TOPIC, p).unwrap();
+            prop_assert_eq!(kept, store.digest_by_scan(TOPIC, p).unwrap());
+            prop_assert_eq!(kept, other.digest(TOPIC, p).unwrap(), "partition {}", p);
+        }
+    }
+}
+
+/// The first account named `prefix` and a number whose partition `fits`.
+fn account_where(prefix: &str, fits: impl Fn(i32) -> bool) -> String {
+    (0..)
+        .map(|n| format!("{prefix}{n}"))
+        .find(|a| fits(partition_of(&acc(a), PARTITIONS)))
+        .expect("some account lands in any partition")
+}
+
+#[test]
+fn a_credit_released_from_a_parked_account_applies_though_the_floor_passed_it() {
+    use ledger_domain::UnparkKind::Retry;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = Log::default();
+    let s = "src-0";
+    let ps = partition_of(&acc(s), PARTITIONS);
+    let d = account_where("dst-", |p| p != ps);
+    let pd = partition_of(&acc(&d), PARTITIONS);
+    let d2 = account_where("two-", |p| p == pd);
+    let window = ledger_domain::IdempotencyWindow::new(std::time::Duration::from_secs(60)).unwrap();
+    let with = |knows_future| {
+        let store = open_with(dir.path(), knows_future).with_window(Some(window));
+        store.check_window().unwrap();
+        store
+    };
+    let store = with(false);
+    let setup = [
+        ev("os", s, EventBody::OpenAccount),
+        ev("od", &d, EventBody::OpenAccount),
+        ev("od2", &d2, EventBody::OpenAccount),
+        ev("fund", s, dep(100)),
+    ];
+    store.apply_batch(TOPIC, &log.batch(&setup)).unwrap();
+    let mut t = log.batch(&[
+        ev("t1", s, transfer(&d, 30)),
+        ev("t2", s, transfer(&d2, 20)),
+    ]);
+    t.emit_from = t.next_offsets.keys().map(|&p| (p, 0)).collect();
+    let prepared = store.prepare(TOPIC, &t).unwrap();
+    let credits = prepared.follow_ups().to_vec();
+    store.commit(prepared).unwrap();
+    // `d` parks; its credit (the earlier cause) waits, the later one applies to `d2`.
+    let mut b = Batch::default();
+    log.unreadable(&mut b, &d, &format!("{d}|f1|future:7"));
+    store.apply_batch(TOPIC, &b).unwrap();
+    let stats = store.apply_batch(TOPIC, &log.batch(&credits)).unwrap();
+    assert_eq!((stats.parked, stats.applied), (1, 1));
+    // An hour later the applied credit's record is pruned: the floor of the source's
+    // partition passes both credits' causes.
+    let hour = at_time(ev("late", &d2, dep(1)), 60 * MINUTE);
+    store.apply_batch(TOPIC, &log.batch(&[hour])).unwrap();
+    drop(store);
+    // Released by a version that reads the unreadable event, the waiting credit is
+    // not mistaken for a copy, and what it causes carries the released mark.
+    let store = with(true);
+    let first = store.parked(TOPIC, &acc(&d)).unwrap().unwrap().first_offset;
+    let mut r = log.batch(&[at_time(unpark("u", &d, Retry, first), 60 * MINUTE)]);
+    r.emit_from = r.next_offsets.keys().map(|&p| (p, 0)).collect();
+    let prepared = store.prepare(TOPIC, &r).unwrap();
+    let completions = prepared.follow_ups().to_vec();
+    store.commit(prepared).unwrap();
+    assert_eq!(balance(&store, &d), 7 + 30);
+    assert_eq!(completions.len(), 1);
+    assert!(ledger_domain::is_released_follow_up(
+        completions[0].event_id
+    ));
+    // The completion settles `t1` at the source.
+    store.apply_batch(TOPIC, &log.batch(&completions)).unwrap();
+    let t1 = store.command(TOPIC, &acc(s), &cmd("t1")).unwrap().unwrap();
+    assert_eq!(t1.status, CommandStatus::Applied);
+    digests_hold(&store);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ledger_eventlog::config::KafkaArgs;
 use ledger_eventlog::consume::PoisonPolicy;
 use ledger_eventlog::KafkaConfig;
-use ledger_http::config::ServiceArgs;
+use ledger_http::config::{IdempotencyArgs, ServiceArgs};
 
 /// What to do with an event that does not decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -30,6 +30,9 @@ pub struct Config {
     /// Authentication and logging.
     #[command(flatten)]
     pub service: ServiceArgs,
+    /// The idempotency window.
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
     /// The dead-letter topic [default: <topic>.dlq].
     #[arg(long, env = "LEDGER_DLQ_TOPIC")]
     pub dlq_topic: Option<String>,

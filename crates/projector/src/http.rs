@@ -97,11 +97,36 @@ fn command_view(c: StoredCommand, id: &CommandId) -> CommandView {
     }
 }
 
-fn command_not_found(id: &CommandId) -> ApiError {
-    ApiError::new(
-        ErrorCode::CommandNotFound,
-        format!("command {id} has not been applied (yet)"),
-    )
+/// No outcome of the command in `partitions`: `410 command_expired` when its id is a
+/// version-7 UUID made a window before every one of their watermarks (its outcome, if it
+/// had one, was pruned), else `404 command_not_found`, saying for how long outcomes are
+/// kept.
+fn command_not_found(state: &QueryState, id: &CommandId, partitions: &[i32]) -> ApiError {
+    let Some(window) = state.store.window() else {
+        return ApiError::new(
+            ErrorCode::CommandNotFound,
+            format!("command {id} has not been applied (yet)"),
+        );
+    };
+    // A partition that applied nothing yet cannot hold the command.
+    let oldest_watermark = partitions
+        .iter()
+        .filter_map(|&p| state.store.watermark(&state.topic, p).ok().flatten())
+        .min();
+    match (id.uuid_v7_time_ms(), oldest_watermark) {
+        (Some(made), Some(watermark)) if window.expired(made, watermark) => ApiError::new(
+            ErrorCode::CommandExpired,
+            format!(
+                "command {id} was made more than the idempotency window ({window}) before the latest events applied: its outcome, if it had one, has been pruned"
+            ),
+        ),
+        _ => ApiError::new(
+            ErrorCode::CommandNotFound,
+            format!(
+                "command {id} has not been applied (yet), or was applied more than the idempotency window ({window}) ago and its outcome pruned"
+            ),
+        ),
+    }
 }
 
 fn ambiguous(id: &CommandId, accounts: &[String]) -> ApiError {
@@ -142,7 +167,7 @@ pub(crate) async fn command(
                     .store
                     .command(&s.topic, &account, &id)
                     .map_err(store_error)?
-                    .ok_or_else(|| command_not_found(&id))?;
+                    .ok_or_else(|| command_not_found(s, &id, &[partition]))?;
                 Ok(Json(command_view(c, &id)).into_response())
             })
             .await;
@@ -202,7 +227,7 @@ async fn command_everywhere(
         .collect();
     if ask.forwarded {
         return match found.len() {
-            0 => Err(command_not_found(id)),
+            0 => Err(command_not_found(state, id, &searched)),
             1 => Ok(Json(found.pop().expect("one")).into_response()),
             _ => {
                 let accounts: Vec<String> =
@@ -242,7 +267,7 @@ async fn command_everywhere(
                 None => unserved.extend(parts),
             },
             StatusCode::CONFLICT => more_accounts.push(format!("several on instance {peer}")),
-            StatusCode::NOT_FOUND => {}
+            StatusCode::NOT_FOUND | StatusCode::GONE => {}
             _ => unserved.extend(parts),
         }
     }
@@ -267,7 +292,7 @@ async fn command_everywhere(
             ),
         ));
     }
-    Err(command_not_found(id))
+    Err(command_not_found(state, id, &searched))
 }
 
 /// `GET /v1/cluster`: the group as this instance sees it.

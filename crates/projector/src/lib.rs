@@ -108,7 +108,10 @@ pub async fn serve(
     }
     // Events that wait behind a parked account's unreadable one are kept in the log's
     // own envelope.
-    let store = store.with_codec(Arc::new(sink::LogCodec));
+    let store = store
+        .with_codec(Arc::new(sink::LogCodec))
+        .with_window(config.idempotency.window());
+    store.check_window()?;
     let mut registry = Registry::default();
     let metrics = metrics::ProjectorMetrics::new(&mut registry);
     let stored = store.offsets(&config.kafka.topic)?;

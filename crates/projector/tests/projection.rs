@@ -501,3 +501,103 @@ async fn halt_on_poison_exits_non_zero_without_moving_past_it() {
         .unwrap();
     assert_eq!(acc.balance, 0, "nothing past the poison was applied");
 }
+
+/// A version-7 UUID command id made at `ms`, as the ingest makes them.
+fn v7_id(ms: i64, n: u128) -> String {
+    let bits = ((ms as u128) << 80) | (0x7 << 76) | (0b10 << 62) | n;
+    ledger_domain::CommandId::from_uuid_bits(bits).to_string()
+}
+
+fn at(mut e: Event, ms: i64) -> Event {
+    e.time_ms = ms;
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_expire_with_the_window_in_event_time_and_the_store_keeps_its_window() {
+    let brokers = ledger_testkit::brokers();
+    let topic = ledger_testkit::unique_topic("window");
+    create_topic(&brokers, &topic).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&brokers, &topic, dir.path());
+    cfg.idempotency.idempotency_window = "1m".parse().unwrap();
+    let p = InProcess::start(cfg.clone()).await;
+    let http = reqwest::Client::new();
+    let t0 = 1_767_225_600_000;
+    let uuid = v7_id(t0, 1);
+    let dep = |id: &str, ms| {
+        at(
+            ev(
+                id,
+                "acc-w",
+                EventBody::Deposit {
+                    amount: Amount::new(10).unwrap(),
+                },
+            ),
+            ms,
+        )
+    };
+    // Open, a deposit under a UUIDv7 id and one under a text id, and a retry of the first
+    // 59 s later: a duplicate.
+    let first = [
+        at(ev("o", "acc-w", EventBody::OpenAccount), t0),
+        dep(&uuid, t0),
+        dep("d-text", t0),
+        dep(&uuid, t0 + 59_000),
+    ];
+    let positions = produce(&brokers, &topic, &first).await;
+    wait_applied(&p.url, &ends_of(&positions), Duration::from_secs(60)).await;
+    let account = get_json(&http, &format!("{}/v1/accounts/acc-w", p.url)).await;
+    assert_eq!(account["balance"], 20, "{account}");
+    let found = get_json(&http, &format!("{}/v1/commands/{uuid}", p.url)).await;
+    assert_eq!(found["status"], "applied", "{found}");
+    // Two minutes of event time later, both outcomes are pruned: the UUIDv7 id says how
+    // old it is (410), the text id cannot (404, saying why it may be gone).
+    let later = produce(&brokers, &topic, &[dep("d-later", t0 + 120_000)]).await;
+    wait_applied(&p.url, &ends_of(&later), Duration::from_secs(60)).await;
+    let expired = http
+        .get(format!("{}/v1/commands/{uuid}", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expired.status(), 410);
+    let body: Value = expired.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "command_expired", "{body}");
+    let gone = http
+        .get(format!("{}/v1/commands/d-text?account_id=acc-w", p.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let body: Value = gone.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("idempotency window (1m)"),
+        "{body}"
+    );
+    // Beyond the window the same id is a new command: documented, and what a window is.
+    let again = produce(&brokers, &topic, &[dep(&uuid, t0 + 121_000)]).await;
+    wait_applied(&p.url, &ends_of(&again), Duration::from_secs(60)).await;
+    let account = get_json(&http, &format!("{}/v1/accounts/acc-w", p.url)).await;
+    assert_eq!(account["balance"], 40, "{account}");
+    p.stop().await;
+
+    // The store was built with a window of one minute, and keeps it.
+    let mut other = cfg.clone();
+    other.idempotency.idempotency_window = "unbounded".parse().unwrap();
+    let store = projector::open_store(&other).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(30),
+        projector::serve(other, store, listener, CancellationToken::new()),
+    )
+    .await
+    .expect("refused at once");
+    let text = refused.unwrap_err().to_string();
+    assert!(
+        text.contains("idempotency window of 1m") && text.contains("unbounded"),
+        "{text}"
+    );
+}

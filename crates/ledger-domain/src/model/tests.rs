@@ -444,3 +444,54 @@ proptest! {
         prop_assert_eq!(a.totals, b.totals);
     }
 }
+
+#[test]
+fn a_command_id_is_a_duplicate_within_the_window_and_new_beyond_it() {
+    let window = IdempotencyWindow::new(std::time::Duration::from_secs(3600)).unwrap();
+    let mut m = Model::with_window(Some(window));
+    let dep = |t: i64| {
+        let mut e = event(1, "d", "a", crate::testing::deposit(5));
+        e.time_ms = t;
+        e
+    };
+    let open = event(0, "o", "a", EventBody::OpenAccount);
+    let results = apply_all(
+        &mut m,
+        &[open, dep(0), dep(3_599_999), dep(3_600_000), dep(3_600_001)],
+    );
+    assert_eq!(
+        results,
+        [
+            ApplyResult::Applied,
+            ApplyResult::Applied,
+            ApplyResult::Duplicate,
+            ApplyResult::Applied,
+            ApplyResult::Duplicate,
+        ],
+        "the first is kept from watermark 0, the third from 3,600,000"
+    );
+    assert_eq!(m.accounts[&acc("a")].balance, 10);
+    // A late event does not move the watermark back.
+    m.apply(&dep(5), at(9));
+    assert_eq!(m.watermarks[&0], 3_600_001);
+}
+
+#[test]
+fn a_pending_transfer_never_expires() {
+    let window = IdempotencyWindow::new(std::time::Duration::from_secs(60)).unwrap();
+    let r = CommandRecord {
+        status: CommandStatus::Pending,
+        account_id: acc("a"),
+        offset: 0,
+        time_ms: 0,
+        transfer: None,
+        kept_from_ms: 0,
+    };
+    assert!(r.is_live(Some(window), i64::MAX));
+    let settled = CommandRecord {
+        status: CommandStatus::Applied,
+        ..r
+    };
+    assert!(!settled.is_live(Some(window), 60_000));
+    assert!(settled.is_live(None, i64::MAX));
+}

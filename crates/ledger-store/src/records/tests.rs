@@ -34,18 +34,40 @@ fn records_are_compact_and_round_trip() {
         offset: 41,
         time_ms: 9,
         transfer: None,
+        kept_from_ms: 11,
     });
-    assert_eq!(rec.len(), 17);
+    assert_eq!(rec.len(), 25);
     let back = decode_command("t", 2, 18, &key, &rec).unwrap();
     assert_eq!(back.account_id, acc);
     assert_eq!(
-        (back.partition, back.offset, back.event_time_ms),
-        (2, 41, 9)
+        (
+            back.partition,
+            back.offset,
+            back.event_time_ms,
+            back.kept_from_ms
+        ),
+        (2, 41, 9, 11)
     );
     assert_eq!(
         back.status,
         CommandStatus::Rejected(Rejection::InsufficientFunds)
     );
+}
+
+#[test]
+fn expiry_entries_sort_by_time_and_name_their_record() {
+    let key = follow_up_key(42);
+    let times = [i64::MIN, -1, 0, 1, 1_767_225_600_000, i64::MAX];
+    let keys: Vec<_> = times.iter().map(|&t| expiry_key(t, &key)).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "sorted as the times are"
+    );
+    for (t, k) in times.iter().zip(&keys) {
+        assert_eq!(decode_expiry_key("t", k).unwrap(), (*t, &key[..]));
+    }
+    assert_eq!(follow_up_of_key(&key), Some(42));
+    assert!(decode_expiry_key("t", b"x1234").is_err());
 }
 
 #[test]
@@ -70,6 +92,7 @@ fn transfer_records_round_trip() {
                 amount: Amount::new(500).unwrap(),
                 settled_at,
             }),
+            kept_from_ms: -7,
         };
         let back = decode_command(
             "t",
