@@ -195,6 +195,13 @@ enum Cmd {
         /// Random v4 command ids (clients' own) instead of the ingest's time-ordered v7.
         #[arg(long)]
         random_ids: bool,
+        /// The store's idempotency window, as the projector's --idempotency-window.
+        #[arg(long, default_value = "unbounded")]
+        idempotency_window: ledger_domain::WindowSetting,
+        /// Event time between consecutive events, in ms, so that the events span
+        /// history (0: all at one moment, as a burst).
+        #[arg(long, default_value_t = 0)]
+        event_spacing_ms: i64,
         /// Workload seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
@@ -510,6 +517,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
             cache_mb,
             random_ids,
             seed,
+            idempotency_window,
+            event_spacing_ms,
         } => {
             let spec = store::StoreSpec {
                 dir,
@@ -519,6 +528,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<Option<Value>> {
                 cache_mb,
                 random_ids,
                 seed,
+                window: idempotency_window.0,
+                event_spacing_ms,
             };
             tokio::task::spawn_blocking(move || store::run(&spec)).await??
         }

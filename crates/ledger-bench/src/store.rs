@@ -41,10 +41,15 @@ pub struct StoreSpec {
     pub random_ids: bool,
     /// Workload seed.
     pub seed: u64,
+    /// The store's idempotency window (`None`: unbounded).
+    pub window: Option<ledger_domain::IdempotencyWindow>,
+    /// Event time between consecutive events, in ms.
+    pub event_spacing_ms: i64,
 }
 
 fn events(spec: &StoreSpec) -> ReplayEvents {
-    let e = ReplayEvents::new(spec.events, spec.accounts, spec.seed);
+    let e = ReplayEvents::new(spec.events, spec.accounts, spec.seed)
+        .with_spacing(spec.event_spacing_ms);
     if spec.random_ids {
         e.with_random_ids()
     } else {
@@ -82,6 +87,9 @@ fn measure(spec: &StoreSpec) -> anyhow::Result<Value> {
         "store_transaction_share": round3(apply_s / store_s),
         "store_flush_share": round3(flush_s / store_s),
         "store_dir_mb": round3(store_bytes as f64 / 1e6),
+        "store_bytes_per_event": (store_bytes as f64 / n * 10.0).round() / 10.0,
+        "idempotency_window": ledger_domain::WindowSetting(spec.window).to_string(),
+        "event_spacing_ms": spec.event_spacing_ms,
         "store_peak_rss_mb": round3(rss_after_store as f64 / 1024.0),
         "sled_plain_insert_per_s": (n / plain_s).round(),
         "sled_plain_note": "the same keys per event (command record + account) as plain sled inserts, no transaction, a flush per batch",
@@ -90,8 +98,9 @@ fn measure(spec: &StoreSpec) -> anyhow::Result<Value> {
 
 /// Through `Store::apply_batch`, as the projector does.
 fn apply_through_store(spec: &StoreSpec, dir: &Path) -> anyhow::Result<(f64, f64, f64)> {
-    let store = Store::open(dir, spec.cache_mb * 1024 * 1024)?;
+    let store = Store::open(dir, spec.cache_mb * 1024 * 1024)?.with_window(spec.window);
     store.check_partition_count("bench", PARTITIONS)?;
+    store.check_window()?;
     let mut events = events(spec);
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let (mut apply, mut flush) = (0.0, 0.0);

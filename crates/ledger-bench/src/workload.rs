@@ -128,6 +128,8 @@ pub struct ReplayEvents {
     total: u64,
     next: u64,
     time_ms: i64,
+    /// Event time added after each event.
+    spacing_ms: i64,
 }
 
 impl ReplayEvents {
@@ -140,7 +142,16 @@ impl ReplayEvents {
             total,
             next: 0,
             time_ms: now_ms(),
+            spacing_ms: 0,
         }
+    }
+
+    /// Events `ms` apart in event time, the first `total * ms` before now, so that they
+    /// span history as a log of that length does.
+    pub fn with_spacing(mut self, ms: i64) -> Self {
+        self.spacing_ms = ms;
+        self.time_ms = now_ms() - ms.saturating_mul(self.total as i64);
+        self
     }
 
     /// Random (v4) command ids instead of time-ordered v7 ones.
@@ -167,6 +178,8 @@ impl Iterator for ReplayEvents {
                 money_body(&mut self.rng),
             )
         };
+        let time_ms = self.time_ms;
+        self.time_ms += self.spacing_ms;
         Some(Event {
             event_id: Uuid::now_v7().as_u128(),
             // Time-ordered v7, as the ingest generates them when a client sends none;
@@ -181,7 +194,7 @@ impl Iterator for ReplayEvents {
             )
             .expect("a hyphenated UUID is a valid command id"),
             account_id: AccountId::parse(&account_id(account)).expect("a valid account id"),
-            time_ms: self.time_ms,
+            time_ms,
             body,
         })
     }
