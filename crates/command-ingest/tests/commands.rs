@@ -211,7 +211,7 @@ fn malformed_table() -> Vec<Bad> {
         Bad {
             status: 410,
             ..bad(
-                "a version-7 UUID id made before the idempotency window (24h by default)",
+                "a version-7 UUID id made before the idempotency window (24h in these tests)",
                 r#"{"type":"deposit","account_id":"acc-1","amount":5,"command_id":"01700000-0000-7000-8000-000000000000"}"#,
                 "command_expired",
             )

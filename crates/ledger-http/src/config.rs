@@ -18,12 +18,13 @@ pub struct ServiceArgs {
 /// the same.
 #[derive(Clone, Debug, clap::Args)]
 pub struct IdempotencyArgs {
-    /// For how long, in event time, a command id is deduplicated per account: `24h`,
+    /// For how long, in event time, a command id is deduplicated per account: `unbounded`
+    /// (the default: every outcome kept, at today's speed), or `24h`,
     /// `7d`, … (at least 1m), or `unbounded`. The projector prunes outcomes older than
     /// that; the ingest refuses (410 command_expired) a command whose id is a version-7
     /// UUID older than that, whose retry could no longer be recognised. A projector's
     /// store keeps the window it was built with.
-    #[arg(long, env = "LEDGER_IDEMPOTENCY_WINDOW", default_value = "24h")]
+    #[arg(long, env = "LEDGER_IDEMPOTENCY_WINDOW", default_value = "unbounded")]
     pub idempotency_window: ledger_domain::WindowSetting,
 }
 

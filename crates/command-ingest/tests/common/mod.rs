@@ -36,6 +36,7 @@ pub fn config(brokers: &str, topic: &str) -> Config {
     c.service.auth_token = None;
     c.kafka.kafka_config = Vec::new();
     c.shutdown_grace_ms = 2000;
+    c.idempotency.idempotency_window = "24h".parse().expect("a valid window");
     c
 }
 
