@@ -34,8 +34,8 @@ pub use ids::{
     MAX_AMOUNT,
 };
 pub use model::{
-    apply_released, is_duplicate, Applied, ApplyResult, CommandRecord, CommandStatus,
-    FollowUpRecord, Model, Totals, TransferRecord,
+    apply_released, is_duplicate, mark_released, Applied, ApplyResult, CommandRecord,
+    CommandStatus, FollowUpRecord, Model, Totals, TransferRecord,
 };
 pub use position::{token_pattern, Position, TokenError};
 pub use rules::{decide, AccountState};

@@ -252,10 +252,17 @@ pub fn apply_released<S: LedgerState>(
     at: Position,
 ) -> Result<Applied, S::Error> {
     let mut applied = apply(state, event, at, Emission::Released)?;
-    for f in &mut applied.follow_ups {
+    mark_released(&mut applied.follow_ups);
+    Ok(applied)
+}
+
+/// Gives follow-ups that a release caused the released mark ([`released_follow_up_id`]):
+/// those [`apply_released`] decides, and those an owner rebuilds from what a release
+/// recorded.
+pub fn mark_released(follow_ups: &mut [Event]) {
+    for f in follow_ups {
         f.event_id = released_follow_up_id(f.event_id);
     }
-    Ok(applied)
 }
 
 /// Whether the event at `at` would change nothing because it was seen before: what an
@@ -276,6 +283,15 @@ pub fn is_duplicate<S: LedgerState>(
     let watermark = state
         .watermark(at.partition)?
         .map_or(event.time_ms, |w| w.max(event.time_ms));
+    seen_command(state, event, watermark)
+}
+
+/// Whether the event's command id has a live outcome on its account at `watermark`.
+fn seen_command<S: LedgerState>(
+    state: &mut S,
+    event: &Event,
+    watermark: i64,
+) -> Result<bool, S::Error> {
     let window = state.window();
     Ok(state
         .command(&event.account_id, &event.command_id)?
@@ -306,11 +322,7 @@ fn apply<S: LedgerState>(
             follow_ups: Vec::new(),
         });
     }
-    let window = state.window();
-    if state
-        .command(&event.account_id, &event.command_id)?
-        .is_some_and(|r| r.is_live(window, watermark))
-    {
+    if seen_command(state, event, watermark)? {
         return Ok(Applied {
             result: ApplyResult::Duplicate,
             follow_ups: Vec::new(),

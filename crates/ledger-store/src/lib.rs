@@ -239,11 +239,7 @@ impl Store {
 
     /// A partition's watermark: the latest event time among the events it applied.
     pub fn watermark(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
-        let name = records::partition_tree_name(topic, partition);
-        self.tree(topic, partition)?
-            .get(records::WATERMARK_KEY)?
-            .map(|v| records::decode_offset(&name, &v))
-            .transpose()
+        self.partition_i64(topic, partition, records::WATERMARK_KEY)
     }
 
     /// Applies partitions on at most `workers` threads (at least one).
@@ -409,9 +405,19 @@ impl Store {
 
     /// The next offset to read for a partition, if any batch of it was applied.
     pub fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        self.partition_i64(topic, partition, records::OFFSET_KEY)
+    }
+
+    /// One of a partition's 8-byte records (an offset, the watermark), if written.
+    fn partition_i64(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+    ) -> Result<Option<i64>, StoreError> {
         let name = records::partition_tree_name(topic, partition);
         self.tree(topic, partition)?
-            .get(records::OFFSET_KEY)?
+            .get(key)?
             .map(|v| records::decode_offset(&name, &v))
             .transpose()
     }
@@ -421,11 +427,7 @@ impl Store {
     /// before it committed past them. `None` when no owner ever applied the partition
     /// here (a store written by a read-only tail, or before transfers existed).
     pub fn emitted_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
-        let name = records::partition_tree_name(topic, partition);
-        self.tree(topic, partition)?
-            .get(records::EMITTED_KEY)?
-            .map(|v| records::decode_offset(&name, &v))
-            .transpose()
+        self.partition_i64(topic, partition, records::EMITTED_KEY)
     }
 
     /// The money a partition's events moved (zero before any).

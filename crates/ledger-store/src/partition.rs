@@ -20,9 +20,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ledger_domain::model::{apply_event, recorded_follow_ups, LedgerState};
 use ledger_domain::{
-    apply_released, follow_up_cause, is_duplicate, is_released_follow_up, released_follow_up_id,
-    AccountId, AccountState, ApplyResult, CommandId, CommandRecord, CommandStatus, Event,
-    EventBody, FollowUpRecord, IdempotencyWindow, Position, Record, Totals, UnparkKind, Unreadable,
+    apply_released, follow_up_cause, is_duplicate, is_released_follow_up, mark_released, AccountId,
+    AccountState, ApplyResult, CommandId, CommandRecord, CommandStatus, Event, EventBody,
+    FollowUpRecord, IdempotencyWindow, Position, Record, Totals, UnparkKind, Unreadable,
 };
 use sled::IVec;
 
@@ -544,12 +544,9 @@ impl<'a> PartitionState<'a> {
                 partition: at.partition,
                 offset: *offset,
             };
-            follow_ups.extend(recorded_follow_ups(self, &event, cause)?.into_iter().map(
-                |mut f| {
-                    f.event_id = released_follow_up_id(f.event_id);
-                    f
-                },
-            ));
+            let mut recorded = recorded_follow_ups(self, &event, cause)?;
+            mark_released(&mut recorded);
+            follow_ups.extend(recorded);
         }
         Ok((follow_ups, released.skipped.into_iter().collect()))
     }
@@ -598,13 +595,10 @@ impl<'a> PartitionState<'a> {
                     }
                 }
                 Some(&records::FOLLOW_UP_PREFIX) => {
-                    let cause = records::follow_up_of_key(&record)
-                        .and_then(follow_up_cause)
-                        .map(|(cause, _)| cause);
-                    if let Some(cause) = cause {
-                        self.raise_floor(cause)?;
-                    }
                     if let Some(id) = records::follow_up_of_key(&record) {
+                        if let Some((cause, _)) = follow_up_cause(id) {
+                            self.raise_floor(cause)?;
+                        }
                         self.follow_ups.remove(&id);
                     }
                     self.remove(record)?;
@@ -628,11 +622,17 @@ impl<'a> PartitionState<'a> {
     fn finish(mut self) -> Result<Writes, StoreError> {
         self.prune()?;
         if let (true, Some(Some(w))) = (self.watermark_changed, self.watermark) {
-            self.put(records::WATERMARK_KEY.to_vec(), w.to_be_bytes().to_vec())?;
+            self.put(
+                records::WATERMARK_KEY.to_vec(),
+                records::encode_offset(w).to_vec(),
+            )?;
         }
         for p in std::mem::take(&mut self.floors_raised) {
             let floor = self.floors[&p].expect("a raised floor is set");
-            self.put(records::floor_key(p).to_vec(), floor.to_be_bytes().to_vec())?;
+            self.put(
+                records::floor_key(p).to_vec(),
+                records::encode_offset(floor).to_vec(),
+            )?;
         }
         for id in std::mem::take(&mut self.touched) {
             let value = records::encode_account(&self.accounts[&id]).to_vec();
@@ -701,26 +701,23 @@ impl LedgerState for PartitionState<'_> {
                     .map(records::StoredCommand::into_record)
             })
             .transpose()?;
-        self.kept
-            .insert(key, found.as_ref().map(|r| r.kept_from_ms));
+        if self.window.is_some() {
+            self.kept
+                .insert(key, found.as_ref().map(|r| r.kept_from_ms));
+        }
         Ok(found)
     }
 
     fn put_command(&mut self, id: &CommandId, record: CommandRecord) -> Result<(), StoreError> {
         let key = records::command_key(&record.account_id, id);
         if self.window.is_some() {
-            let was = match self.commands.get(&key) {
-                Some(r) => Some(r.kept_from_ms),
-                None => match self.kept.get(&key) {
-                    Some(k) => *k,
-                    None => {
-                        let prefix_len = records::command_prefix(id).len();
-                        self.read(&key)?
-                            .map(|v| records::decode_command(self.name, 0, prefix_len, &key, &v))
-                            .transpose()?
-                            .map(|r| r.kept_from_ms)
-                    }
-                },
+            // The rules read a record before they write it, so the batch holds it.
+            let was = match (self.commands.get(&key), self.kept.get(&key)) {
+                (Some(r), _) => Some(r.kept_from_ms),
+                (None, Some(k)) => *k,
+                (None, None) => self
+                    .command(&record.account_id, id)?
+                    .map(|r| r.kept_from_ms),
             };
             if was != Some(record.kept_from_ms) {
                 if let Some(was) = was {

@@ -378,6 +378,61 @@ fn run_as_owner(
     written
 }
 
+/// The model after the same log, applied in the same order per partition.
+fn model_of(written: &[Record], window: Option<ledger_domain::IdempotencyWindow>) -> Model {
+    let mut model = Model::with_window(window);
+    for r in written {
+        model.apply(
+            &r.event,
+            Position {
+                partition: r.partition,
+                offset: r.offset,
+            },
+        );
+    }
+    model
+}
+
+/// The store's accounts and totals are the model's, and money is conserved; gives the
+/// totals.
+fn matches_model(store: &Store, model: &Model) -> Result<Totals, TestCaseError> {
+    let stored: BTreeMap<_, _> = store.accounts(TOPIC).unwrap().into_iter().collect();
+    prop_assert_eq!(&stored, &model.accounts);
+    let mut totals = Totals::default();
+    for p in 0..PARTITIONS {
+        totals.add(&store.totals(TOPIC, p).unwrap());
+    }
+    prop_assert_eq!(totals, model.totals);
+    prop_assert!(totals.conserved());
+    Ok(totals)
+}
+
+/// The digest kept as the batches wrote is the digest of what is stored, and `other`
+/// (empty), applying the same log read-only in one batch, holds the same.
+fn digests_match_one_batch(
+    store: &Store,
+    other: &Store,
+    written: &[Record],
+    log: &Log,
+) -> Result<(), TestCaseError> {
+    other
+        .apply_batch(
+            TOPIC,
+            &Batch {
+                records: written.to_vec(),
+                next_offsets: log.ends.clone(),
+                ..Batch::default()
+            },
+        )
+        .unwrap();
+    for p in 0..PARTITIONS {
+        let kept = store.digest(TOPIC, p).unwrap();
+        prop_assert_eq!(kept, store.digest_by_scan(TOPIC, p).unwrap());
+        prop_assert_eq!(kept, other.digest(TOPIC, p).unwrap(), "partition {}", p);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -393,20 +448,10 @@ proptest! {
         let store = open(dir.path());
         let mut log = Log::default();
         let written = run_as_owner(&store, &mut log, events.clone(), &cuts, &replay_before_store);
-        // The model applies the same log in the same order per partition.
-        let mut model = Model::new();
-        for r in &written {
-            model.apply(&r.event, Position { partition: r.partition, offset: r.offset });
-        }
-        let stored: BTreeMap<_, _> = store.accounts(TOPIC).unwrap().into_iter().collect();
-        prop_assert_eq!(&stored, &model.accounts);
-        let mut totals = Totals::default();
-        for p in 0..PARTITIONS {
-            totals.add(&store.totals(TOPIC, p).unwrap());
-        }
-        prop_assert_eq!(totals, model.totals);
-        prop_assert!(totals.conserved());
+        let model = model_of(&written, store.window());
+        let totals = matches_model(&store, &model)?;
         prop_assert_eq!(totals.pending(), 0, "every transfer settled once the log drained");
+        let stored: BTreeMap<_, _> = store.accounts(TOPIC).unwrap().into_iter().collect();
         let balances: i128 = stored.values().map(|s| i128::from(s.balance)).sum();
         prop_assert_eq!(balances, totals.balance_sum);
         for ((account, id), rec) in &model.commands {
@@ -414,20 +459,8 @@ proptest! {
             prop_assert_eq!(got.status, rec.status);
             prop_assert!(got.status.is_final());
         }
-        // The digest kept as the batches wrote is the digest of what is stored; and a
-        // store that applies the same log read-only, in one batch, holds the same.
         let other_dir = tempfile::tempdir().unwrap();
-        let other = open(other_dir.path());
-        other.apply_batch(TOPIC, &Batch {
-            records: written.clone(),
-            next_offsets: log.ends.clone(),
-            ..Batch::default()
-        }).unwrap();
-        for p in 0..PARTITIONS {
-            let kept = store.digest(TOPIC, p).unwrap();
-            prop_assert_eq!(kept, store.digest_by_scan(TOPIC, p).unwrap());
-            prop_assert_eq!(kept, other.digest(TOPIC, p).unwrap(), "partition {}", p);
-        }
+        digests_match_one_batch(&store, &open(other_dir.path()), &written, &log)?;
     }
 
     #[test]
@@ -1311,19 +1344,11 @@ proptest! {
             .collect();
         let mut log = Log::default();
         let written = run_as_owner(&store, &mut log, queue, &cuts, &replay_before_store);
-        let mut model = Model::with_window(store.window());
-        for r in &written {
-            model.apply(&r.event, Position { partition: r.partition, offset: r.offset });
-        }
-        let stored: BTreeMap<_, _> = store.accounts(TOPIC).unwrap().into_iter().collect();
-        prop_assert_eq!(&stored, &model.accounts);
-        let mut totals = Totals::default();
+        let model = model_of(&written, store.window());
+        matches_model(&store, &model)?;
         for p in 0..PARTITIONS {
-            totals.add(&store.totals(TOPIC, p).unwrap());
             prop_assert_eq!(store.watermark(TOPIC, p).unwrap(), model.watermarks.get(&p).copied());
         }
-        prop_assert_eq!(totals, model.totals);
-        prop_assert!(totals.conserved());
         for ((account, id), rec) in &model.commands {
             let p = partition_of(account, PARTITIONS);
             let live = rec.is_live(model.window, model.watermarks[&p]);
@@ -1334,17 +1359,7 @@ proptest! {
             }
         }
         let other_dir = tempfile::tempdir().unwrap();
-        let other = windowed(other_dir.path());
-        other.apply_batch(TOPIC, &Batch {
-            records: written.clone(),
-            next_offsets: log.ends.clone(),
-            ..Batch::default()
-        }).unwrap();
-        for p in 0..PARTITIONS {
-            let kept = store.digest(TOPIC, p).unwrap();
-            prop_assert_eq!(kept, store.digest_by_scan(TOPIC, p).unwrap());
-            prop_assert_eq!(kept, other.digest(TOPIC, p).unwrap(), "partition {}", p);
-        }
+        digests_match_one_batch(&store, &windowed(other_dir.path()), &written, &log)?;
     }
 }
 
