@@ -4,7 +4,7 @@
 //! 404, and while nobody can serve a partition the answer is 503 `partition_moving`,
 //! whose windows it measures.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,8 +100,10 @@ struct Log {
     by_status: BTreeMap<u16, u64>,
     /// Reads answered by another instance than the one asked.
     forwarded: u64,
-    /// Accounts read as found at least once.
-    found: BTreeSet<String>,
+    /// Accounts read as found, with when the first such answer arrived. Reads run
+    /// concurrently, so only a 404 asked after that moment breaks the promise: one asked
+    /// before it may simply have been answered before the account was opened.
+    found: BTreeMap<String, Instant>,
     /// 404s for an account found before: the promise broken.
     regressions: Vec<String>,
     /// Per partition, in time order: when a read of it succeeded (found or not) or got
@@ -286,6 +288,7 @@ async fn read_once(
     let status = resp.status().as_u16();
     let served_by = served_by(&resp);
     let body = resp.text().await.unwrap_or_default();
+    let answered_at = Instant::now();
     let code = serde_json::from_str::<ErrorBody>(&body)
         .ok()
         .map(|b| b.error.code);
@@ -306,10 +309,10 @@ async fn read_once(
     }
     match outcome {
         Some(Outcome::Found) => {
-            l.found.insert(account.to_string());
+            l.found.entry(account.to_string()).or_insert(answered_at);
         }
         Some(Outcome::NotFound) => {
-            if l.found.contains(account) {
+            if l.found.get(account).is_some_and(|&t| t < asked_at) {
                 l.regressions.push(format!(
                     "{account} (partition {partition}) read as 404 through {base} (served by {served_by:?}) after it had been found"
                 ));
